@@ -1,0 +1,330 @@
+//! `ProxyError` and `ErrorKind`: every failure has a stable code, a side and a status.
+//!
+//! Codes are RFC 9209 `Proxy-Status` error types where one fits, and our own
+//! snake_case names otherwise. They are an API: tests, plugins, logs and metrics
+//! match on [`ErrorKind::code`], never on message text. Never rename a code; only add.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io;
+
+/// Which party an error is attributed to (pingora's `ErrorSource`, derived from the kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something wrong, went quiet, or went away.
+    Client,
+    /// The origin (or name resolution on its behalf) failed.
+    Upstream,
+    /// The proxy itself: configuration, a plugin, a bug.
+    Internal,
+}
+
+/// What went wrong, as a closed set of stable codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    // --- client side ---
+    /// The request violates HTTP/1.1 syntax or framing (RFC 9112).
+    HttpRequestError,
+    /// The request line is longer than the limit.
+    UriTooLong,
+    /// A header line, the header count or the whole head is over its limit.
+    RequestHeaderTooLarge,
+    /// The request head did not arrive within the header deadline (slowloris).
+    RequestHeaderTimeout,
+    /// The client sent nothing for `--timeout` while we waited on it.
+    ClientTimeout,
+    /// The client closed or reset the connection mid-exchange.
+    ClientClosed,
+    /// The request asks for something this proxy does not do (a scheme, a version).
+    UnsupportedRequest,
+    /// The request's target is this proxy itself.
+    ProxyLoopDetected,
+    /// A plugin or policy refused the request.
+    HttpRequestDenied,
+
+    // --- upstream side ---
+    /// Name resolution failed (NXDOMAIN, SERVFAIL, no addresses).
+    DnsError,
+    /// Name resolution took longer than the connect timeout.
+    DnsTimeout,
+    /// The origin refused the TCP connection.
+    ConnectionRefused,
+    /// The origin's address is unreachable (no route, network down).
+    DestinationUnavailable,
+    /// The TCP connect did not complete within the connect timeout.
+    ConnectionTimeout,
+    /// The origin went quiet for `--timeout` while we waited on it.
+    ConnectionReadTimeout,
+    /// The origin closed the connection before sending a response.
+    ConnectionTerminated,
+    /// The origin closed or broke the connection mid-response.
+    HttpResponseIncomplete,
+    /// The origin's response violates HTTP/1.1 syntax or framing.
+    HttpProtocolError,
+    /// The origin's response head is over the head limit.
+    HttpResponseHeaderSectionSize,
+    /// The origin answered an `Upgrade` request with something unusable.
+    HttpUpgradeFailed,
+    /// The upstream TLS handshake failed.
+    TlsProtocolError,
+
+    // --- internal ---
+    /// A bug or resource failure inside the proxy.
+    ProxyInternalError,
+    /// The configuration is invalid.
+    ProxyConfigurationError,
+}
+
+impl ErrorKind {
+    /// Stable identifier for logs (`error.code`), metrics, `Proxy-Status` and tests.
+    pub const fn code(self) -> &'static str {
+        use ErrorKind::*;
+        match self {
+            HttpRequestError => "http_request_error",
+            UriTooLong => "http_request_uri_too_long",
+            RequestHeaderTooLarge => "http_request_header_too_large",
+            RequestHeaderTimeout => "http_request_header_timeout",
+            ClientTimeout => "client_timeout",
+            ClientClosed => "client_closed",
+            UnsupportedRequest => "http_request_unsupported",
+            ProxyLoopDetected => "proxy_loop_detected",
+            HttpRequestDenied => "http_request_denied",
+            DnsError => "dns_error",
+            DnsTimeout => "dns_timeout",
+            ConnectionRefused => "connection_refused",
+            DestinationUnavailable => "destination_unavailable",
+            ConnectionTimeout => "connection_timeout",
+            ConnectionReadTimeout => "connection_read_timeout",
+            ConnectionTerminated => "connection_terminated",
+            HttpResponseIncomplete => "http_response_incomplete",
+            HttpProtocolError => "http_protocol_error",
+            HttpResponseHeaderSectionSize => "http_response_header_section_size",
+            HttpUpgradeFailed => "http_upgrade_failed",
+            TlsProtocolError => "tls_protocol_error",
+            ProxyInternalError => "proxy_internal_error",
+            ProxyConfigurationError => "proxy_configuration_error",
+        }
+    }
+
+    /// The status to answer with, or `None` when there is no one to answer
+    /// (the client is gone or silent). A response already under way is never
+    /// replaced: the caller closes instead.
+    pub const fn status(self) -> Option<u16> {
+        use ErrorKind::*;
+        match self {
+            HttpRequestError => Some(400),
+            UriTooLong => Some(414),
+            RequestHeaderTooLarge => Some(431),
+            RequestHeaderTimeout => Some(408),
+            ClientTimeout | ClientClosed => None,
+            UnsupportedRequest => Some(400),
+            ProxyLoopDetected => Some(508),
+            HttpRequestDenied => Some(403),
+            DnsTimeout | ConnectionTimeout | ConnectionReadTimeout => Some(504),
+            DnsError
+            | ConnectionRefused
+            | DestinationUnavailable
+            | ConnectionTerminated
+            | HttpResponseIncomplete
+            | HttpProtocolError
+            | HttpResponseHeaderSectionSize
+            | HttpUpgradeFailed
+            | TlsProtocolError => Some(502),
+            ProxyInternalError | ProxyConfigurationError => Some(500),
+        }
+    }
+
+    /// Who the error is attributed to.
+    pub const fn side(self) -> Side {
+        use ErrorKind::*;
+        match self {
+            HttpRequestError
+            | UriTooLong
+            | RequestHeaderTooLarge
+            | RequestHeaderTimeout
+            | ClientTimeout
+            | ClientClosed
+            | UnsupportedRequest
+            | ProxyLoopDetected
+            | HttpRequestDenied => Side::Client,
+            DnsError
+            | DnsTimeout
+            | ConnectionRefused
+            | DestinationUnavailable
+            | ConnectionTimeout
+            | ConnectionReadTimeout
+            | ConnectionTerminated
+            | HttpResponseIncomplete
+            | HttpProtocolError
+            | HttpResponseHeaderSectionSize
+            | HttpUpgradeFailed
+            | TlsProtocolError => Side::Upstream,
+            ProxyInternalError | ProxyConfigurationError => Side::Internal,
+        }
+    }
+
+    /// Classifies an I/O error from connecting to an origin.
+    pub fn from_connect_error(err: &io::Error) -> ErrorKind {
+        match err.kind() {
+            io::ErrorKind::ConnectionRefused => ErrorKind::ConnectionRefused,
+            io::ErrorKind::TimedOut => ErrorKind::ConnectionTimeout,
+            _ => match err.raw_os_error() {
+                Some(libc::ENETUNREACH)
+                | Some(libc::EHOSTUNREACH)
+                | Some(libc::ENETDOWN)
+                | Some(libc::EHOSTDOWN)
+                | Some(libc::EADDRNOTAVAIL) => ErrorKind::DestinationUnavailable,
+                _ => ErrorKind::DestinationUnavailable,
+            },
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A failure with a stable, matchable kind. `context` is for humans and may change.
+#[derive(Debug)]
+pub struct ProxyError {
+    kind: ErrorKind,
+    context: Cow<'static, str>,
+    source: Option<BoxError>,
+}
+
+impl ProxyError {
+    /// A new error of `kind` with a human-readable context.
+    pub fn new(kind: ErrorKind, context: impl Into<Cow<'static, str>>) -> Self {
+        ProxyError {
+            kind,
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying cause.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The stable kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Shorthand for `self.kind().code()`.
+    pub fn code(&self) -> &'static str {
+        self.kind.code()
+    }
+
+    /// The human-readable context (not an API).
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.code(), self.context)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ProxyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// `Result` with [`ProxyError`].
+pub type Result<T, E = ProxyError> = std::result::Result<T, E>;
+
+/// Adds a kind and context to any error, pingora style: `.or_err(ErrorKind::X, "while …")?`.
+pub trait OrErr<T> {
+    /// Wraps the error as `kind` with a static context.
+    fn or_err(self, kind: ErrorKind, context: &'static str) -> Result<T>;
+}
+
+impl<T, E: Into<BoxError>> OrErr<T> for std::result::Result<T, E> {
+    fn or_err(self, kind: ErrorKind, context: &'static str) -> Result<T> {
+        self.map_err(|e| ProxyError::new(kind, context).with_source(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_snake_case() {
+        use ErrorKind::*;
+        let all = [
+            HttpRequestError,
+            UriTooLong,
+            RequestHeaderTooLarge,
+            RequestHeaderTimeout,
+            ClientTimeout,
+            ClientClosed,
+            UnsupportedRequest,
+            ProxyLoopDetected,
+            HttpRequestDenied,
+            DnsError,
+            DnsTimeout,
+            ConnectionRefused,
+            DestinationUnavailable,
+            ConnectionTimeout,
+            ConnectionReadTimeout,
+            ConnectionTerminated,
+            HttpResponseIncomplete,
+            HttpProtocolError,
+            HttpResponseHeaderSectionSize,
+            HttpUpgradeFailed,
+            TlsProtocolError,
+            ProxyInternalError,
+            ProxyConfigurationError,
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for kind in all {
+            let code = kind.code();
+            assert!(seen.insert(code), "duplicate code {code}");
+            assert!(
+                code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_failures_map_to_gateway_statuses() {
+        assert_eq!(ErrorKind::DnsError.status(), Some(502));
+        assert_eq!(ErrorKind::ConnectionTimeout.status(), Some(504));
+        assert_eq!(ErrorKind::ConnectionRefused.side(), Side::Upstream);
+        assert_eq!(ErrorKind::ClientClosed.status(), None);
+        assert_eq!(ErrorKind::ProxyLoopDetected.status(), Some(508));
+    }
+
+    #[test]
+    fn connect_errors_are_classified() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            ErrorKind::from_connect_error(&refused),
+            ErrorKind::ConnectionRefused
+        );
+        let unreach = io::Error::from_raw_os_error(libc::ENETUNREACH);
+        assert_eq!(
+            ErrorKind::from_connect_error(&unreach),
+            ErrorKind::DestinationUnavailable
+        );
+    }
+}

@@ -1,0 +1,731 @@
+//! Absolute-form HTTP requests: rewrite the head, get an upstream connection, then run
+//! the upload (request body) and the download (interim responses, final head, body)
+//! concurrently, so an origin may answer before the body is complete (an early 413,
+//! `Expect: 100-continue`) and neither side is ever buffered whole.
+//!
+//! Bodies are relayed from one read buffer per direction: bytes read from one socket
+//! are written from the same buffer to the other (no copies in between), and the next
+//! read waits for that write, so a slow reader or a slow origin holds at most one
+//! buffer per direction (DESIGN §3 rule 11).
+
+use std::cell::Cell;
+use std::pin::pin;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::access::Exchange;
+use super::io::{read_some, write_all, write_parts, IoFail};
+use super::{client_io_error, tunnel, upstream, Client, Shared};
+use crate::config::Config;
+use crate::error::{ErrorKind, ProxyError, Result};
+use crate::http::target::host_header_value;
+use crate::http::{
+    parse_response, request_body_kind, response_body_kind, BodyKind, ChunkedDecoder, Parsed,
+    RequestHead, ResponseHead, Scheme, Version,
+};
+
+/// Our `Via` entry (RFC 9110 §7.6.3): protocol version and pseudonym.
+const VIA: &[u8] = b"1.1 proxy";
+
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1), besides
+/// the ones a `Connection` header lists. `Upgrade` is kept only while upgrading.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "upgrade",
+    "proxy-authorization",
+];
+
+const HEAD_READ_CHUNK: usize = 16 * 1024;
+
+/// Whether the client asked to keep its connection open after this exchange.
+pub fn client_wants_keep_alive(head: &RequestHead) -> bool {
+    match head.version() {
+        Version::Http11 => !head.has_token("connection", "close"),
+        Version::Http10 => head.has_token("connection", "keep-alive"),
+    }
+}
+
+/// Forwards one absolute-form request. Returns whether the client connection may
+/// carry another request.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    client: &mut Client,
+    shared: &Shared,
+    mut head: RequestHead,
+    host: &str,
+    port: u16,
+    path: Bytes,
+    exchange: &mut Exchange,
+    parts: &mut Vec<Bytes>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<bool> {
+    let config = &shared.config;
+    let body = request_body_kind(&head)
+        .map_err(|e| ProxyError::new(e.request_kind(), format!("request framing: {e:?}")))?;
+    let request = RequestFacts {
+        keep_alive: client_wants_keep_alive(&head),
+        version: head.version(),
+        is_head: head.is_method("HEAD"),
+        upgrade: prepare_request(&mut head, host, port, path, config),
+        body,
+    };
+    head.encode(Version::Http11, parts);
+    // Only a request that can be sent again unchanged (no body, idempotent) is retried.
+    let retryable = body == BodyKind::Empty && is_idempotent(head.method());
+
+    let mut attempt = 0;
+    loop {
+        let pooled = if attempt == 0 {
+            shared.pool.take(host, port)
+        } else {
+            None
+        };
+        let reused = pooled.is_some();
+        let upstream = match pooled {
+            Some(stream) => stream,
+            None => upstream::connect(shared, host, port).await?,
+        };
+        let mut head_parts = if reused && retryable {
+            Some(parts.clone())
+        } else {
+            None
+        };
+        let outcome = exchange_once(
+            client, config, &upstream, parts, &request, exchange, shutdown,
+        )
+        .await;
+        match outcome {
+            Err(Failure::BeforeResponse(err)) if reused && retryable => {
+                tracing::debug!(error = %err, "pooled upstream connection was closed; retrying once");
+                if let Some(saved) = head_parts.take() {
+                    *parts = saved;
+                }
+                attempt += 1;
+            }
+            Err(Failure::BeforeResponse(err)) | Err(Failure::Fatal(err)) => return Err(err),
+            Ok(end) => {
+                if end.upstream_reusable {
+                    shared.pool.put(host, port, upstream);
+                }
+                return Ok(end.client_keep_alive);
+            }
+        }
+    }
+}
+
+/// What the exchange needs to remember about the request after its head is rewritten.
+struct RequestFacts {
+    keep_alive: bool,
+    version: Version,
+    is_head: bool,
+    upgrade: bool,
+    body: BodyKind,
+}
+
+/// How one attempt on one upstream connection ended badly.
+enum Failure {
+    /// The upstream closed or reset before sending a single response byte.
+    BeforeResponse(ProxyError),
+    /// Anything else.
+    Fatal(ProxyError),
+}
+
+/// How one attempt ended well.
+struct End {
+    client_keep_alive: bool,
+    upstream_reusable: bool,
+}
+
+/// Rewrites a request head for the origin. Returns whether this is an upgrade.
+fn prepare_request(
+    head: &mut RequestHead,
+    host: &str,
+    port: u16,
+    path: Bytes,
+    config: &Config,
+) -> bool {
+    let upgrade = head.version() == Version::Http11
+        && head.count("upgrade") > 0
+        && head.has_token("connection", "upgrade");
+    remove_connection_listed(head, upgrade);
+    for name in HOP_BY_HOP {
+        if upgrade && *name == "upgrade" {
+            continue;
+        }
+        head.remove(name);
+    }
+    if upgrade {
+        head.append("connection", b"upgrade");
+    }
+    for name in &config.disable_headers {
+        head.remove(name);
+    }
+    // RFC 9112 §3.2.2: a proxy replaces Host with the absolute-form target's authority.
+    head.set(
+        "host",
+        host_header_value(Scheme::Http, host, port).as_bytes(),
+    );
+    head.append("via", VIA);
+    head.set_target(path);
+    upgrade
+}
+
+/// Removes the headers a `Connection` header names (RFC 9110 §7.6.1). Allocates only
+/// when it names something other than the usual `close`/`keep-alive`/`upgrade`.
+fn remove_connection_listed<H: Headers>(head: &mut H, keep_upgrade: bool) {
+    let mut listed: Vec<String> = Vec::new();
+    for value in head.values("connection") {
+        for token in value.split(|&b| b == b',') {
+            let token = trim_ows(token);
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"keep-alive")
+                || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade"))
+            {
+                continue;
+            }
+            if let Ok(name) = std::str::from_utf8(token) {
+                listed.push(name.to_ascii_lowercase());
+            }
+        }
+    }
+    for name in &listed {
+        head.remove_all(name);
+    }
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// The two head types seen through what connection-header cleanup needs.
+trait Headers {
+    fn values<'a>(&'a self, name: &'a str) -> Vec<&'a [u8]>;
+    fn remove_all(&mut self, name: &str);
+}
+
+impl Headers for RequestHead {
+    fn values<'a>(&'a self, name: &'a str) -> Vec<&'a [u8]> {
+        self.headers_named(name).collect()
+    }
+    fn remove_all(&mut self, name: &str) {
+        self.remove(name);
+    }
+}
+
+impl Headers for ResponseHead {
+    fn values<'a>(&'a self, name: &'a str) -> Vec<&'a [u8]> {
+        self.headers_named(name).collect()
+    }
+    fn remove_all(&mut self, name: &str) {
+        self.remove(name);
+    }
+}
+
+/// RFC 9110 §9.2.2.
+fn is_idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
+}
+
+/// One request/response exchange on one upstream connection.
+async fn exchange_once(
+    client: &mut Client,
+    config: &Config,
+    upstream: &TcpStream,
+    parts: &mut Vec<Bytes>,
+    request: &RequestFacts,
+    exchange: &mut Exchange,
+    shutdown: &watch::Receiver<bool>,
+) -> std::result::Result<End, Failure> {
+    if let Err(e) = write_parts(upstream, parts, config.timeout).await {
+        return Err(Failure::BeforeResponse(upstream_error(
+            e,
+            "sending the request head",
+        )));
+    }
+    let upload_done = Cell::new(request.body == BodyKind::Empty);
+    // Both halves run until the download ends; the futures (and their borrows of the
+    // client) are gone once this block ends.
+    let downloaded = {
+        let Client {
+            stream: client_stream,
+            buf: client_buf,
+            ..
+        } = &mut *client;
+        let mut upload = pin!(upload(
+            client_stream,
+            client_buf,
+            upstream,
+            request.body,
+            config,
+            &upload_done
+        ));
+        let mut download = pin!(download(
+            client_stream,
+            upstream,
+            config,
+            request,
+            exchange,
+            &upload_done,
+            shutdown
+        ));
+        let mut upload_result: Option<std::result::Result<(), UploadFail>> = None;
+        let downloaded = loop {
+            tokio::select! {
+                biased;
+                d = &mut download => break d,
+                u = &mut upload, if upload_result.is_none() => match u {
+                    // The client vanished or sent a broken body: the exchange is over.
+                    Err(UploadFail::Client(err)) => return Err(Failure::Fatal(err)),
+                    // Ok, or the origin stopped reading: its response may still come.
+                    other => upload_result = Some(other),
+                },
+            }
+        };
+        downloaded
+    };
+    // `upload_done` starts true for bodiless requests and is set when a body is complete.
+    let upload_ok = upload_done.get();
+    let end = match downloaded? {
+        Downloaded::Done(end) => end,
+        Downloaded::Upgraded(upstream_leftover) => {
+            // Switch to a raw relay only now that the origin has said 101.
+            if !upload_ok {
+                return Err(Failure::Fatal(ProxyError::new(
+                    ErrorKind::HttpUpgradeFailed,
+                    "upgrade before the request body was complete",
+                )));
+            }
+            return relay_upgraded(client, upstream, upstream_leftover, config, exchange).await;
+        }
+    };
+    Ok(End {
+        client_keep_alive: end.client_keep_alive && upload_ok,
+        upstream_reusable: end.upstream_reusable && upload_ok,
+    })
+}
+
+async fn relay_upgraded(
+    client: &mut Client,
+    upstream: &TcpStream,
+    upstream_leftover: BytesMut,
+    config: &Config,
+    exchange: &mut Exchange,
+) -> std::result::Result<End, Failure> {
+    if !upstream_leftover.is_empty() {
+        write_all(&client.stream, &upstream_leftover, config.timeout)
+            .await
+            .map_err(|e| Failure::Fatal(client_io_error(e, "writing upgraded bytes")))?;
+        exchange.add_bytes(upstream_leftover.len() as u64);
+    }
+    if !client.buf.is_empty() {
+        let early = std::mem::take(&mut client.buf);
+        write_all(upstream, &early, config.timeout)
+            .await
+            .map_err(|e| Failure::Fatal(upstream_error(e, "writing upgraded bytes")))?;
+    }
+    client.buf = BytesMut::new();
+    let relayed = tunnel::relay(
+        &client.stream,
+        upstream,
+        config.server_recvbuf_size,
+        config.timeout,
+    )
+    .await;
+    exchange.add_bytes(relayed.to_client);
+    relayed.result.map_err(Failure::Fatal)?;
+    Ok(End {
+        client_keep_alive: false,
+        upstream_reusable: false,
+    })
+}
+
+enum UploadFail {
+    /// Client-side failure: closed, timed out, or broken framing.
+    Client(ProxyError),
+    /// The origin stopped accepting the body.
+    Upstream,
+}
+
+/// Relays the request body from the client to the origin, exactly as framed.
+async fn upload(
+    src: &TcpStream,
+    buf: &mut BytesMut,
+    dst: &TcpStream,
+    kind: BodyKind,
+    config: &Config,
+    done: &Cell<bool>,
+) -> std::result::Result<(), UploadFail> {
+    let chunk = config.client_recvbuf_size;
+    match kind {
+        BodyKind::Empty | BodyKind::UntilClose => {}
+        BodyKind::Length(mut remaining) => loop {
+            if !buf.is_empty() {
+                let take = usize::try_from(remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                let piece = buf.split_to(take);
+                write_all(dst, &piece, config.timeout)
+                    .await
+                    .map_err(|_| UploadFail::Upstream)?;
+                remaining -= take as u64;
+            }
+            if remaining == 0 {
+                break;
+            }
+            match read_some(src, buf, chunk, config.timeout).await {
+                Ok(0) => return Err(UploadFail::Client(closed_in_body())),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(UploadFail::Client(client_io_error(
+                        e,
+                        "reading a request body",
+                    )))
+                }
+            }
+        },
+        BodyKind::Chunked => {
+            let mut decoder = ChunkedDecoder::new(&config.limits);
+            loop {
+                if !buf.is_empty() {
+                    let progress = decoder.advance(buf, None).map_err(|e| {
+                        UploadFail::Client(ProxyError::new(
+                            e.request_kind(),
+                            format!("request chunked body: {e:?}"),
+                        ))
+                    })?;
+                    let piece = buf.split_to(progress.consumed);
+                    write_all(dst, &piece, config.timeout)
+                        .await
+                        .map_err(|_| UploadFail::Upstream)?;
+                    if progress.done {
+                        break;
+                    }
+                }
+                match read_some(src, buf, chunk, config.timeout).await {
+                    Ok(0) => return Err(UploadFail::Client(closed_in_body())),
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(UploadFail::Client(client_io_error(
+                            e,
+                            "reading a request body",
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    done.set(true);
+    Ok(())
+}
+
+fn closed_in_body() -> ProxyError {
+    ProxyError::new(
+        ErrorKind::ClientClosed,
+        "client closed inside a request body",
+    )
+}
+
+enum Downloaded {
+    Done(End),
+    /// The origin switched protocols; these bytes followed its 101 head.
+    Upgraded(BytesMut),
+}
+
+/// Reads the response (interim heads, final head, body) and relays it to the client.
+async fn download(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    config: &Config,
+    request: &RequestFacts,
+    exchange: &mut Exchange,
+    upload_done: &Cell<bool>,
+    shutdown: &watch::Receiver<bool>,
+) -> std::result::Result<Downloaded, Failure> {
+    let mut buf = BytesMut::new();
+    let mut received_any = false;
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut head = loop {
+        let head = read_response_head(upstream, &mut buf, config, &mut received_any).await?;
+        if !head.is_informational() {
+            break head;
+        }
+        if head.status() == 101 {
+            if !request.upgrade {
+                // DESIGN §3 rule 10: a 101 nobody asked for must not switch anything.
+                return Err(Failure::Fatal(ProxyError::new(
+                    ErrorKind::HttpProtocolError,
+                    "101 Switching Protocols without an Upgrade request",
+                )));
+            }
+            let mut head = head;
+            remove_connection_listed(&mut head, true);
+            for name in HOP_BY_HOP {
+                if *name != "upgrade" {
+                    head.remove(name);
+                }
+            }
+            head.append("connection", b"upgrade");
+            head.encode(&mut parts);
+            let len: usize = parts.iter().map(Bytes::len).sum();
+            write_parts(client, &mut parts, config.timeout)
+                .await
+                .map_err(|e| Failure::Fatal(client_io_error(e, "writing a 101")))?;
+            exchange.set_status(101);
+            exchange.add_bytes(len as u64);
+            return Ok(Downloaded::Upgraded(buf));
+        }
+        // RFC 9110 §15.2: 1xx responses are not sent to HTTP/1.0 clients.
+        if request.version == Version::Http11 {
+            let mut head = head;
+            strip_hop_by_hop(&mut head);
+            head.encode(&mut parts);
+            let len: usize = parts.iter().map(Bytes::len).sum();
+            write_parts(client, &mut parts, config.timeout)
+                .await
+                .map_err(|e| Failure::Fatal(client_io_error(e, "writing an interim response")))?;
+            exchange.add_bytes(len as u64);
+        }
+    };
+
+    let body = response_body_kind(&head, request.is_head).map_err(|e| {
+        Failure::Fatal(ProxyError::new(
+            e.response_kind(),
+            format!("response framing: {e:?}"),
+        ))
+    })?;
+    let origin_keeps_open = match head.version() {
+        Version::Http11 => !head.has_token("connection", "close"),
+        Version::Http10 => head.has_token("connection", "keep-alive"),
+    };
+    let dechunk = request.version == Version::Http10 && body == BodyKind::Chunked;
+    let close_client = !request.keep_alive
+        || body == BodyKind::UntilClose
+        || dechunk
+        || !upload_done.get()
+        || *shutdown.borrow();
+    strip_hop_by_hop(&mut head);
+    if dechunk {
+        head.remove("transfer-encoding");
+    }
+    if close_client {
+        head.append("connection", b"close");
+    } else if request.version == Version::Http10 {
+        head.append("connection", b"keep-alive");
+    }
+    head.encode(&mut parts);
+    let head_len: usize = parts.iter().map(Bytes::len).sum();
+    write_parts(client, &mut parts, config.timeout)
+        .await
+        .map_err(|e| Failure::Fatal(client_io_error(e, "writing a response head")))?;
+    exchange.set_status(head.status());
+    exchange.add_bytes(head_len as u64);
+
+    let clean = relay_body(client, upstream, &mut buf, body, dechunk, config, exchange).await?;
+    Ok(Downloaded::Done(End {
+        client_keep_alive: !close_client,
+        upstream_reusable: clean && origin_keeps_open && body != BodyKind::UntilClose,
+    }))
+}
+
+/// Removes hop-by-hop headers from a response (the ones `Connection` lists too).
+fn strip_hop_by_hop(head: &mut ResponseHead) {
+    remove_connection_listed(head, false);
+    for name in HOP_BY_HOP {
+        head.remove(name);
+    }
+}
+
+/// Reads one response head from the origin.
+async fn read_response_head(
+    upstream: &TcpStream,
+    buf: &mut BytesMut,
+    config: &Config,
+    received_any: &mut bool,
+) -> std::result::Result<ResponseHead, Failure> {
+    loop {
+        if !buf.is_empty() {
+            *received_any = true;
+            match parse_response(buf, &config.limits) {
+                Ok(Parsed::Complete(head)) => return Ok(head),
+                Ok(Parsed::Partial) => {}
+                Err(e) => {
+                    return Err(Failure::Fatal(ProxyError::new(
+                        e.response_kind(),
+                        format!("response head: {e:?}"),
+                    )))
+                }
+            }
+        }
+        match read_some(upstream, buf, HEAD_READ_CHUNK, config.timeout).await {
+            Ok(0) if !*received_any => {
+                return Err(Failure::BeforeResponse(ProxyError::new(
+                    ErrorKind::ConnectionTerminated,
+                    "upstream closed before responding",
+                )))
+            }
+            Ok(0) => {
+                return Err(Failure::Fatal(ProxyError::new(
+                    ErrorKind::HttpResponseIncomplete,
+                    "upstream closed inside a response head",
+                )))
+            }
+            Ok(_) => {}
+            Err(IoFail::Io(e)) if !*received_any => {
+                return Err(Failure::BeforeResponse(
+                    ProxyError::new(
+                        ErrorKind::ConnectionTerminated,
+                        "upstream reset before responding",
+                    )
+                    .with_source(e),
+                ))
+            }
+            Err(e) => return Err(Failure::Fatal(upstream_error(e, "reading a response head"))),
+        }
+    }
+}
+
+/// Relays a response body as framed. Returns whether it ended cleanly with no stray
+/// bytes after it (the upstream connection may then be reused).
+async fn relay_body(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    buf: &mut BytesMut,
+    kind: BodyKind,
+    dechunk: bool,
+    config: &Config,
+    exchange: &mut Exchange,
+) -> std::result::Result<bool, Failure> {
+    let chunk = config.server_recvbuf_size;
+    let incomplete = || {
+        Failure::Fatal(ProxyError::new(
+            ErrorKind::HttpResponseIncomplete,
+            "upstream closed mid-body",
+        ))
+    };
+    let to_client = |e| Failure::Fatal(client_io_error(e, "writing a response body"));
+    match kind {
+        // DESIGN §3 rule 10: bytes after a complete response are never passed on.
+        BodyKind::Empty => Ok(buf.is_empty()),
+        BodyKind::Length(mut remaining) => loop {
+            if !buf.is_empty() {
+                let take = usize::try_from(remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                write_all(client, &buf[..take], config.timeout)
+                    .await
+                    .map_err(to_client)?;
+                buf.advance(take);
+                remaining -= take as u64;
+                exchange.add_bytes(take as u64);
+            }
+            if remaining == 0 {
+                return Ok(buf.is_empty());
+            }
+            buf.clear();
+            match read_some(upstream, buf, chunk, config.timeout).await {
+                Ok(0) => return Err(incomplete()),
+                Ok(_) => {}
+                Err(e) => return Err(Failure::Fatal(upstream_error(e, "reading a response body"))),
+            }
+        },
+        BodyKind::Chunked => {
+            let mut decoder = ChunkedDecoder::new(&config.limits);
+            let mut ranges = Vec::new();
+            let mut parts: Vec<Bytes> = Vec::new();
+            loop {
+                if !buf.is_empty() {
+                    ranges.clear();
+                    let progress = decoder
+                        .advance(buf, if dechunk { Some(&mut ranges) } else { None })
+                        .map_err(|e| {
+                            Failure::Fatal(ProxyError::new(
+                                e.response_kind(),
+                                format!("response chunked body: {e:?}"),
+                            ))
+                        })?;
+                    let piece = buf.split_to(progress.consumed).freeze();
+                    if dechunk {
+                        parts.extend(ranges.iter().map(|r| piece.slice(r.clone())));
+                        let n: usize = parts.iter().map(Bytes::len).sum();
+                        write_parts(client, &mut parts, config.timeout)
+                            .await
+                            .map_err(to_client)?;
+                        exchange.add_bytes(n as u64);
+                    } else {
+                        write_all(client, &piece, config.timeout)
+                            .await
+                            .map_err(to_client)?;
+                        exchange.add_bytes(piece.len() as u64);
+                    }
+                    if progress.done {
+                        return Ok(buf.is_empty());
+                    }
+                }
+                match read_some(upstream, buf, chunk, config.timeout).await {
+                    Ok(0) => return Err(incomplete()),
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(Failure::Fatal(upstream_error(e, "reading a response body")))
+                    }
+                }
+            }
+        }
+        BodyKind::UntilClose => loop {
+            if !buf.is_empty() {
+                write_all(client, buf, config.timeout)
+                    .await
+                    .map_err(to_client)?;
+                exchange.add_bytes(buf.len() as u64);
+                buf.clear();
+            }
+            match read_some(upstream, buf, chunk, config.timeout).await {
+                Ok(0) => return Ok(false),
+                Ok(_) => {}
+                Err(e) => return Err(Failure::Fatal(upstream_error(e, "reading a response body"))),
+            }
+        },
+    }
+}
+
+/// Maps a failure on the upstream socket to an error.
+fn upstream_error(err: IoFail, context: &'static str) -> ProxyError {
+    match err {
+        IoFail::Timeout => ProxyError::new(ErrorKind::ConnectionReadTimeout, context),
+        IoFail::Closed => ProxyError::new(ErrorKind::HttpResponseIncomplete, context),
+        IoFail::Io(e) => ProxyError::new(ErrorKind::HttpResponseIncomplete, context).with_source(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotent_methods() {
+        assert!(is_idempotent(b"GET"));
+        assert!(is_idempotent(b"PUT"));
+        assert!(!is_idempotent(b"POST"));
+        assert!(!is_idempotent(b"get"), "methods are case-sensitive");
+    }
+
+    #[test]
+    fn trims_optional_whitespace() {
+        assert_eq!(trim_ows(b" \tx-foo \t"), b"x-foo");
+        assert_eq!(trim_ows(b"   "), b"");
+    }
+}

@@ -1,0 +1,183 @@
+//! Socket I/O on `&TcpStream` with an inactivity bound on every wait.
+//!
+//! Everything here takes the stream by shared reference (tokio's `readable`/`try_read`
+//! and `writable`/`try_write` need only `&self`), so one connection can be read by the
+//! upload half and written by the download half of an exchange at the same time
+//! without splitting it.
+
+use std::io::{self, IoSlice};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// Why a socket operation did not complete.
+#[derive(Debug)]
+pub enum IoFail {
+    /// No progress for the inactivity timeout.
+    Timeout,
+    /// The peer closed (EOF on read where more was needed).
+    Closed,
+    /// Any other I/O error (reset, broken pipe…).
+    Io(io::Error),
+}
+
+impl From<io::Error> for IoFail {
+    fn from(err: io::Error) -> Self {
+        IoFail::Io(err)
+    }
+}
+
+/// Reads whatever is available into `buf`, reserving up to `chunk` bytes of room.
+/// Returns the number of bytes read; `Ok(0)` means EOF.
+pub async fn read_some(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    chunk: usize,
+    idle: Duration,
+) -> Result<usize, IoFail> {
+    loop {
+        timeout(idle, stream.readable())
+            .await
+            .map_err(|_| IoFail::Timeout)??;
+        if buf.capacity() - buf.len() < chunk / 4 {
+            buf.reserve(chunk);
+        }
+        match stream.try_read_buf(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(IoFail::Io(e)),
+        }
+    }
+}
+
+/// Writes all of `data`.
+pub async fn write_all(stream: &TcpStream, mut data: &[u8], idle: Duration) -> Result<(), IoFail> {
+    while !data.is_empty() {
+        timeout(idle, stream.writable())
+            .await
+            .map_err(|_| IoFail::Timeout)??;
+        match stream.try_write(data) {
+            Ok(0) => return Err(IoFail::Closed),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(IoFail::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all `parts` with vectored writes (a head made of untouched spans and edits).
+/// `parts` is consumed: on return it is empty.
+pub async fn write_parts(
+    stream: &TcpStream,
+    parts: &mut Vec<Bytes>,
+    idle: Duration,
+) -> Result<(), IoFail> {
+    const MAX_IOV: usize = 64;
+    let mut first = 0;
+    while first < parts.len() {
+        timeout(idle, stream.writable())
+            .await
+            .map_err(|_| IoFail::Timeout)??;
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let mut count = 0;
+        for (slot, part) in slices.iter_mut().zip(&parts[first..]) {
+            *slot = IoSlice::new(part);
+            count += 1;
+        }
+        match stream.try_write_vectored(&slices[..count]) {
+            Ok(0) => return Err(IoFail::Closed),
+            Ok(mut n) => {
+                while n > 0 && first < parts.len() {
+                    let len = parts[first].len();
+                    if n >= len {
+                        n -= len;
+                        first += 1;
+                    } else {
+                        parts[first].advance(n);
+                        n = 0;
+                    }
+                }
+                while first < parts.len() && parts[first].is_empty() {
+                    first += 1;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(IoFail::Io(e)),
+        }
+    }
+    parts.clear();
+    Ok(())
+}
+
+/// Shuts down the write side (sends FIN) without closing the read side.
+pub fn shutdown_write(stream: &TcpStream) {
+    // Errors only mean the peer is already gone; nothing to do then.
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+}
+
+/// True when an idle connection is still open and has nothing unread
+/// (a non-blocking one-byte peek would block). Anything else (EOF, data, error) means
+/// the connection must not be reused.
+pub fn is_idle_and_open(stream: &TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    match socket2::SockRef::from(stream).peek(&mut probe) {
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        Ok(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn write_parts_sends_every_part_in_order() {
+        let (a, mut b) = pair().await;
+        let mut parts: Vec<Bytes> = (0..200).map(|i| Bytes::from(format!("part{i};"))).collect();
+        let expected: Vec<u8> = parts.iter().flat_map(|p| p.to_vec()).collect();
+        write_parts(&a, &mut parts, Duration::from_secs(5))
+            .await
+            .unwrap();
+        drop(a);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, expected);
+        assert!(parts.is_empty());
+    }
+
+    #[tokio::test]
+    async fn idle_probe_sees_close_and_unread_data() {
+        let (a, b) = pair().await;
+        assert!(is_idle_and_open(&a));
+        write_all(&b, b"x", Duration::from_secs(5)).await.unwrap();
+        a.readable().await.unwrap();
+        assert!(!is_idle_and_open(&a), "unread data means not reusable");
+        let (c, d) = pair().await;
+        drop(d);
+        c.readable().await.unwrap();
+        assert!(!is_idle_and_open(&c), "EOF means not reusable");
+    }
+
+    #[tokio::test]
+    async fn read_some_times_out_when_peer_is_silent() {
+        let (a, _b) = pair().await;
+        let mut buf = BytesMut::new();
+        let res = read_some(&a, &mut buf, 1024, Duration::from_millis(20)).await;
+        assert!(matches!(res, Err(IoFail::Timeout)));
+    }
+}

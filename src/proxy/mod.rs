@@ -1,0 +1,363 @@
+//! One client connection's lifecycle: read a head, route it, forward or tunnel, repeat.
+//!
+//! `serve_connection` is the loop; each phase lives in its own file:
+//! [`forward`] (absolute-form HTTP through the upstream pool), [`tunnel`] (CONNECT),
+//! [`upstream`] (resolve + connect), [`pool`] (idle upstream connections),
+//! [`io`] (socket waits with inactivity bounds), [`access`] (the per-exchange log line).
+
+pub mod access;
+pub mod forward;
+pub mod io;
+pub mod pool;
+pub mod tunnel;
+pub mod upstream;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::timeout_at;
+
+use crate::config::Config;
+use crate::error::{ErrorKind, ProxyError};
+use crate::http::{self, parse_request, parse_target, Parsed, RequestHead, Target};
+use access::Exchange;
+use io::IoFail;
+use pool::Pool;
+
+/// Per-worker state shared by all of the worker's connections (never across threads).
+pub struct Shared {
+    /// Read-only settings.
+    pub config: Arc<Config>,
+    /// Every address the proxy listens on (all workers), for loop detection.
+    pub listen_addrs: Arc<[SocketAddr]>,
+    /// Idle upstream connections of this worker.
+    pub pool: Pool,
+    /// Worker index, for connection ids.
+    pub worker: usize,
+    next_conn: Cell<u64>,
+}
+
+impl Shared {
+    /// Builds the state of worker `worker`.
+    pub fn new(config: Arc<Config>, listen_addrs: Arc<[SocketAddr]>, worker: usize) -> Self {
+        let pool = Pool::new(
+            config.upstream_max_idle_per_host,
+            config.upstream_idle_timeout,
+        );
+        Shared {
+            config,
+            listen_addrs,
+            pool,
+            worker,
+            next_conn: Cell::new(0),
+        }
+    }
+
+    fn next_conn_id(&self) -> u64 {
+        let id = self.next_conn.get() + 1;
+        self.next_conn.set(id);
+        id
+    }
+
+    /// True when `addr` is one of our listening sockets (or a wildcard one's port on loopback).
+    pub fn is_own_address(&self, addr: SocketAddr) -> bool {
+        self.listen_addrs.iter().any(|own| {
+            own.port() == addr.port()
+                && (own.ip() == addr.ip() || (own.ip().is_unspecified() && addr.ip().is_loopback()))
+        })
+    }
+
+    /// True when a connection from `local` to `peer` ends at one of our listeners:
+    /// same port, and either a listener on that IP or a wildcard listener on this host.
+    pub fn is_self_connection(&self, peer: SocketAddr, local: SocketAddr) -> bool {
+        self.listen_addrs.iter().any(|own| {
+            own.port() == peer.port()
+                && (own.ip() == peer.ip() || (own.ip().is_unspecified() && peer.ip() == local.ip()))
+        })
+    }
+}
+
+/// The client side of a connection: the socket and its read buffer.
+///
+/// The buffer is released whenever it is empty and the connection waits for a new
+/// request, so an idle keep-alive connection holds no read buffer.
+pub struct Client {
+    /// The client's socket.
+    pub stream: TcpStream,
+    /// Bytes read but not yet consumed (the rest of a body, pipelined requests).
+    pub buf: BytesMut,
+    /// The client's address.
+    pub addr: SocketAddr,
+}
+
+/// What ended an attempt to read a request head.
+enum HeadRead {
+    Head(RequestHead),
+    /// Clean end: EOF or idle timeout between requests, or shutdown while idle.
+    Done,
+}
+
+const HEAD_READ_CHUNK: usize = 8 * 1024;
+
+/// Serves one client connection until it closes, fails, or shutdown is signalled.
+pub async fn serve_connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    shared: &Shared,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let conn_id = shared.next_conn_id();
+    let mut client = Client {
+        stream,
+        buf: BytesMut::new(),
+        addr,
+    };
+    let mut parts: Vec<Bytes> = Vec::new();
+    loop {
+        let head = match read_head(&mut client, &shared.config, &mut shutdown).await {
+            Ok(HeadRead::Head(head)) => head,
+            Ok(HeadRead::Done) => return,
+            Err(err) => {
+                let mut exchange = Exchange::new(&client, Instant::now());
+                reply_error(&mut client, &mut exchange, &err, &shared.config).await;
+                exchange.log(&err, conn_id, shared.worker);
+                return;
+            }
+        };
+        let mut exchange = Exchange::new(&client, Instant::now());
+        exchange.set_request(&head);
+        let result = route(
+            &mut client,
+            shared,
+            head,
+            &mut exchange,
+            &mut parts,
+            &shutdown,
+        )
+        .await;
+        match result {
+            Ok(keep_alive) => {
+                exchange.log_ok(conn_id, shared.worker);
+                if !keep_alive || *shutdown.borrow() {
+                    return;
+                }
+            }
+            Err(err) => {
+                if !exchange.response_started() {
+                    reply_error(&mut client, &mut exchange, &err, &shared.config).await;
+                }
+                exchange.log(&err, conn_id, shared.worker);
+                return;
+            }
+        }
+    }
+}
+
+/// Decides what a request is and runs it. Returns whether the client connection
+/// may carry another request.
+async fn route(
+    client: &mut Client,
+    shared: &Shared,
+    head: RequestHead,
+    exchange: &mut Exchange,
+    parts: &mut Vec<Bytes>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<bool, ProxyError> {
+    let is_connect = head.is_method("CONNECT");
+    let target = parse_target(&head.target_bytes(), is_connect)
+        .map_err(|e| ProxyError::new(e.request_kind(), "invalid request target"))?;
+    match target {
+        Target::Authority { host, port } => {
+            exchange.set_target(&host, port, &Bytes::new());
+            tunnel::run(client, shared, &head, &host, port, exchange).await?;
+            Ok(false)
+        }
+        Target::Absolute {
+            scheme: http::Scheme::Http,
+            host,
+            port,
+            path,
+        } => {
+            exchange.set_target(&host, port, &path);
+            forward::run(
+                client, shared, head, &host, port, path, exchange, parts, shutdown,
+            )
+            .await
+        }
+        Target::Absolute {
+            scheme: http::Scheme::Https,
+            ..
+        } => Err(ProxyError::new(
+            ErrorKind::UnsupportedRequest,
+            "https:// absolute-form needs CONNECT (TLS to origins is not supported yet)",
+        )),
+        Target::Origin | Target::Asterisk => {
+            // Addressed to the proxy itself: the built-in web server will live here.
+            // A body we are not going to read means the connection cannot be reused.
+            let has_body = !matches!(http::request_body_kind(&head), Ok(http::BodyKind::Empty));
+            let keep_alive =
+                forward::client_wants_keep_alive(&head) && !has_body && !*shutdown.borrow();
+            let reply = http::response::simple_response(
+                404,
+                &[("Content-Type", "text/plain; charset=utf-8")],
+                b"404 Not Found: this is a forward proxy; send absolute-form requests\n",
+                !keep_alive,
+            );
+            exchange.set_status(404);
+            exchange.add_bytes(reply.len() as u64);
+            io::write_all(&client.stream, &reply, shared.config.timeout)
+                .await
+                .map_err(|e| client_io_error(e, "writing a reply"))?;
+            Ok(keep_alive)
+        }
+    }
+}
+
+/// Reads one request head, bounded by the inactivity timeout while idle and by the
+/// header timeout once its first byte has arrived (slowloris).
+async fn read_head(
+    client: &mut Client,
+    config: &Config,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<HeadRead, ProxyError> {
+    let mut head_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        if !client.buf.is_empty() {
+            match parse_request(&mut client.buf, &config.limits) {
+                Ok(Parsed::Complete(head)) => return Ok(HeadRead::Head(head)),
+                Ok(Parsed::Partial) => {}
+                Err(e) => {
+                    return Err(ProxyError::new(
+                        e.request_kind(),
+                        format!("request head: {e:?}"),
+                    ))
+                }
+            }
+        }
+        if client.buf.is_empty() {
+            // Idle between requests: hold no buffer, and leave at once on shutdown.
+            client.buf = BytesMut::new();
+            head_deadline = None;
+            if *shutdown.borrow() {
+                return Ok(HeadRead::Done);
+            }
+            let idle = tokio::time::timeout(config.timeout, client.stream.readable());
+            tokio::select! {
+                res = idle => match res {
+                    Err(_) | Ok(Err(_)) => return Ok(HeadRead::Done),
+                    Ok(Ok(())) => {}
+                },
+                _ = shutdown.changed() => return Ok(HeadRead::Done),
+            }
+        }
+        let deadline = *head_deadline
+            .get_or_insert_with(|| tokio::time::Instant::now() + config.header_timeout);
+        let was_empty = client.buf.is_empty();
+        let read = timeout_at(
+            deadline,
+            io::read_some(
+                &client.stream,
+                &mut client.buf,
+                HEAD_READ_CHUNK,
+                config.timeout,
+            ),
+        )
+        .await;
+        match read {
+            Err(_) => {
+                return Err(ProxyError::new(
+                    ErrorKind::RequestHeaderTimeout,
+                    "request head not received in time",
+                ))
+            }
+            Ok(Ok(0)) if was_empty => return Ok(HeadRead::Done),
+            Ok(Ok(0)) | Ok(Err(IoFail::Closed)) => {
+                return Err(ProxyError::new(
+                    ErrorKind::ClientClosed,
+                    "closed inside a request head",
+                ))
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(IoFail::Timeout)) if was_empty => return Ok(HeadRead::Done),
+            Ok(Err(IoFail::Timeout)) => {
+                return Err(ProxyError::new(
+                    ErrorKind::RequestHeaderTimeout,
+                    "client went quiet inside a request head",
+                ))
+            }
+            Ok(Err(IoFail::Io(e))) if was_empty => {
+                tracing::debug!(error = %e, "client read failed between requests");
+                return Ok(HeadRead::Done);
+            }
+            Ok(Err(IoFail::Io(e))) => {
+                return Err(
+                    ProxyError::new(ErrorKind::ClientClosed, "reading a request head")
+                        .with_source(e),
+                )
+            }
+        }
+    }
+}
+
+/// Sends the synthetic reply for `err` (when it has a status), then the caller closes.
+async fn reply_error(
+    client: &mut Client,
+    exchange: &mut Exchange,
+    err: &ProxyError,
+    config: &Config,
+) {
+    let Some(status) = err.kind().status() else {
+        return;
+    };
+    let details = err.context();
+    let reply = http::response::error_response(status, err.code(), Some(details), true);
+    exchange.set_status(status);
+    exchange.add_bytes(reply.len() as u64);
+    if io::write_all(&client.stream, &reply, config.timeout)
+        .await
+        .is_ok()
+    {
+        // Let the reply reach the client before the socket closes: a close with
+        // unread request bytes would otherwise turn into a reset that can discard it.
+        io::shutdown_write(&client.stream);
+        linger_drain(client, config).await;
+    }
+}
+
+/// After a final reply on a connection we are closing, reads and discards what the
+/// client still sends for a short, bounded while, so that closing with unread input
+/// does not reset the connection before the reply is read (RFC 9112 §9.6).
+async fn linger_drain(client: &mut Client, config: &Config) {
+    const LINGER_BYTES: usize = 256 * 1024;
+    let deadline =
+        tokio::time::Instant::now() + config.timeout.min(std::time::Duration::from_secs(2));
+    let mut drained = 0;
+    let mut scratch = BytesMut::new();
+    while drained < LINGER_BYTES {
+        scratch.clear();
+        match timeout_at(
+            deadline,
+            io::read_some(&client.stream, &mut scratch, 16 * 1024, config.timeout),
+        )
+        .await
+        {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+}
+
+/// Maps a failure on the client socket to an error (no reply is possible after it).
+pub(crate) fn client_io_error(err: IoFail, context: &'static str) -> ProxyError {
+    match err {
+        IoFail::Timeout => ProxyError::new(ErrorKind::ClientTimeout, context),
+        IoFail::Closed => ProxyError::new(ErrorKind::ClientClosed, context),
+        IoFail::Io(e) => ProxyError::new(ErrorKind::ClientClosed, context).with_source(e),
+    }
+}

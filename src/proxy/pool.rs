@@ -1,0 +1,183 @@
+//! Per-worker pool of idle upstream connections, keyed by (host, port).
+//!
+//! Single-threaded by design (one per worker, behind `RefCell`): no locks. A connection
+//! goes back only after a complete response with nothing unread; on take, it is
+//! probed with a non-blocking peek so a connection the origin closed while idle is
+//! dropped instead of failing a request. Most recently used first: it is the one most
+//! likely to still be open.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+use super::io::is_idle_and_open;
+
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+/// Idle connections per port of one host (a host rarely has more than one port).
+type PortQueues = Vec<(u16, VecDeque<Idle>)>;
+
+/// Idle upstream connections of one worker.
+pub struct Pool {
+    hosts: RefCell<HashMap<Box<str>, PortQueues>>,
+    max_per_host: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    /// An empty pool keeping at most `max_per_host` connections per (host, port),
+    /// each for at most `idle_timeout`.
+    pub fn new(max_per_host: usize, idle_timeout: Duration) -> Self {
+        Pool {
+            hosts: RefCell::new(HashMap::new()),
+            max_per_host,
+            idle_timeout,
+        }
+    }
+
+    /// Takes a live idle connection to (host, port), if there is one.
+    pub fn take(&self, host: &str, port: u16) -> Option<TcpStream> {
+        let mut hosts = self.hosts.borrow_mut();
+        let ports = hosts.get_mut(host)?;
+        let (_, queue) = ports.iter_mut().find(|(p, _)| *p == port)?;
+        let now = Instant::now();
+        let mut found = None;
+        while let Some(idle) = queue.pop_back() {
+            if now.duration_since(idle.since) < self.idle_timeout && is_idle_and_open(&idle.stream)
+            {
+                found = Some(idle.stream);
+                break;
+            }
+        }
+        if queue.is_empty() {
+            ports.retain(|(_, q)| !q.is_empty());
+            if ports.is_empty() {
+                hosts.remove(host);
+            }
+        }
+        found
+    }
+
+    /// Returns a connection whose last response was read completely.
+    pub fn put(&self, host: &str, port: u16, stream: TcpStream) {
+        if self.max_per_host == 0 {
+            return;
+        }
+        let mut hosts = self.hosts.borrow_mut();
+        let ports = match hosts.get_mut(host) {
+            Some(ports) => ports,
+            None => hosts.entry(host.into()).or_default(),
+        };
+        let queue = match ports.iter().position(|(p, _)| *p == port) {
+            Some(i) => &mut ports[i].1,
+            None => {
+                ports.push((port, VecDeque::new()));
+                let last = ports.len() - 1;
+                &mut ports[last].1
+            }
+        };
+        if queue.len() >= self.max_per_host {
+            queue.pop_front();
+        }
+        queue.push_back(Idle {
+            stream,
+            since: Instant::now(),
+        });
+    }
+
+    /// Drops connections idle for longer than the idle timeout.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut hosts = self.hosts.borrow_mut();
+        hosts.retain(|_, ports| {
+            for (_, queue) in ports.iter_mut() {
+                queue.retain(|idle| now.duration_since(idle.since) < self.idle_timeout);
+            }
+            ports.retain(|(_, q)| !q.is_empty());
+            !ports.is_empty()
+        });
+    }
+
+    /// Drops every idle connection (shutdown).
+    pub fn clear(&self) {
+        self.hosts.borrow_mut().clear();
+    }
+
+    /// Number of idle connections held.
+    pub fn len(&self) -> usize {
+        self.hosts
+            .borrow()
+            .values()
+            .flat_map(|ports| ports.iter().map(|(_, q)| q.len()))
+            .sum()
+    }
+
+    /// True when no idle connection is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How often [`Pool::sweep`] should run.
+    pub fn sweep_interval(&self) -> Duration {
+        (self.idle_timeout / 2).max(Duration::from_millis(100))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn connected() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn returns_live_connection_for_same_key_only() {
+        let pool = Pool::new(4, Duration::from_secs(30));
+        let (a, _peer) = connected().await;
+        let local = a.local_addr().unwrap();
+        pool.put("origin.test", 80, a);
+        assert!(pool.take("origin.test", 81).is_none());
+        assert!(pool.take("other.test", 80).is_none());
+        let got = pool.take("origin.test", 80).expect("pooled");
+        assert_eq!(got.local_addr().unwrap(), local);
+        assert!(pool.is_empty());
+    }
+
+    #[tokio::test]
+    async fn drops_connections_the_origin_closed() {
+        let pool = Pool::new(4, Duration::from_secs(30));
+        let (a, peer) = connected().await;
+        drop(peer);
+        a.readable().await.unwrap();
+        pool.put("h", 80, a);
+        assert!(pool.take("h", 80).is_none());
+    }
+
+    #[tokio::test]
+    async fn caps_per_host_and_expires() {
+        let pool = Pool::new(2, Duration::from_millis(0));
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            let (a, p) = connected().await;
+            peers.push(p);
+            pool.put("h", 80, a);
+        }
+        assert_eq!(pool.len(), 2);
+        assert!(
+            pool.take("h", 80).is_none(),
+            "zero idle timeout expires everything"
+        );
+        pool.sweep();
+        assert!(pool.is_empty());
+    }
+}

@@ -1,0 +1,188 @@
+//! CONNECT: open a TCP connection to the authority and relay bytes both ways.
+//!
+//! Half-close is kept: when one side finishes sending, the other side's write half is
+//! shut down and the opposite direction goes on until it finishes too. The tunnel
+//! ends when both directions are done, either fails, or neither moves for `--timeout`.
+//! Read buffers exist only while data is flowing, so an idle tunnel holds none.
+
+use std::cell::Cell;
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::access::Exchange;
+use super::io::{shutdown_write, write_all, IoFail};
+use super::{client_io_error, upstream, Client, Shared};
+use crate::error::{ErrorKind, ProxyError, Result};
+use crate::http::{self, response::CONNECT_ESTABLISHED, BodyKind, RequestHead};
+
+/// Runs a CONNECT exchange to its end; the client connection is finished afterwards.
+pub async fn run(
+    client: &mut Client,
+    shared: &Shared,
+    head: &RequestHead,
+    host: &str,
+    port: u16,
+    exchange: &mut Exchange,
+) -> Result<()> {
+    let config = &shared.config;
+    // A CONNECT request has no content (RFC 9110 §9.3.6); framing headers on it are
+    // a smuggling attempt or a broken client.
+    match http::request_body_kind(head) {
+        Ok(BodyKind::Empty) => {}
+        _ => {
+            return Err(ProxyError::new(
+                ErrorKind::HttpRequestError,
+                "CONNECT with a body",
+            ))
+        }
+    }
+    let upstream = upstream::connect(shared, host, port).await?;
+    write_all(&client.stream, CONNECT_ESTABLISHED, config.timeout)
+        .await
+        .map_err(|e| client_io_error(e, "writing the CONNECT reply"))?;
+    exchange.set_status(200);
+    exchange.add_bytes(CONNECT_ESTABLISHED.len() as u64);
+    // Bytes the client sent right behind its CONNECT (an eager TLS ClientHello) go first.
+    if !client.buf.is_empty() {
+        let early = std::mem::take(&mut client.buf);
+        write_all(&upstream, &early, config.timeout)
+            .await
+            .map_err(upstream_io_error)?;
+    }
+    client.buf = BytesMut::new();
+    let relayed = relay(
+        &client.stream,
+        &upstream,
+        config.server_recvbuf_size,
+        config.timeout,
+    )
+    .await;
+    exchange.add_bytes(relayed.to_client);
+    relayed.result
+}
+
+/// Totals of a finished relay.
+pub struct Relayed {
+    /// Bytes sent to the client.
+    pub to_client: u64,
+    /// Bytes sent to the upstream.
+    pub to_upstream: u64,
+    /// How it ended.
+    pub result: Result<()>,
+}
+
+/// Relays bytes between `client` and `upstream` until both directions end, either
+/// fails, or nothing moves for `idle`.
+pub async fn relay(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    chunk: usize,
+    idle: Duration,
+) -> Relayed {
+    let activity = Cell::new(Instant::now());
+    let up_bytes = Cell::new(0u64);
+    let down_bytes = Cell::new(0u64);
+    let up = pump(client, upstream, chunk, idle, &activity, &up_bytes);
+    let down = pump(upstream, client, chunk, idle, &activity, &down_bytes);
+    let both = async {
+        let (up, down) = tokio::join!(up, down);
+        match (up, down) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), _) => Err(classify(e, Direction::Upload)),
+            (_, Err(e)) => Err(classify(e, Direction::Download)),
+        }
+    };
+    let watchdog = async {
+        loop {
+            let deadline = activity.get() + idle;
+            tokio::time::sleep_until(deadline).await;
+            if activity.get() + idle <= Instant::now() {
+                return;
+            }
+        }
+    };
+    let result = tokio::select! {
+        res = both => res,
+        () = watchdog => Err(ProxyError::new(ErrorKind::ClientTimeout, "tunnel idle")),
+    };
+    Relayed {
+        to_client: down_bytes.get(),
+        to_upstream: up_bytes.get(),
+        result,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Upload,
+    Download,
+}
+
+enum PumpFail {
+    Read(io::Error),
+    Write(IoFail),
+}
+
+fn classify(fail: PumpFail, dir: Direction) -> ProxyError {
+    match (fail, dir) {
+        (PumpFail::Read(e), Direction::Upload) => {
+            ProxyError::new(ErrorKind::ClientClosed, "tunnel: reading the client").with_source(e)
+        }
+        (PumpFail::Read(e), Direction::Download) => ProxyError::new(
+            ErrorKind::HttpResponseIncomplete,
+            "tunnel: reading the upstream",
+        )
+        .with_source(e),
+        (PumpFail::Write(e), Direction::Upload) => upstream_io_error(e),
+        (PumpFail::Write(e), Direction::Download) => {
+            client_io_error(e, "tunnel: writing the client")
+        }
+    }
+}
+
+fn upstream_io_error(err: IoFail) -> ProxyError {
+    match err {
+        IoFail::Timeout => ProxyError::new(ErrorKind::ConnectionReadTimeout, "upstream stalled"),
+        IoFail::Closed => ProxyError::new(ErrorKind::HttpResponseIncomplete, "upstream closed"),
+        IoFail::Io(e) => ProxyError::new(ErrorKind::HttpResponseIncomplete, "writing the upstream")
+            .with_source(e),
+    }
+}
+
+/// Copies `src` to `dst` until EOF (then half-closes `dst`).
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    chunk: usize,
+    idle: Duration,
+    activity: &Cell<Instant>,
+    total: &Cell<u64>,
+) -> std::result::Result<(), PumpFail> {
+    loop {
+        src.readable().await.map_err(PumpFail::Read)?;
+        // Allocated only while data flows; dropped when the source runs dry.
+        let mut buf = BytesMut::with_capacity(chunk);
+        loop {
+            match src.try_read_buf(&mut buf) {
+                Ok(0) => {
+                    shutdown_write(dst);
+                    return Ok(());
+                }
+                Ok(n) => {
+                    activity.set(Instant::now());
+                    write_all(dst, &buf, idle).await.map_err(PumpFail::Write)?;
+                    activity.set(Instant::now());
+                    total.set(total.get() + n as u64);
+                    buf.clear();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(PumpFail::Read(e)),
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! One worker: an OS thread running a current-thread runtime and a `LocalSet`, with its
+//! own listeners, upstream pool and connection tasks. Nothing here is shared with other
+//! workers except the read-only `Arc<Config>`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::LocalSet;
+
+use crate::config::Config;
+use crate::proxy::{serve_connection, Shared};
+
+/// Runs worker `id` until shutdown has been signalled and its connections have drained
+/// (or the grace period is over). Reports start-up success or failure on `ready`.
+pub fn run(
+    id: usize,
+    config: Arc<Config>,
+    listen_addrs: Arc<[SocketAddr]>,
+    listeners: Vec<std::net::TcpListener>,
+    shutdown: watch::Receiver<bool>,
+    ready: std::sync::mpsc::Sender<io::Result<()>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let local = LocalSet::new();
+    local.block_on(&runtime, async move {
+        let mut async_listeners = Vec::with_capacity(listeners.len());
+        for listener in listeners {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => async_listeners.push(listener),
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            }
+        }
+        let _ = ready.send(Ok(()));
+        let grace = config.grace_period;
+        let shared = Rc::new(Shared::new(config, listen_addrs, id));
+        // Every connection task holds a clone of `drain_tx`; `recv` returns `None` once
+        // the last one is gone (mini-redis' shutdown-complete trick).
+        let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
+        for listener in async_listeners {
+            tokio::task::spawn_local(accept_loop(
+                listener,
+                Rc::clone(&shared),
+                shutdown.clone(),
+                drain_tx.clone(),
+            ));
+        }
+        drop(drain_tx);
+        let sweeper = tokio::task::spawn_local(sweep_pool(Rc::clone(&shared)));
+        wait_for_shutdown(shutdown).await;
+        tracing::debug!(worker = id, "draining");
+        if tokio::time::timeout(grace, drain_rx.recv()).await.is_err() {
+            tracing::warn!(
+                worker = id,
+                "grace period over; closing the remaining connections"
+            );
+        }
+        sweeper.abort();
+        shared.pool.clear();
+    });
+    // Dropping the runtime cancels whatever is still running (past the grace period).
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Rc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    drain: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = wait_for_shutdown(shutdown.clone()) => return,
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                let shared = Rc::clone(&shared);
+                let shutdown = shutdown.clone();
+                let guard = drain.clone();
+                tokio::task::spawn_local(async move {
+                    serve_connection(stream, addr, &shared, shutdown).await;
+                    drop(guard);
+                });
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning on accept.
+                let pressure = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                );
+                if pressure {
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                } else {
+                    tracing::debug!(error = %e, "accept failed");
+                }
+            }
+        }
+    }
+}
+
+async fn sweep_pool(shared: Rc<Shared>) {
+    let mut tick = tokio::time::interval(shared.pool.sweep_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        shared.pool.sweep();
+    }
+}
+
+/// Resolves once shutdown has been signalled (or the signal's sender is gone).
+pub async fn wait_for_shutdown(mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
