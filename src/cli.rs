@@ -1,1 +1,485 @@
-//! TEMPORARY STUB (replaced by the real cli module).
+//! `Cli`: the command line, with proxy.py's flag names, defaults and abbreviations.
+//!
+//! Only this module knows about clap. Values are checked one by one here (an IP is
+//! an IP, a timeout is a non-negative number of seconds); rules that involve several
+//! flags or the file system live in `Config::from_cli`.
+//!
+//! Exit codes follow argparse where proxy.py defines them: an unknown flag or a
+//! missing value prints the usage and exits 2. A value that parses but is not
+//! acceptable prints one `proxy: error: …` line and exits 64 (`EX_USAGE`).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind as ClapKind};
+use clap::{ArgAction, Parser};
+
+use crate::config::DEFAULT_LOG_FORMAT;
+
+/// Exit status for a bad flag value (`EX_USAGE` from sysexits.h).
+pub const EX_USAGE: i32 = 64;
+/// Exit status for a malformed command line (unknown flag, missing value), as argparse.
+pub const EX_ARGPARSE: i32 = 2;
+
+/// Longest timeout accepted, in seconds (about 31 years): keeps `Instant + timeout` far from overflow.
+const MAX_TIMEOUT_SECS: f64 = 1e9;
+
+const ABOUT: &str = concat!(
+    "proxy v",
+    env!("CARGO_PKG_VERSION"),
+    ": a fast HTTP/1.x forward proxy that takes proxy.py's command line"
+);
+
+const AFTER_HELP: &str = "\
+Flags may be abbreviated to any unambiguous prefix (--num-w 2), as in proxy.py.
+Differences from proxy.py: log timestamps are UTC; --timeout accepts fractions of a
+second; --header-timeout, --connect-timeout and --grace-period are our own; flags
+proxy.py has but this release does not implement are rejected, not ignored.
+See README.md for the flag table, the log format keys and the architecture.";
+
+/// Raw command-line flags, named as in proxy.py. Turned into a `Config` by `Config::from_cli`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "proxy",
+    version,
+    about = ABOUT,
+    after_help = AFTER_HELP,
+    infer_long_args = true,
+    disable_version_flag = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// IP address to listen on (IPv4 or IPv6 literal).
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1", value_parser = parse_ip)]
+    pub hostname: IpAddr,
+
+    /// Extra IP addresses to listen on; may be repeated [default: none]
+    #[arg(long, value_name = "IP", num_args = 1.., action = ArgAction::Append, value_parser = parse_ip)]
+    pub hostnames: Vec<IpAddr>,
+
+    /// Port to listen on; 0 picks a free port, shared by all workers (see --port-file).
+    #[arg(long, value_name = "PORT", default_value = "8899", value_parser = parse_port, allow_negative_numbers = true)]
+    pub port: u16,
+
+    /// Extra ports to listen on; may be repeated. Every hostname listens on every port [default: none]
+    #[arg(long, value_name = "PORT", num_args = 1.., action = ArgAction::Append, value_parser = parse_port, allow_negative_numbers = true)]
+    pub ports: Vec<u16>,
+
+    /// Write the bound port(s) to this file, one per line (written once listening) [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub port_file: Option<PathBuf>,
+
+    /// Write the process id to this file; removed on exit [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Maximum number of pending connections on each listening socket.
+    #[arg(long, value_name = "N", default_value = "100", value_parser = parse_backlog, allow_negative_numbers = true)]
+    pub backlog: u32,
+
+    /// Worker threads, each with its own listener and event loop; 0 = one per CPU core.
+    #[arg(long, value_name = "N", default_value = "0", value_parser = parse_workers, allow_negative_numbers = true)]
+    pub num_workers: usize,
+
+    /// Raise the soft limit on open files (RLIMIT_NOFILE) to N, if the hard limit allows.
+    #[arg(long, value_name = "N", default_value = "1024", value_parser = parse_u64, allow_negative_numbers = true)]
+    pub open_file_limit: u64,
+
+    /// Close a connection after this many seconds without traffic (fractions allowed).
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_timeout, allow_negative_numbers = true)]
+    pub timeout: Duration,
+
+    /// Seconds a client may take to send a whole request head (slowloris guard; not in proxy.py).
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_timeout, allow_negative_numbers = true)]
+    pub header_timeout: Duration,
+
+    /// Seconds allowed for DNS plus TCP connect to an origin (fixed at 10 in proxy.py).
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_timeout, allow_negative_numbers = true)]
+    pub connect_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, seconds in-flight requests may take to finish (not in proxy.py).
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_grace, allow_negative_numbers = true)]
+    pub grace_period: Duration,
+
+    /// Maximum bytes read from a client at a time (128 KiB).
+    #[arg(long, value_name = "BYTES", default_value = "131072", value_parser = parse_bufsize, allow_negative_numbers = true)]
+    pub client_recvbuf_size: usize,
+
+    /// Maximum bytes read from an origin at a time (128 KiB).
+    #[arg(long, value_name = "BYTES", default_value = "131072", value_parser = parse_bufsize, allow_negative_numbers = true)]
+    pub server_recvbuf_size: usize,
+
+    /// Comma-separated request headers to remove before forwarding [default: none]
+    #[arg(long, value_name = "NAMES")]
+    pub disable_headers: Option<String>,
+
+    /// DEBUG, INFO, WARNING, ERROR or CRITICAL, in any case, or the first letter (d, i, w, e, c).
+    #[arg(long, value_name = "LEVEL", default_value = "INFO", value_parser = parse_log_level)]
+    pub log_level: tracing::Level,
+
+    /// Append logs to this file instead of standard output [default: stdout]
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// proxy.py-style %(key)s template for log lines (timestamps in UTC), or `json` for one JSON object per line.
+    #[arg(long, value_name = "FORMAT", default_value = DEFAULT_LOG_FORMAT)]
+    pub log_format: String,
+
+    /// Print the version and exit.
+    #[arg(short = 'v', long, action = ArgAction::Version)]
+    pub version: Option<bool>,
+}
+
+impl Cli {
+    /// Parses `args` (the first item is the program name, as in `std::env::args_os`).
+    ///
+    /// # Errors
+    /// `--help`/`--version` come back as a `CliError` with exit code 0 and the text to
+    /// print on standard output; every other failure carries its message and exit code.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Cli, CliError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Cli::try_parse_from(args).map_err(CliError::from_clap)
+    }
+}
+
+/// A command line that cannot run: what to print, where, and the exit status.
+///
+/// `--help` and `--version` also come back as a `CliError` (exit 0, standard output),
+/// so that the caller prints everything in one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    message: String,
+    code: i32,
+}
+
+impl CliError {
+    /// A bad value or setting: printed as one `proxy: error: <what>` line, exit 64.
+    pub fn usage(what: impl fmt::Display) -> CliError {
+        CliError {
+            message: format!("proxy: error: {what}"),
+            code: EX_USAGE,
+        }
+    }
+
+    /// A failure after the command line was accepted (exit 1).
+    pub fn runtime(what: impl fmt::Display) -> CliError {
+        CliError {
+            message: format!("proxy: error: {what}"),
+            code: 1,
+        }
+    }
+
+    /// Translates a clap error: help/version (0), bad values (64), anything else (2).
+    fn from_clap(err: clap::Error) -> CliError {
+        match err.kind() {
+            ClapKind::DisplayHelp
+            | ClapKind::DisplayVersion
+            | ClapKind::DisplayHelpOnMissingArgumentOrSubcommand => CliError {
+                message: err.render().to_string(),
+                code: 0,
+            },
+            // Our value parsers rejected a value: one line, as the other 64s.
+            ClapKind::ValueValidation => {
+                let flag = match err.get(ContextKind::InvalidArg) {
+                    Some(ContextValue::String(arg)) => {
+                        arg.split_whitespace().next().unwrap_or(arg).to_owned()
+                    }
+                    _ => "argument".to_owned(),
+                };
+                let value = match err.get(ContextKind::InvalidValue) {
+                    Some(ContextValue::String(v)) => v.clone(),
+                    _ => String::new(),
+                };
+                let why = std::error::Error::source(&err)
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "invalid value".to_owned());
+                CliError::usage(format_args!("{flag}: invalid value '{value}': {why}"))
+            }
+            _ => CliError {
+                message: err.render().to_string(),
+                code: EX_ARGPARSE,
+            },
+        }
+    }
+
+    /// The exit status: 0 for help/version, 2 for a malformed command line, 64 for a bad value.
+    pub fn exit_code(&self) -> i32 {
+        self.code
+    }
+
+    /// The text to print (help, version, or the error line(s)).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Help and version text go to standard output; errors go to standard error.
+    pub fn is_error(&self) -> bool {
+        self.code != 0
+    }
+
+    /// Prints the message once, on standard output (help, version) or standard error.
+    pub fn print(&self) {
+        use std::io::Write;
+        let text = self.message.trim_end_matches('\n');
+        // A closed stdout/stderr (`proxy -h | head -1`) is not worth a panic.
+        let _ = if self.is_error() {
+            writeln!(std::io::stderr(), "{text}")
+        } else {
+            writeln!(std::io::stdout(), "{text}")
+        };
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message.trim_end_matches('\n'))
+    }
+}
+
+impl std::error::Error for CliError {}
+
+// === value parsers (each error becomes `proxy: error: --flag: invalid value 'x': <why>`) ===
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse::<IpAddr>()
+        .map_err(|_| "expected an IPv4 or IPv6 address such as 127.0.0.1 or ::1".to_owned())
+}
+
+fn parse_u64(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<u64>()
+        .map_err(|_| "expected a non-negative integer".to_owned())
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    let n = parse_u64(s)?;
+    u16::try_from(n).map_err(|_| "a port must be between 0 and 65535".to_owned())
+}
+
+fn parse_backlog(s: &str) -> Result<u32, String> {
+    let n = parse_u64(s)?;
+    // listen(2) takes an int.
+    match u32::try_from(n) {
+        Ok(n) if n <= i32::MAX as u32 => Ok(n),
+        _ => Err(format!("must be at most {}", i32::MAX)),
+    }
+}
+
+/// More workers than this is a typo, not a plan (each one is a thread with its own sockets).
+pub const MAX_WORKERS: usize = 1024;
+
+fn parse_workers(s: &str) -> Result<usize, String> {
+    let n = parse_u64(s)?;
+    match usize::try_from(n) {
+        Ok(n) if n <= MAX_WORKERS => Ok(n),
+        _ => Err(format!(
+            "must be between 0 (one per core) and {MAX_WORKERS}"
+        )),
+    }
+}
+
+fn parse_bufsize(s: &str) -> Result<usize, String> {
+    const MAX: u64 = 1 << 30;
+    let n = parse_u64(s)?;
+    if n == 0 || n > MAX {
+        return Err(format!("must be between 1 and {MAX} bytes"));
+    }
+    usize::try_from(n).map_err(|_| "too large".to_owned())
+}
+
+/// Seconds as a decimal number (`10`, `0.5`); not negative, not NaN, not absurd.
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number of seconds".to_owned())?;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err("expected a non-negative number of seconds".to_owned());
+    }
+    if secs > MAX_TIMEOUT_SECS {
+        return Err(format!("at most {MAX_TIMEOUT_SECS:.0} seconds"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+/// A timeout of zero would fail every wait at once, so it must be positive.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_seconds(s)?;
+    if d.is_zero() {
+        return Err("must be greater than 0".to_owned());
+    }
+    Ok(d)
+}
+
+/// A grace period of 0 means "stop at once", which is legitimate.
+fn parse_grace(s: &str) -> Result<Duration, String> {
+    parse_seconds(s)
+}
+
+/// proxy.py's levels by name (any case) or first letter; CRITICAL maps to ERROR.
+/// `TRACE` (full name only) is an extension below DEBUG.
+pub fn parse_log_level(s: &str) -> Result<tracing::Level, String> {
+    use tracing::Level;
+    let upper = s.trim().to_ascii_uppercase();
+    match upper.as_str() {
+        "D" | "DEBUG" => Ok(Level::DEBUG),
+        "I" | "INFO" => Ok(Level::INFO),
+        "W" | "WARN" | "WARNING" => Ok(Level::WARN),
+        "E" | "ERROR" | "C" | "CRITICAL" => Ok(Level::ERROR),
+        "TRACE" => Ok(Level::TRACE),
+        _ => Err("expected DEBUG, INFO, WARNING, ERROR or CRITICAL (or d, i, w, e, c)".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    fn parse(args: &[&str]) -> Result<Cli, CliError> {
+        Cli::try_parse_args(std::iter::once("proxy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_proxy_py_defaults() {
+        let cli = parse(&[]).unwrap();
+        assert_eq!(cli.hostname, IpAddr::from([127, 0, 0, 1]));
+        assert!(cli.hostnames.is_empty());
+        assert_eq!(cli.port, 8899);
+        assert!(cli.ports.is_empty());
+        assert_eq!(cli.backlog, 100);
+        assert_eq!(cli.num_workers, 0);
+        assert_eq!(cli.open_file_limit, 1024);
+        assert_eq!(cli.timeout, Duration::from_secs(10));
+        assert_eq!(cli.header_timeout, Duration::from_secs(10));
+        assert_eq!(cli.connect_timeout, Duration::from_secs(10));
+        assert_eq!(cli.grace_period, Duration::from_secs(10));
+        assert_eq!(cli.client_recvbuf_size, 128 * 1024);
+        assert_eq!(cli.server_recvbuf_size, 128 * 1024);
+        assert_eq!(cli.log_level, Level::INFO);
+        assert_eq!(cli.log_format, DEFAULT_LOG_FORMAT);
+        assert!(cli.log_file.is_none() && cli.pid_file.is_none() && cli.port_file.is_none());
+        assert!(cli.disable_headers.is_none());
+    }
+
+    #[test]
+    fn unambiguous_prefixes_work_like_argparse() {
+        let cli = parse(&["--num-w", "2", "--time", "5", "--back", "7", "--log-l", "d"]).unwrap();
+        assert_eq!(cli.num_workers, 2);
+        assert_eq!(cli.timeout, Duration::from_secs(5));
+        assert_eq!(cli.backlog, 7);
+        assert_eq!(cli.log_level, Level::DEBUG);
+        // Exact names win over longer flags they prefix.
+        let cli = parse(&["--port", "1", "--hostname", "::1"]).unwrap();
+        assert_eq!(cli.port, 1);
+        assert_eq!(cli.hostname, "::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn ambiguous_prefix_is_a_usage_error() {
+        let err = parse(&["--host", "::1"]).unwrap_err();
+        assert_eq!(err.exit_code(), EX_ARGPARSE, "{err}");
+        let err = parse(&["--log", "x"]).unwrap_err();
+        assert_eq!(err.exit_code(), EX_ARGPARSE, "{err}");
+    }
+
+    #[test]
+    fn unknown_flag_and_missing_value_exit_2() {
+        assert_eq!(parse(&["--plugins", "x"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["--port"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["stray"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn bad_values_exit_64_with_one_line() {
+        for args in [
+            &["--hostname", "localhost"][..],
+            &["--port", "65536"],
+            &["--port", "-1"],
+            &["--timeout", "-1"],
+            &["--timeout", "0"],
+            &["--timeout", "nan"],
+            &["--num-workers", "1025"],
+            &["--log-level", "verbose"],
+            &["--client-recvbuf-size", "0"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), EX_USAGE, "{args:?}: {err}");
+            let text = err.to_string();
+            assert!(text.starts_with("proxy: error: --"), "{text}");
+            assert_eq!(text.lines().count(), 1, "{text}");
+        }
+    }
+
+    #[test]
+    fn help_and_version_exit_0() {
+        let help = parse(&["-h"]).unwrap_err();
+        assert_eq!(help.exit_code(), 0);
+        assert!(help.message().contains("--hostname"));
+        assert!(help.message().contains("[default: 8899]"));
+        let version = parse(&["-v"]).unwrap_err();
+        assert_eq!(version.exit_code(), 0);
+        assert!(version.message().contains(env!("CARGO_PKG_VERSION")));
+        assert_eq!(parse(&["--version"]).unwrap_err().exit_code(), 0);
+    }
+
+    #[test]
+    fn float_timeouts() {
+        let cli = parse(&[
+            "--timeout",
+            "0.5",
+            "--header-timeout",
+            "2.25",
+            "--grace-period",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(cli.timeout, Duration::from_millis(500));
+        assert_eq!(cli.header_timeout, Duration::from_millis(2250));
+        assert_eq!(cli.grace_period, Duration::ZERO);
+    }
+
+    #[test]
+    fn log_levels_by_name_or_letter() {
+        for (s, level) in [
+            ("d", Level::DEBUG),
+            ("DEBUG", Level::DEBUG),
+            ("i", Level::INFO),
+            ("Info", Level::INFO),
+            ("W", Level::WARN),
+            ("warning", Level::WARN),
+            ("e", Level::ERROR),
+            ("c", Level::ERROR),
+            ("CRITICAL", Level::ERROR),
+            ("trace", Level::TRACE),
+        ] {
+            assert_eq!(parse_log_level(s), Ok(level), "{s}");
+        }
+        assert!(parse_log_level("x").is_err());
+        assert!(parse_log_level("").is_err());
+    }
+
+    #[test]
+    fn hostnames_and_ports_take_several_values_and_repeat() {
+        let cli = parse(&[
+            "--hostnames",
+            "::1",
+            "127.0.0.2",
+            "--ports",
+            "1",
+            "2",
+            "--hostnames",
+            "10.0.0.1",
+            "--ports",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(cli.hostnames.len(), 3);
+        assert_eq!(cli.ports, vec![1, 2, 3]);
+    }
+}

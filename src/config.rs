@@ -146,3 +146,258 @@ impl Default for Config {
 /// proxy.py's default `--log-format`.
 pub const DEFAULT_LOG_FORMAT: &str =
     "%(asctime)s - pid:%(process)d [%(levelname)-.1s] %(module)s.%(funcName)s:%(lineno)d - %(message)s";
+
+// === impl Config (from the command line) ===
+
+impl Config {
+    /// Builds a validated `Config` from parsed flags: listen addresses, worker count,
+    /// header names, and that the directories of `--log-file`, `--pid-file` and
+    /// `--port-file` exist. Reads nothing else and binds nothing.
+    ///
+    /// # Errors
+    /// A `CliError` with exit code 64 and a one-line message.
+    pub fn from_cli(cli: crate::cli::Cli) -> Result<Config, crate::cli::CliError> {
+        use crate::cli::CliError;
+
+        let mut listen = Vec::new();
+        for ip in std::iter::once(cli.hostname).chain(cli.hostnames.iter().copied()) {
+            for port in std::iter::once(cli.port).chain(cli.ports.iter().copied()) {
+                let addr = SocketAddr::new(ip, port);
+                if !listen.contains(&addr) {
+                    listen.push(addr);
+                }
+            }
+        }
+
+        let num_workers = match cli.num_workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        };
+
+        let disable_headers = match &cli.disable_headers {
+            Some(list) => parse_header_list(list).map_err(CliError::usage)?,
+            None => Vec::new(),
+        };
+
+        for (flag, path) in [
+            ("--log-file", &cli.log_file),
+            ("--pid-file", &cli.pid_file),
+            ("--port-file", &cli.port_file),
+        ] {
+            if let Some(path) = path {
+                check_parent_dir(path).map_err(|why| {
+                    CliError::usage(format_args!("{flag}: {}: {why}", path.display()))
+                })?;
+            }
+        }
+
+        let format = if cli.log_format.eq_ignore_ascii_case("json") {
+            LogFormat::Json
+        } else {
+            LogFormat::Template(cli.log_format)
+        };
+
+        Ok(Config {
+            listen,
+            num_workers,
+            backlog: cli.backlog,
+            port_file: cli.port_file,
+            pid_file: cli.pid_file,
+            open_file_limit: cli.open_file_limit,
+            timeout: cli.timeout,
+            header_timeout: cli.header_timeout,
+            connect_timeout: cli.connect_timeout,
+            grace_period: cli.grace_period,
+            client_recvbuf_size: cli.client_recvbuf_size,
+            server_recvbuf_size: cli.server_recvbuf_size,
+            disable_headers,
+            log: LogConfig {
+                level: cli.log_level,
+                file: cli.log_file,
+                format,
+            },
+            ..Config::default()
+        })
+    }
+
+    /// Parses a command line (first item = program name, like `std::env::args_os`)
+    /// and builds the `Config`, exactly as the binary does.
+    ///
+    /// # Errors
+    /// See [`crate::cli::CliError`]: exit code 0 for `--help`/`--version` (the text is
+    /// the message), 2 for a malformed command line, 64 for a bad value.
+    pub fn from_args<I, T>(args: I) -> Result<Config, crate::cli::CliError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Config::from_cli(crate::cli::Cli::try_parse_args(args)?)
+    }
+}
+
+/// `--disable-headers a,B, c` → `["a", "b", "c"]`: trimmed, lower-cased, de-duplicated.
+fn parse_header_list(list: &str) -> Result<Vec<String>, String> {
+    let mut names: Vec<String> = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        // RFC 9110 §5.1: a field name is a token.
+        let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if !name.bytes().all(is_tchar) {
+            return Err(format!("--disable-headers: '{name}' is not a header name"));
+        }
+        let name = name.to_ascii_lowercase();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// The file need not exist, but the directory it goes in must.
+fn check_parent_dir(path: &std::path::Path) -> Result<(), String> {
+    if path.as_os_str().is_empty() {
+        return Err("empty path".to_owned());
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    match std::fs::metadata(parent) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(format!("{} is not a directory", parent.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("directory {} does not exist", parent.display()))
+        }
+        Err(e) => return Err(format!("directory {}: {e}", parent.display())),
+    }
+    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err("is a directory".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn config(args: &[&str]) -> Config {
+        Config::from_args(std::iter::once("proxy").chain(args.iter().copied())).unwrap()
+    }
+
+    fn exit_code(args: &[&str]) -> i32 {
+        Config::from_args(std::iter::once("proxy").chain(args.iter().copied()))
+            .unwrap_err()
+            .exit_code()
+    }
+
+    #[test]
+    fn defaults_match_proxy_py_and_config_default() {
+        let c = config(&[]);
+        let d = Config::default();
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.listen, vec![SocketAddr::from(([127, 0, 0, 1], 8899))]);
+        assert_eq!(c.num_workers, d.num_workers, "0 = one worker per core");
+        assert!(c.num_workers >= 1);
+        assert_eq!(c.backlog, 100);
+        assert_eq!(c.open_file_limit, 1024);
+        assert_eq!(c.timeout, Duration::from_secs(10));
+        assert_eq!(c.header_timeout, d.header_timeout);
+        assert_eq!(c.connect_timeout, d.connect_timeout);
+        assert_eq!(c.grace_period, d.grace_period);
+        assert_eq!(c.client_recvbuf_size, 131072);
+        assert_eq!(c.server_recvbuf_size, 131072);
+        assert!(c.disable_headers.is_empty());
+        assert_eq!(c.log.level, tracing::Level::INFO);
+        assert_eq!(
+            c.log.format,
+            LogFormat::Template(DEFAULT_LOG_FORMAT.to_owned())
+        );
+        assert!(c.log.file.is_none() && c.pid_file.is_none() && c.port_file.is_none());
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn listen_is_hostnames_times_ports_deduplicated_in_order() {
+        let c = config(&[
+            "--hostname",
+            "127.0.0.1",
+            "--hostnames",
+            "::1",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ports",
+            "8080",
+            "0",
+        ]);
+        let v6: IpAddr = "::1".parse().unwrap();
+        let v4: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            c.listen,
+            vec![
+                SocketAddr::new(v4, 0),
+                SocketAddr::new(v4, 8080),
+                SocketAddr::new(v6, 0),
+                SocketAddr::new(v6, 8080),
+            ]
+        );
+    }
+
+    #[test]
+    fn explicit_workers_prefixes_and_float_timeouts() {
+        let c = config(&["--num-w", "3", "--time", "0.25", "--connect-t", "1.5"]);
+        assert_eq!(c.num_workers, 3);
+        assert_eq!(c.timeout, Duration::from_millis(250));
+        assert_eq!(c.connect_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn disable_headers_are_lower_cased_and_split() {
+        let c = config(&["--disable-headers", "X-Foo, Cookie,,x-foo,User-Agent"]);
+        assert_eq!(c.disable_headers, vec!["x-foo", "cookie", "user-agent"]);
+        assert_eq!(exit_code(&["--disable-headers", "bad header"]), 64);
+    }
+
+    #[test]
+    fn log_settings() {
+        let c = config(&["--log-level", "w", "--log-format", "JSON"]);
+        assert_eq!(c.log.level, tracing::Level::WARN);
+        assert_eq!(c.log.format, LogFormat::Json);
+        let c = config(&["--log-format", "%(message)s"]);
+        assert_eq!(c.log.format, LogFormat::Template("%(message)s".to_owned()));
+        assert_eq!(
+            config(&["--log-level", "CRITICAL"]).log.level,
+            tracing::Level::ERROR
+        );
+    }
+
+    #[test]
+    fn file_flags_need_an_existing_directory() {
+        let dir = std::env::temp_dir();
+        let file = dir.join("proxy-config-test.log");
+        let c = config(&["--log-file", file.to_str().unwrap()]);
+        assert_eq!(c.log.file.as_deref(), Some(file.as_path()));
+        assert_eq!(
+            exit_code(&["--log-file", "/nonexistent-dir-for-proxy/x.log"]),
+            64
+        );
+        assert_eq!(
+            exit_code(&["--pid-file", "/nonexistent-dir-for-proxy/x.pid"]),
+            64
+        );
+        assert_eq!(exit_code(&["--port-file", dir.to_str().unwrap()]), 64);
+        // A bare file name lives in the current directory, which exists.
+        assert!(Config::from_args(["proxy", "--pid-file", "proxy.pid"]).is_ok());
+    }
+
+    #[test]
+    fn errors_keep_their_exit_codes() {
+        assert_eq!(exit_code(&["--no-such-flag"]), 2);
+        assert_eq!(exit_code(&["--hostname", "example.com"]), 64);
+        assert_eq!(exit_code(&["--port", "70000"]), 64);
+        assert_eq!(exit_code(&["--num-workers", "100000"]), 64);
+        assert_eq!(exit_code(&["--help"]), 0);
+    }
+}

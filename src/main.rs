@@ -1,1 +1,104 @@
-fn main() {}
+//! The `proxy` binary: argv → `Config` → logging → rlimit, pid file → `proxy::start` →
+//! wait for SIGINT/SIGTERM → drain → exit. All the work lives in the library.
+
+use std::process::ExitCode;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let config = match proxy::Config::from_args(std::env::args_os()) {
+        Ok(config) => config,
+        Err(err) => return exit_with(&err),
+    };
+    if let Err(err) = proxy::logging::init(&config.log) {
+        return exit_with(&err);
+    }
+    raise_open_file_limit(config.open_file_limit);
+    let pid_file = config.pid_file.clone();
+    if let Some(path) = &pid_file {
+        if let Err(e) = std::fs::write(path, std::process::id().to_string()) {
+            tracing::error!("cannot write --pid-file {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let code = run(config);
+    if let Some(path) = &pid_file {
+        let _ = std::fs::remove_file(path);
+    }
+    code
+}
+
+/// Starts the proxy and blocks until a signal has stopped it.
+fn run(config: proxy::Config) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build();
+    // Handlers go in before the listeners, so an early SIGTERM still drains and cleans up.
+    let signals = runtime.and_then(|rt| {
+        let int = rt.block_on(async { signal(SignalKind::interrupt()) })?;
+        let term = rt.block_on(async { signal(SignalKind::terminate()) })?;
+        Ok((rt, int, term))
+    });
+    let (rt, mut int, mut term) = match signals {
+        Ok(parts) => parts,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let grace = config.grace_period;
+    let handle = match proxy::start(config) {
+        Ok(handle) => handle,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let name = rt.block_on(async {
+        tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM" }
+    });
+    tracing::info!("{name} received; draining for up to {grace:?} (send it again to stop now)");
+    handle.shutdown();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        handle.wait();
+        let _ = done_tx.send(());
+    });
+    let drained = rt.block_on(async {
+        tokio::select! { _ = done_rx => true, _ = int.recv() => false, _ = term.recv() => false }
+    });
+    if drained {
+        ExitCode::SUCCESS
+    } else {
+        tracing::warn!("second signal: exiting without waiting for in-flight requests");
+        ExitCode::FAILURE
+    }
+}
+
+/// proxy.py's `--open-file-limit`: raise the soft limit when `soft < limit <= hard`.
+fn raise_open_file_limit(limit: u64) {
+    let resource = rlimit::Resource::NOFILE;
+    match resource.get() {
+        Ok((soft, hard)) if soft < limit && limit <= hard => {
+            if let Err(e) = resource.set(limit, hard) {
+                tracing::warn!("cannot raise the open file limit to {limit}: {e}");
+            }
+        }
+        Ok((soft, hard)) if soft < limit => {
+            tracing::warn!(
+                "--open-file-limit {limit} is above the hard limit {hard}; keeping {soft}"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open file limit: {e}"),
+    }
+}
+
+/// Prints help, version or an error once, and returns its exit status.
+fn exit_with(err: &proxy::cli::CliError) -> ExitCode {
+    err.print();
+    ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(1))
+}

@@ -90,11 +90,6 @@ pub async fn run(
             Some(stream) => stream,
             None => upstream::connect(shared, host, port).await?,
         };
-        let mut head_parts = if reused && retryable {
-            Some(parts.clone())
-        } else {
-            None
-        };
         let outcome = exchange_once(
             client, config, &upstream, parts, &request, exchange, shutdown,
         )
@@ -102,9 +97,8 @@ pub async fn run(
         match outcome {
             Err(Failure::BeforeResponse(err)) if reused && retryable => {
                 tracing::debug!(error = %err, "pooled upstream connection was closed; retrying once");
-                if let Some(saved) = head_parts.take() {
-                    *parts = saved;
-                }
+                // The failed attempt consumed the encoded head; encode it again.
+                head.encode(Version::Http11, parts);
                 attempt += 1;
             }
             Err(Failure::BeforeResponse(err)) | Err(Failure::Fatal(err)) => return Err(err),
