@@ -18,7 +18,6 @@ import argparse
 import errno
 import ipaddress
 import resource
-import select
 import socket
 import sys
 import time
@@ -66,9 +65,6 @@ def read_response(sock, deadline):
 def still_open(sock):
     """An idle connection is alive if a non-blocking read would block."""
     try:
-        r, _, _ = select.select([sock], [], [], 0)
-        if not r:
-            return True
         data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         return len(data) > 0  # unexpected bytes, but the socket is open
     except BlockingIOError:
@@ -86,6 +82,8 @@ def main():
     ap.add_argument("--mode", choices=("open", "request"), default="open")
     ap.add_argument("--url", help="absolute-form URL for --mode request")
     ap.add_argument("--timeout", type=float, default=60.0, help="overall time limit for opening")
+    ap.add_argument("--max-failures", type=int, default=3,
+                    help="stop opening after this many failures in a row (the server stopped accepting)")
     args = ap.parse_args()
 
     if not ipaddress.ip_address(args.host).is_loopback:
@@ -99,24 +97,25 @@ def main():
         hostport = args.url.split("/")[2]
         request = ("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: idle_conns\r\n\r\n" % (args.url, hostport)).encode()
 
-    socks, failed = [], 0
+    socks, failed, in_a_row = [], 0, 0
     deadline = time.monotonic() + args.timeout
     for _ in range(args.count):
-        if time.monotonic() > deadline:
-            failed += args.count - len(socks) - failed
+        if time.monotonic() > deadline or in_a_row >= args.max_failures:
             break
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.settimeout(5.0)
+        s.settimeout(2.0)
         try:
             s.connect((args.host, args.port))
             if request is not None:
                 s.sendall(request)
-                if not read_response(s, time.monotonic() + 5.0):
+                if not read_response(s, time.monotonic() + 2.0):
                     raise OSError(errno.EPROTO, "no complete response")
             s.setblocking(False)
             socks.append(s)
+            in_a_row = 0
         except OSError:
             failed += 1
+            in_a_row += 1
             s.close()
     print("READY %d %d" % (len(socks), failed), flush=True)
     time.sleep(args.hold)

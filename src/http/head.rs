@@ -1,108 +1,577 @@
-#![allow(unused, clippy::all)]
-use bytes::Bytes;
+//! `RequestHead` / `ResponseHead`: one received head kept as `Bytes` plus `u32` spans, with recorded edits.
+//!
+//! Nothing is copied at parse time. Edits are recorded per header (`Slot`), and `encode` writes the head back as
+//! slices of the untouched regions of `raw` (adjacent untouched lines coalesced into one slice) interleaved with
+//! the few lines that were re-rendered.
+
+use std::fmt;
+use std::ops::Range;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{is_field_byte, is_tchar, trim_ows};
+
+/// The HTTP version of a message (only 1.0 and 1.1 are accepted on the wire).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
+    /// HTTP/1.0
     Http10,
+    /// HTTP/1.1
     Http11,
 }
+
 impl Version {
+    /// The version as it appears on the wire, e.g. `b"HTTP/1.1"`.
     pub fn as_bytes(self) -> &'static [u8] {
-        b""
+        match self {
+            Version::Http10 => b"HTTP/1.0",
+            Version::Http11 => b"HTTP/1.1",
+        }
     }
 }
-pub struct RequestHead;
+
+// === Span / Field / Fields (shared by both heads) ===
+
+/// A byte range into `raw` (or into an owned line), as `u32` to keep `Field` small.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) start: u32,
+    pub(crate) end: u32,
+}
+
+impl Span {
+    pub(crate) fn new(start: u32, end: u32) -> Self {
+        Span { start, end }
+    }
+
+    fn range(self) -> Range<usize> {
+        self.start as usize..self.end as usize
+    }
+
+    /// The bytes of this span in `base`; empty if out of range (spans are built checked, so that never happens).
+    pub(crate) fn of(self, base: &[u8]) -> &[u8] {
+        base.get(self.range()).unwrap_or_default()
+    }
+}
+
+/// Where a header's bytes live now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// Untouched: name and value are spans of `raw`, and the line is re-sent as a slice of `raw`.
+    Raw,
+    /// Replaced or appended: spans index into `owned[index]`, which holds the whole rendered line.
+    Owned { index: u32 },
+    /// Removed: not visible, not encoded.
+    Removed,
+}
+
+/// One header line of a head.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Field {
+    /// Where the original line starts in `raw` (= `headers_end` for appended fields); ends a coalesced run.
+    line_start: u32,
+    name: Span,
+    value: Span,
+    /// The received value had OWS before CRLF (httparse trims it; body framing wants to know, see body.rs).
+    trailing_ws: bool,
+    slot: Slot,
+}
+
+impl Field {
+    /// A header as received: `name`/`value` are spans of `raw` (value already OWS-trimmed).
+    pub(crate) fn received(name: Span, value: Span) -> Self {
+        Field {
+            line_start: name.start,
+            name,
+            value,
+            trailing_ws: false,
+            slot: Slot::Raw,
+        }
+    }
+
+    /// Where this line starts in `raw`.
+    pub(crate) fn line_start(&self) -> u32 {
+        self.line_start
+    }
+
+    fn is_live(&self) -> bool {
+        self.slot != Slot::Removed
+    }
+}
+
+/// The header section of a head: the raw bytes, one `Field` per line, and any rendered replacement lines.
+#[derive(Clone)]
+pub(crate) struct Fields {
+    raw: Bytes,
+    list: Vec<Field>,
+    owned: Vec<Bytes>,
+    /// Offset in `raw` of the CRLF that ends the head.
+    headers_end: u32,
+}
+
+impl Fields {
+    /// Wraps a parsed head; computes each line's `trailing_ws` from where the next line starts.
+    pub(crate) fn new(raw: Bytes, mut list: Vec<Field>) -> Self {
+        let headers_end = u32::try_from(raw.len().saturating_sub(2)).unwrap_or(u32::MAX);
+        let mut next_start = headers_end;
+        for field in list.iter_mut().rev() {
+            // The line is `name ":" OWS value OWS CRLF`; anything between value end and CRLF is OWS.
+            field.trailing_ws = next_start.saturating_sub(2) > field.value.end;
+            next_start = field.line_start;
+        }
+        Fields {
+            raw,
+            list,
+            owned: Vec::new(),
+            headers_end,
+        }
+    }
+
+    pub(crate) fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    fn base(&self, field: &Field) -> &[u8] {
+        match field.slot {
+            Slot::Raw => &self.raw,
+            Slot::Owned { index } => self.owned.get(index as usize).map_or(&[], |b| b),
+            Slot::Removed => &[],
+        }
+    }
+
+    fn name_of(&self, field: &Field) -> &[u8] {
+        field.name.of(self.base(field))
+    }
+
+    fn value_of(&self, field: &Field) -> &[u8] {
+        field.value.of(self.base(field))
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Field> {
+        self.list.iter().filter(|f| f.is_live())
+    }
+
+    fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Field> + 'a {
+        self.live()
+            .filter(move |f| self.name_of(f).eq_ignore_ascii_case(name.as_bytes()))
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<&[u8]> {
+        self.named(name).next().map(|f| self.value_of(f))
+    }
+
+    pub(crate) fn headers_named<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.named(name).map(|f| self.value_of(f))
+    }
+
+    pub(crate) fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.live().map(|f| (self.name_of(f), self.value_of(f)))
+    }
+
+    pub(crate) fn count(&self, name: &str) -> usize {
+        self.named(name).count()
+    }
+
+    /// Whether any live `name` header received with trailing OWS (see body.rs: `chunked\t`).
+    pub(crate) fn any_trailing_ws(&self, name: &str) -> bool {
+        self.named(name).any(|f| f.trailing_ws)
+    }
+
+    pub(crate) fn has_token(&self, name: &str, token: &str) -> bool {
+        self.headers_named(name).any(|v| {
+            v.split(|&b| b == b',')
+                .any(|item| trim_ows(item).eq_ignore_ascii_case(token.as_bytes()))
+        })
+    }
+
+    pub(crate) fn remove(&mut self, name: &str) -> usize {
+        self.remove_from(0, name)
+    }
+
+    /// Marks every live `name` header at index `from` or later as removed; returns how many.
+    fn remove_from(&mut self, from: usize, name: &str) -> usize {
+        let mut removed = 0;
+        for i in from..self.list.len() {
+            let Some(field) = self.list.get(i).copied() else {
+                break;
+            };
+            if field.is_live() && self.name_of(&field).eq_ignore_ascii_case(name.as_bytes()) {
+                if let Some(f) = self.list.get_mut(i) {
+                    f.slot = Slot::Removed;
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    pub(crate) fn set(&mut self, name: &str, value: &[u8]) {
+        let first = self
+            .list
+            .iter()
+            .position(|f| f.is_live() && self.name_of(f).eq_ignore_ascii_case(name.as_bytes()));
+        let Some(first) = first else {
+            self.append(name, value);
+            return;
+        };
+        let (slot, name_span, value_span) = self.render(name, value);
+        if let Some(f) = self.list.get_mut(first) {
+            f.slot = slot;
+            f.name = name_span;
+            f.value = value_span;
+            f.trailing_ws = false;
+        }
+        self.remove_from(first + 1, name);
+    }
+
+    pub(crate) fn append(&mut self, name: &str, value: &[u8]) {
+        let (slot, name, value) = self.render(name, value);
+        self.list.push(Field {
+            line_start: self.headers_end,
+            name,
+            value,
+            trailing_ws: false,
+            slot,
+        });
+    }
+
+    /// Renders `Name: value\r\n` into an owned line and returns its slot and spans.
+    ///
+    /// Never emits a line our own parser would reject: non-token name bytes become `-`, CR/LF/NUL/CTL in the
+    /// value become SP (so a plugin cannot split the head), and the value is OWS-trimmed.
+    fn render(&mut self, name: &str, value: &[u8]) -> (Slot, Span, Span) {
+        let value = trim_ows(value);
+        let mut line = BytesMut::with_capacity(name.len() + value.len() + 4);
+        line.extend(name.bytes().map(|b| if is_tchar(b) { b } else { b'-' }));
+        if name.is_empty() {
+            line.put_u8(b'-');
+        }
+        let name_end = line.len();
+        line.put_slice(b": ");
+        let value_start = line.len();
+        line.extend(
+            value
+                .iter()
+                .map(|&b| if is_field_byte(b) { b } else { b' ' }),
+        );
+        let value_end = line.len();
+        line.put_slice(b"\r\n");
+        let index = u32::try_from(self.owned.len()).unwrap_or(u32::MAX);
+        self.owned.push(line.freeze());
+        let span = |a: usize, b: usize| Span::new(a as u32, b as u32);
+        (
+            Slot::Owned { index },
+            span(0, name_end),
+            span(value_start, value_end),
+        )
+    }
+
+    /// Pushes the header section (and, if `run` is `Some(0)`, the start line) onto `out`.
+    ///
+    /// `run` is the start of the current run of untouched bytes of `raw`; it grows over untouched lines and is
+    /// flushed as one `Bytes::slice` when an edited line (or the end) is reached.
+    pub(crate) fn encode_into(&self, mut run: Option<u32>, out: &mut Vec<Bytes>) {
+        for field in &self.list {
+            if field.slot == Slot::Raw {
+                run.get_or_insert(field.line_start);
+                continue;
+            }
+            if let Some(start) = run.take() {
+                self.push_raw(start, field.line_start, out);
+            }
+            if let Slot::Owned { index } = field.slot {
+                if let Some(line) = self.owned.get(index as usize) {
+                    out.push(line.clone());
+                }
+            }
+        }
+        match run {
+            // Untouched to the end: the final CRLF rides along in the same slice.
+            Some(start) => self.push_raw(
+                start,
+                u32::try_from(self.raw.len()).unwrap_or(u32::MAX),
+                out,
+            ),
+            None => out.push(Bytes::from_static(b"\r\n")),
+        }
+    }
+
+    fn push_raw(&self, start: u32, end: u32, out: &mut Vec<Bytes>) {
+        let (start, end) = (start as usize, (end as usize).min(self.raw.len()));
+        if start < end {
+            out.push(self.raw.slice(start..end));
+        }
+    }
+}
+
+/// Length of `HTTP/1.x`.
+const VERSION_LEN: u32 = 8;
+
+// === impl RequestHead ===
+
+/// A parsed request head: the received bytes, spans into them, and the edits to apply when encoding.
+#[derive(Clone)]
+pub struct RequestHead {
+    fields: Fields,
+    method: Span,
+    target: Span,
+    version: Version,
+    new_target: Option<Bytes>,
+}
+
 impl RequestHead {
+    pub(crate) fn new(fields: Fields, method: Span, target: Span, version: Version) -> Self {
+        RequestHead {
+            fields,
+            method,
+            target,
+            version,
+            new_target: None,
+        }
+    }
+
+    /// The method, e.g. `b"GET"`.
     pub fn method(&self) -> &[u8] {
-        todo!()
+        self.method.of(self.fields.raw())
     }
+
+    /// Whether the method is exactly `m` (methods are case-sensitive, RFC 9110 §9.1).
     pub fn is_method(&self, m: &str) -> bool {
-        todo!()
+        self.method() == m.as_bytes()
     }
+
+    /// The request-target as received.
     pub fn target(&self) -> &[u8] {
-        todo!()
+        self.target.of(self.fields.raw())
     }
+
+    /// The request-target as received, as a zero-copy slice of the head.
     pub fn target_bytes(&self) -> Bytes {
-        todo!()
+        self.fields.raw().slice_ref(self.target())
     }
+
+    /// The target `encode` will send: `set_target`'s, else the received one.
+    pub fn effective_target(&self) -> &[u8] {
+        self.new_target.as_deref().unwrap_or_else(|| self.target())
+    }
+
+    /// The request's HTTP version.
     pub fn version(&self) -> Version {
-        todo!()
+        self.version
     }
+
+    /// The received head bytes (request line through the final CRLF; leading empty lines excluded).
     pub fn raw(&self) -> &Bytes {
-        todo!()
+        self.fields.raw()
     }
+
+    /// The first live header named `name` (case-insensitive), value trimmed of OWS.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        todo!()
+        self.fields.header(name)
     }
+
+    /// Every live value of header `name`, in wire order.
     pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        std::iter::empty()
+        self.fields.headers_named(name)
     }
+
+    /// Every live `(name, value)`, in wire order, appended ones last.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        std::iter::empty()
+        self.fields.headers()
     }
+
+    /// How many live headers are named `name`.
     pub fn count(&self, name: &str) -> usize {
-        todo!()
+        self.fields.count(name)
     }
+
+    /// Whether any live `name` header's comma-separated list holds `token` (case-insensitive).
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        todo!()
+        self.fields.has_token(name, token)
     }
+
+    /// Removes every live header named `name`; returns how many.
     pub fn remove(&mut self, name: &str) -> usize {
-        todo!()
+        self.fields.remove(name)
     }
+
+    /// Replaces the first live `name` header in place and removes later ones; appends if there is none.
     pub fn set(&mut self, name: &str, value: &[u8]) {
-        todo!()
+        self.fields.set(name, value);
     }
+
+    /// Adds a header after all others.
     pub fn append(&mut self, name: &str, value: &[u8]) {
-        todo!()
+        self.fields.append(name, value);
     }
+
+    /// Replaces the request-target `encode` sends (e.g. absolute-form → origin-form).
     pub fn set_target(&mut self, target: Bytes) {
-        todo!()
+        self.new_target = Some(target);
     }
+
+    /// Whether any live `name` header was received with trailing whitespace (framing checks use it).
+    pub(crate) fn any_trailing_ws(&self, name: &str) -> bool {
+        self.fields.any_trailing_ws(name)
+    }
+
+    /// Pushes the wire form (request line with `version`, live headers, final CRLF) onto `out` (cleared first).
+    ///
+    /// Untouched regions are `Bytes::slice`s of `raw`; an unedited head sent at its own version is one slice.
     pub fn encode(&self, version: Version, out: &mut Vec<Bytes>) {
-        todo!()
+        out.clear();
+        let run = if self.new_target.is_none() && version == self.version {
+            Some(0)
+        } else {
+            let target = self.effective_target();
+            let mut line = BytesMut::with_capacity(self.method().len() + target.len() + 12);
+            line.put_slice(self.method());
+            line.put_u8(b' ');
+            line.put_slice(target);
+            line.put_u8(b' ');
+            line.put_slice(version.as_bytes());
+            line.put_slice(b"\r\n");
+            out.push(line.freeze());
+            None
+        };
+        self.fields.encode_into(run, out);
     }
 }
-pub struct ResponseHead;
+
+impl fmt::Debug for RequestHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestHead")
+            .field("method", &String::from_utf8_lossy(self.method()))
+            .field("target", &String::from_utf8_lossy(self.target()))
+            .field("version", &self.version)
+            .field("headers", &self.fields.list.len())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl ResponseHead ===
+
+/// A parsed response head: the received bytes, spans into them, and the edits to apply when encoding.
+#[derive(Clone)]
+pub struct ResponseHead {
+    fields: Fields,
+    status: u16,
+    reason: Span,
+    version: Version,
+}
+
 impl ResponseHead {
+    pub(crate) fn new(fields: Fields, status: u16, reason: Span, version: Version) -> Self {
+        ResponseHead {
+            fields,
+            status,
+            reason,
+            version,
+        }
+    }
+
+    /// The status code (100..=999).
     pub fn status(&self) -> u16 {
-        todo!()
+        self.status
     }
+
+    /// The reason phrase as received (may be empty).
     pub fn reason(&self) -> &[u8] {
-        todo!()
+        self.reason.of(self.fields.raw())
     }
+
+    /// The response's HTTP version.
     pub fn version(&self) -> Version {
-        todo!()
+        self.version
     }
+
+    /// The received head bytes (status line through the final CRLF).
     pub fn raw(&self) -> &Bytes {
-        todo!()
+        self.fields.raw()
     }
+
+    /// The first live header named `name` (case-insensitive), value trimmed of OWS.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        todo!()
+        self.fields.header(name)
     }
+
+    /// Every live value of header `name`, in wire order.
     pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        std::iter::empty()
+        self.fields.headers_named(name)
     }
+
+    /// Every live `(name, value)`, in wire order, appended ones last.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        std::iter::empty()
+        self.fields.headers()
     }
+
+    /// How many live headers are named `name`.
     pub fn count(&self, name: &str) -> usize {
-        todo!()
+        self.fields.count(name)
     }
+
+    /// Whether any live `name` header's comma-separated list holds `token` (case-insensitive).
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        todo!()
+        self.fields.has_token(name, token)
     }
+
+    /// Removes every live header named `name`; returns how many.
     pub fn remove(&mut self, name: &str) -> usize {
-        todo!()
+        self.fields.remove(name)
     }
+
+    /// Replaces the first live `name` header in place and removes later ones; appends if there is none.
     pub fn set(&mut self, name: &str, value: &[u8]) {
-        todo!()
+        self.fields.set(name, value);
     }
+
+    /// Adds a header after all others.
     pub fn append(&mut self, name: &str, value: &[u8]) {
-        todo!()
+        self.fields.append(name, value);
     }
+
+    /// Whether any live `name` header was received with trailing whitespace (framing checks use it).
+    pub(crate) fn any_trailing_ws(&self, name: &str) -> bool {
+        self.fields.any_trailing_ws(name)
+    }
+
+    /// Pushes the wire form (status line as received, live headers, final CRLF) onto `out` (cleared first).
+    ///
+    /// An untouched head is exactly one `Bytes`: `raw` itself.
     pub fn encode(&self, out: &mut Vec<Bytes>) {
-        todo!()
+        out.clear();
+        self.fields.encode_into(Some(0), out);
     }
+
+    /// Like [`ResponseHead::encode`], but with `version` in the status line: an
+    /// intermediary sends its own HTTP version (RFC 9110 §6.2), so an HTTP/1.0 origin's
+    /// response reaches the client as HTTP/1.1 with its framing made explicit.
+    pub fn encode_with_version(&self, version: Version, out: &mut Vec<Bytes>) {
+        out.clear();
+        if version == self.version {
+            self.fields.encode_into(Some(0), out);
+        } else {
+            // The parser checked that the status line starts with exactly `HTTP/1.x`.
+            out.push(Bytes::from_static(version.as_bytes()));
+            self.fields.encode_into(Some(VERSION_LEN), out);
+        }
+    }
+
+    /// Whether this is an interim (1xx) response.
     pub fn is_informational(&self) -> bool {
-        todo!()
+        (100..200).contains(&self.status)
+    }
+}
+
+impl fmt::Debug for ResponseHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseHead")
+            .field("status", &self.status)
+            .field("version", &self.version)
+            .field("headers", &self.fields.list.len())
+            .finish_non_exhaustive()
     }
 }

@@ -1,35 +1,1149 @@
-#![allow(unused, clippy::all)]
-use super::head::*;
+//! Strict request/response head parsing: httparse for the grammar, plus the checks httparse leaves out.
+//!
+//! httparse accepts bare LF as a line end and bytes 0x80..=0xFF in the request-target; one `memchr3` pass over
+//! the head (`scan_head`) rejects bare LF, bare CR, NUL and obs-fold and enforces the line limits, on complete
+//! and partial input alike, so a peer that never finishes its head holds at most `limits.max_head` bytes.
+
+use std::fmt;
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, BytesMut};
+
+use super::head::{Field, Fields, RequestHead, ResponseHead, Span, Version};
 use crate::config::Limits;
 use crate::error::ErrorKind;
-use bytes::BytesMut;
+
+/// httparse header slots on the stack; `limits.max_headers` above this is capped here.
+const MAX_HEADER_SLOTS: usize = 128;
+
+/// The result of a parse attempt that did not fail.
+#[derive(Debug)]
 pub enum Parsed<T> {
+    /// A whole head was parsed and split off the buffer.
     Complete(T),
+    /// More bytes are needed; the buffer was not touched.
     Partial,
 }
+
+/// Why a head was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParseError {
+    /// A syntax or strictness violation; the text names the rule (for logs only, not an API).
     Malformed(&'static str),
+    /// The request line is longer than `limits.max_request_line`.
     UriTooLong,
+    /// A header line, the header count or the whole head is over its limit.
     HeadTooLarge,
 }
+
 impl ParseError {
+    /// The error kind when this came from a client's request.
     pub fn request_kind(&self) -> ErrorKind {
-        todo!()
+        match self {
+            ParseError::Malformed(_) => ErrorKind::HttpRequestError,
+            ParseError::UriTooLong => ErrorKind::UriTooLong,
+            ParseError::HeadTooLarge => ErrorKind::RequestHeaderTooLarge,
+        }
     }
+
+    /// The error kind when this came from an origin's response.
     pub fn response_kind(&self) -> ErrorKind {
-        todo!()
+        match self {
+            ParseError::Malformed(_) => ErrorKind::HttpProtocolError,
+            ParseError::UriTooLong | ParseError::HeadTooLarge => {
+                ErrorKind::HttpResponseHeaderSectionSize
+            }
+        }
     }
 }
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::Malformed(rule) => write!(f, "malformed head: {rule}"),
+            ParseError::UriTooLong => f.write_str("request line too long"),
+            ParseError::HeadTooLarge => f.write_str("head too large"),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// httparse with every leniency off (its defaults, spelled out so a dependency bump cannot relax them).
+fn strict_config() -> httparse::ParserConfig {
+    let mut config = httparse::ParserConfig::default();
+    config
+        .allow_spaces_after_header_name_in_responses(false)
+        .allow_obsolete_multiline_headers_in_responses(false)
+        .allow_multiple_spaces_in_request_line_delimiters(false)
+        .allow_multiple_spaces_in_response_status_delimiters(false)
+        .allow_space_before_first_header_name(false)
+        .ignore_invalid_headers_in_requests(false)
+        .ignore_invalid_headers_in_responses(false);
+    config
+}
+
+fn httparse_error(err: httparse::Error) -> ParseError {
+    use httparse::Error as E;
+    match err {
+        E::TooManyHeaders => ParseError::HeadTooLarge,
+        E::HeaderName => ParseError::Malformed("invalid header name"),
+        E::HeaderValue => ParseError::Malformed("invalid header value"),
+        E::NewLine => ParseError::Malformed("invalid line ending"),
+        E::Status => ParseError::Malformed("invalid status line"),
+        E::Token => ParseError::Malformed("invalid method or request-target"),
+        E::Version => ParseError::Malformed("unsupported HTTP version"),
+    }
+}
+
+/// Which start line a head has (its length limit and error differ).
+#[derive(Clone, Copy)]
+enum StartLine {
+    Request,
+    Status,
+}
+
+/// One pass over (part of) a head: NUL, bare CR, bare LF, obs-fold, and the per-line and header-count limits.
+///
+/// `bytes` is either a complete head or everything received so far; a trailing CR is allowed (its LF may be
+/// in the next read) and the unfinished last line is held to its limit too.
+fn scan_head(bytes: &[u8], start: StartLine, limits: &Limits) -> Result<(), ParseError> {
+    let mut line_start = 0usize;
+    let mut line_index = 0usize;
+    let mut header_lines = 0usize;
+    for pos in memchr::memchr3_iter(b'\r', b'\n', 0, bytes) {
+        match bytes.get(pos) {
+            Some(0) => return Err(ParseError::Malformed("NUL in head")),
+            Some(b'\r') => {
+                // RFC 9112 §2.2: a CR not followed by LF is invalid; a CR at the very end may still get its LF.
+                if bytes.get(pos + 1).is_some_and(|&next| next != b'\n') {
+                    return Err(ParseError::Malformed("bare CR in head"));
+                }
+            }
+            _ => {
+                // RFC 9112 §2.2 lets a recipient accept bare LF; a proxy that did would disagree with servers
+                // that do not (request smuggling), so only CRLF ends a line here.
+                if pos == 0 || bytes.get(pos - 1) != Some(&b'\r') {
+                    return Err(ParseError::Malformed("bare LF in head"));
+                }
+                // RFC 9112 §5.2: obs-fold (a line starting with SP/HTAB) must be rejected in requests; we reject
+                // it in responses too rather than unfold and re-serialise.
+                if matches!(bytes.get(pos + 1), Some(b' ' | b'\t')) {
+                    return Err(ParseError::Malformed("obs-fold in head"));
+                }
+                let len = pos - 1 - line_start;
+                check_line(line_index, len, start, limits)?;
+                if line_index > 0 && len > 0 {
+                    header_lines += 1;
+                    if header_lines > limits.max_headers {
+                        return Err(ParseError::HeadTooLarge);
+                    }
+                }
+                line_index += 1;
+                line_start = pos + 1;
+            }
+        }
+    }
+    let tail = bytes.get(line_start..).unwrap_or_default();
+    let tail_len = tail.len() - usize::from(tail.last() == Some(&b'\r'));
+    check_line(line_index, tail_len, start, limits)
+}
+
+fn check_line(
+    index: usize,
+    len: usize,
+    start: StartLine,
+    limits: &Limits,
+) -> Result<(), ParseError> {
+    match (index, start) {
+        (0, StartLine::Request) if len > limits.max_request_line => Err(ParseError::UriTooLong),
+        (0, StartLine::Status) if len > limits.max_request_line => Err(ParseError::HeadTooLarge),
+        (1.., _) if len > limits.max_header_line => Err(ParseError::HeadTooLarge),
+        _ => Ok(()),
+    }
+}
+
+/// The span of `part` inside `base` (httparse hands out subslices; this turns them into offsets, checked).
+fn span_in(base: &[u8], part: &[u8]) -> Result<Span, ParseError> {
+    let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+    let end = start.wrapping_add(part.len());
+    if start > base.len() || end > base.len() || end < start {
+        return Err(ParseError::Malformed("span outside head"));
+    }
+    let start = u32::try_from(start).map_err(|_| ParseError::HeadTooLarge)?;
+    let end = u32::try_from(end).map_err(|_| ParseError::HeadTooLarge)?;
+    Ok(Span::new(start, end))
+}
+
+fn version_of(v: Option<u8>) -> Result<Version, ParseError> {
+    match v {
+        Some(0) => Ok(Version::Http10),
+        Some(1) => Ok(Version::Http11),
+        _ => Err(ParseError::Malformed("unsupported HTTP version")),
+    }
+}
+
+fn fields_of(base: &[u8], headers: &[httparse::Header<'_>]) -> Result<Vec<Field>, ParseError> {
+    let mut list = Vec::with_capacity(headers.len());
+    for h in headers {
+        list.push(Field::received(
+            span_in(base, h.name.as_bytes())?,
+            span_in(base, h.value)?,
+        ));
+    }
+    Ok(list)
+}
+
+/// RFC 3986 §3.2.2 `uri-host [ ":" port ]` bytes: reg-name (unreserved, pct-encoded, sub-delims), IP-literal
+/// brackets and the port colon. Anything else (NUL, SP, '@', '/', …) in Host is rejected.
+fn is_host_byte(b: u8) -> bool {
+    matches!(b,
+        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~'
+        | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+        | b'%' | b':' | b'[' | b']')
+}
+
+/// Skips the CRLFs a client may send before a request line (RFC 9112 §2.2); returns how many bytes.
+fn leading_empty_lines(buf: &[u8]) -> usize {
+    let mut skip = 0;
+    while buf.get(skip..skip + 2) == Some(b"\r\n") {
+        skip += 2;
+    }
+    skip
+}
+
+/// What a complete request head parsed into, before the buffer is split.
+struct RequestParts {
+    len: usize,
+    method: Span,
+    target: Span,
+    version: Version,
+    fields: Vec<Field>,
+}
+
+/// Parses a request head from the front of `buf`; on `Complete` the head (and any leading CRLFs) is split off.
+///
+/// On `Partial` `buf` is untouched. Limits hold on partial input too: a first line longer than
+/// `max_request_line` is `UriTooLong`, more than `max_head` bytes without a complete head is `HeadTooLarge`.
 pub fn parse_request(
     buf: &mut BytesMut,
     limits: &Limits,
 ) -> Result<Parsed<RequestHead>, ParseError> {
-    todo!()
+    let skip = leading_empty_lines(buf);
+    let end = buf.len().min(limits.max_head);
+    let Some(window) = buf.get(skip..end) else {
+        // Nothing but empty lines up to the head limit.
+        return Err(ParseError::HeadTooLarge);
+    };
+    let at_limit = buf.len() >= limits.max_head;
+    let Some(parts) = read_request(window, at_limit, limits)? else {
+        return Ok(Parsed::Partial);
+    };
+    buf.advance(skip);
+    let raw = buf.split_to(parts.len).freeze();
+    let fields = Fields::new(raw, parts.fields);
+    Ok(Parsed::Complete(RequestHead::new(
+        fields,
+        parts.method,
+        parts.target,
+        parts.version,
+    )))
 }
+
+fn read_request(
+    window: &[u8],
+    at_limit: bool,
+    limits: &Limits,
+) -> Result<Option<RequestParts>, ParseError> {
+    let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADER_SLOTS];
+    let slots = slots
+        .get_mut(..limits.max_headers.min(MAX_HEADER_SLOTS))
+        .unwrap_or_default();
+    let mut req = httparse::Request::new(&mut []);
+    let len = match strict_config().parse_request_with_uninit_headers(&mut req, window, slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            scan_head(window, StartLine::Request, limits)?;
+            return if at_limit {
+                Err(ParseError::HeadTooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(err) => {
+            // Prefer our own, more specific diagnosis (bare CR, NUL, line too long) when there is one.
+            scan_head(window, StartLine::Request, limits)?;
+            return Err(httparse_error(err));
+        }
+    };
+    let head = window.get(..len).unwrap_or_default();
+    scan_head(head, StartLine::Request, limits)?;
+
+    let method = span_in(head, req.method.unwrap_or_default().as_bytes())?;
+    let target_bytes = req.path.unwrap_or_default().as_bytes();
+    // RFC 9112 §3.2 / RFC 3986: a request-target is visible US-ASCII; httparse also lets 0x80..=0xFF through.
+    if !target_bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(ParseError::Malformed("invalid byte in request-target"));
+    }
+    let target = span_in(head, target_bytes)?;
+    let version = version_of(req.version)?;
+
+    let mut hosts = 0;
+    for h in req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+    {
+        hosts += 1;
+        // RFC 9112 §3.2: a request with more than one Host is answered 400.
+        if hosts > 1 {
+            return Err(ParseError::Malformed("more than one Host"));
+        }
+        if !h.value.iter().all(|&b| is_host_byte(b)) {
+            return Err(ParseError::Malformed("invalid byte in Host"));
+        }
+    }
+    let fields = fields_of(head, req.headers)?;
+    Ok(Some(RequestParts {
+        len,
+        method,
+        target,
+        version,
+        fields,
+    }))
+}
+
+/// What a complete response head parsed into, before the buffer is split.
+struct ResponseParts {
+    len: usize,
+    status: u16,
+    reason: Span,
+    version: Version,
+    fields: Vec<Field>,
+}
+
+/// Parses a response head from the front of `buf`; on `Complete` the head is split off.
+///
+/// On `Partial` `buf` is untouched. Limits as for requests (an over-long status line is `HeadTooLarge`).
+/// Unlike requests, empty lines before the status line are rejected: they are bytes after the previous
+/// response, which must never be passed on (DESIGN §3 rule 10).
 pub fn parse_response(
     buf: &mut BytesMut,
     limits: &Limits,
 ) -> Result<Parsed<ResponseHead>, ParseError> {
-    todo!()
+    if matches!(buf.first(), Some(b'\r' | b'\n')) {
+        return Err(ParseError::Malformed("empty line before status line"));
+    }
+    let end = buf.len().min(limits.max_head);
+    let window = buf.get(..end).unwrap_or_default();
+    let at_limit = buf.len() >= limits.max_head;
+    let Some(parts) = read_response(window, at_limit, limits)? else {
+        return Ok(Parsed::Partial);
+    };
+    let raw = buf.split_to(parts.len).freeze();
+    let fields = Fields::new(raw, parts.fields);
+    Ok(Parsed::Complete(ResponseHead::new(
+        fields,
+        parts.status,
+        parts.reason,
+        parts.version,
+    )))
+}
+
+fn read_response(
+    window: &[u8],
+    at_limit: bool,
+    limits: &Limits,
+) -> Result<Option<ResponseParts>, ParseError> {
+    let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADER_SLOTS];
+    let slots = slots
+        .get_mut(..limits.max_headers.min(MAX_HEADER_SLOTS))
+        .unwrap_or_default();
+    let mut res = httparse::Response::new(&mut []);
+    let len = match strict_config().parse_response_with_uninit_headers(&mut res, window, slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            scan_head(window, StartLine::Status, limits)?;
+            return if at_limit {
+                Err(ParseError::HeadTooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(err) => {
+            scan_head(window, StartLine::Status, limits)?;
+            return Err(httparse_error(err));
+        }
+    };
+    let head = window.get(..len).unwrap_or_default();
+    scan_head(head, StartLine::Status, limits)?;
+
+    let version = version_of(res.version)?;
+    // RFC 9110 §15: status-code is three digits; the first must be 1..=9.
+    let status = res.code.unwrap_or_default();
+    if !(100..=999).contains(&status) {
+        return Err(ParseError::Malformed("status code out of range"));
+    }
+    let fields = fields_of(head, res.headers)?;
+    // "HTTP/1.1 200 OK\r\n": the reason starts after the second SP (offset 13) and runs to the CRLF;
+    // httparse drops reasons with obs-text, so take it from the bytes.
+    let line_end = fields
+        .first()
+        .map_or(len.saturating_sub(2), |f| f.line_start() as usize)
+        .saturating_sub(2);
+    let line_end = u32::try_from(line_end).map_err(|_| ParseError::HeadTooLarge)?;
+    let reason = Span::new(13.min(line_end), line_end);
+    Ok(Some(ResponseParts {
+        len,
+        status,
+        reason,
+        version,
+        fields,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    fn req(bytes: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
+        parse_request(&mut BytesMut::from(bytes), &limits())
+    }
+
+    fn req_ok(bytes: &[u8]) -> RequestHead {
+        match req(bytes) {
+            Ok(Parsed::Complete(head)) => head,
+            other => panic!("expected complete head, got {other:?}"),
+        }
+    }
+
+    fn req_err(bytes: &[u8]) -> ParseError {
+        match req(bytes) {
+            Err(e) => e,
+            other => panic!(
+                "expected error for {:?}, got {other:?}",
+                String::from_utf8_lossy(bytes)
+            ),
+        }
+    }
+
+    fn res(bytes: &[u8]) -> Result<Parsed<ResponseHead>, ParseError> {
+        parse_response(&mut BytesMut::from(bytes), &limits())
+    }
+
+    fn res_ok(bytes: &[u8]) -> ResponseHead {
+        match res(bytes) {
+            Ok(Parsed::Complete(head)) => head,
+            other => panic!("expected complete head, got {other:?}"),
+        }
+    }
+
+    fn res_err(bytes: &[u8]) -> ParseError {
+        match res(bytes) {
+            Err(e) => e,
+            other => panic!("expected error, got {other:?}"),
+        }
+    }
+
+    fn joined(parts: &[Bytes]) -> Vec<u8> {
+        parts.iter().flat_map(|b| b.iter().copied()).collect()
+    }
+
+    const GET: &[u8] =
+        b"GET http://example.com/a?b=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t/1\r\n\
+Accept: */*\r\nProxy-Connection: keep-alive\r\n\r\n";
+
+    #[test]
+    fn parses_a_simple_request() {
+        let head = req_ok(GET);
+        assert_eq!(head.method(), b"GET");
+        assert!(head.is_method("GET"));
+        assert!(!head.is_method("get"));
+        assert_eq!(head.target(), b"http://example.com/a?b=1");
+        assert_eq!(head.version(), Version::Http11);
+        assert_eq!(head.header("host"), Some(&b"example.com"[..]));
+        assert_eq!(head.header("HOST"), Some(&b"example.com"[..]));
+        assert_eq!(head.count("accept"), 1);
+        assert_eq!(head.raw().as_ref(), GET);
+        let names: Vec<&[u8]> = head.headers().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [&b"Host"[..], b"User-Agent", b"Accept", b"Proxy-Connection"]
+        );
+    }
+
+    #[test]
+    fn complete_splits_head_and_keeps_the_rest() {
+        let mut buf = BytesMut::from(&b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET"[..]);
+        let Ok(Parsed::Complete(head)) = parse_request(&mut buf, &limits()) else {
+            panic!()
+        };
+        assert_eq!(
+            head.raw().as_ref(),
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n"
+        );
+        assert_eq!(&buf[..], b"abcGET");
+    }
+
+    #[test]
+    fn partial_leaves_buffer_untouched() {
+        let mut buf = BytesMut::from(&b"\r\nGET / HTTP/1.1\r\nHost: a\r\n"[..]);
+        assert!(matches!(
+            parse_request(&mut buf, &limits()),
+            Ok(Parsed::Partial)
+        ));
+        assert_eq!(&buf[..], b"\r\nGET / HTTP/1.1\r\nHost: a\r\n");
+    }
+
+    #[test]
+    fn leading_empty_lines_are_skipped_and_consumed() {
+        let mut buf = BytesMut::from(&b"\r\n\r\nGET / HTTP/1.1\r\n\r\nx"[..]);
+        let Ok(Parsed::Complete(head)) = parse_request(&mut buf, &limits()) else {
+            panic!()
+        };
+        assert_eq!(head.raw().as_ref(), b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(&buf[..], b"x");
+    }
+
+    #[test]
+    fn every_split_offset_gives_partial_then_the_same_head() {
+        let whole: Vec<u8> = [GET, b"body"].concat();
+        let head_len = GET.len();
+        for cut in 0..whole.len() {
+            let mut buf = BytesMut::from(&whole[..cut]);
+            let first = parse_request(&mut buf, &limits());
+            if cut < head_len {
+                assert!(matches!(first, Ok(Parsed::Partial)), "cut {cut}: {first:?}");
+                assert_eq!(&buf[..], &whole[..cut], "partial must not consume");
+                buf.extend_from_slice(&whole[cut..]);
+                let Ok(Parsed::Complete(head)) = parse_request(&mut buf, &limits()) else {
+                    panic!("cut {cut}")
+                };
+                assert_eq!(head.raw().as_ref(), GET);
+                assert_eq!(head.target(), b"http://example.com/a?b=1");
+                assert_eq!(head.headers().count(), 4);
+                assert_eq!(&buf[..], b"body");
+            } else {
+                let Ok(Parsed::Complete(head)) = first else {
+                    panic!("cut {cut}")
+                };
+                assert_eq!(head.raw().as_ref(), GET);
+                assert_eq!(&buf[..], &whole[head_len..cut]);
+            }
+        }
+    }
+
+    #[test]
+    fn mutated_heads_never_panic() {
+        use crate::http::{parse_target, request_body_kind, response_body_kind};
+        let seeds: [&[u8]; 3] = [
+            GET,
+            b"CONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nX: y\r\n\r\n",
+        ];
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let interesting = [
+            b'\r', b'\n', 0, b' ', b'\t', b':', b',', b'[', b']', b'@', b'%', 0xff, b'0',
+        ];
+        for _ in 0..5000 {
+            let mut bytes = seeds[(next() % 3) as usize].to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() % bytes.len() as u64) as usize;
+                let b = interesting[(next() % interesting.len() as u64) as usize];
+                match next() % 3 {
+                    0 => bytes[at] = b,
+                    1 => bytes.insert(at, b),
+                    _ => {
+                        bytes.remove(at);
+                    }
+                }
+            }
+            if let Ok(Parsed::Complete(head)) = req(&bytes) {
+                let _ = request_body_kind(&head);
+                let _ = parse_target(
+                    &Bytes::copy_from_slice(head.target()),
+                    head.is_method("CONNECT"),
+                );
+                let mut out = Vec::new();
+                head.encode(Version::Http11, &mut out);
+                assert!(matches!(req(&joined(&out)), Ok(Parsed::Complete(_))));
+            }
+            if let Ok(Parsed::Complete(head)) = res(&bytes) {
+                let _ = response_body_kind(&head, false);
+            }
+        }
+    }
+
+    // --- strictness: one test per rule ---
+
+    #[test]
+    fn rejects_bare_lf_line_ending() {
+        assert_eq!(
+            req_err(b"GET / HTTP/1.1\nHost: a\r\n\r\n"),
+            ParseError::Malformed("bare LF in head")
+        );
+        assert_eq!(
+            req_err(b"GET / HTTP/1.1\r\nHost: a\n\r\n"),
+            ParseError::Malformed("bare LF in head")
+        );
+        assert_eq!(
+            req_err(b"GET / HTTP/1.1\r\nHost: a\r\n\n"),
+            ParseError::Malformed("bare LF in head")
+        );
+        assert_eq!(
+            req_err(b"\nGET / HTTP/1.1\r\n\r\n"),
+            ParseError::Malformed("bare LF in head")
+        );
+        // Detected on partial input as well.
+        assert_eq!(
+            req_err(b"GET / HTTP/1.1\nHost: a"),
+            ParseError::Malformed("bare LF in head")
+        );
+        assert_eq!(
+            res_err(b"HTTP/1.1 200 OK\nA: b\r\n\r\n"),
+            ParseError::Malformed("bare LF in head")
+        );
+    }
+
+    #[test]
+    fn rejects_bare_cr() {
+        assert!(matches!(
+            req_err(b"GET / HTTP/1.1\r\nA: b\rc\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+        assert!(matches!(
+            req_err(b"GET / HTTP/1.1\r\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+        assert!(matches!(
+            res_err(b"HTTP/1.1 200 OK\r\nA: b\rc\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+        // A CR at the end of a partial buffer is not (yet) bare.
+        assert!(matches!(
+            req(b"GET / HTTP/1.1\r\nA: b\r"),
+            Ok(Parsed::Partial)
+        ));
+    }
+
+    #[test]
+    fn rejects_nul() {
+        assert!(matches!(
+            req_err(b"GET / HTTP/1.1\r\nA: b\0c\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+        assert!(matches!(
+            req_err(b"GET /\0 HTTP/1.1\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+        assert!(matches!(
+            res_err(b"HTTP/1.1 200 O\0K\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn rejects_obs_fold() {
+        assert!(matches!(
+            req_err(b"GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+        assert!(matches!(
+            req_err(b"GET / HTTP/1.1\r\nA: b\r\n\tc\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+        assert!(matches!(
+            res_err(b"HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn rejects_whitespace_before_colon() {
+        assert!(matches!(
+            req_err(b"GET / HTTP/1.1\r\nHost : a\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+        assert!(matches!(
+            req_err(b"GET / HTTP/1.1\r\nHost\t: a\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+        assert!(matches!(
+            res_err(b"HTTP/1.1 200 OK\r\nContent-Length : 1\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn rejects_non_token_header_names() {
+        for name in [&b"A(b"[..], b"A b", b"A\"b", b"A/b", b"", b"\xc3\xa9"] {
+            let head = [b"GET / HTTP/1.1\r\n", name, b": v\r\n\r\n"].concat();
+            assert!(
+                matches!(req_err(&head), ParseError::Malformed(_)),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn accepts_only_http_1_0_and_1_1() {
+        assert_eq!(req_ok(b"GET / HTTP/1.0\r\n\r\n").version(), Version::Http10);
+        for v in [
+            &b"HTTP/1.2"[..],
+            b"HTTP/2.0",
+            b"HTTP/0.9",
+            b"http/1.1",
+            b"HTTP/1.10",
+            b"HTTP/1.1 ",
+        ] {
+            let head = [b"GET / ", v, b"\r\n\r\n"].concat();
+            assert!(matches!(req_err(&head), ParseError::Malformed(_)), "{v:?}");
+        }
+        assert!(matches!(
+            res_err(b"HTTP/2.0 200 OK\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+        assert!(matches!(
+            req_err(b"GET /\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn rejects_duplicate_host() {
+        assert_eq!(
+            req_err(b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n"),
+            ParseError::Malformed("more than one Host")
+        );
+    }
+
+    #[test]
+    fn rejects_invalid_host_chars() {
+        for host in [
+            &b"a b"[..],
+            b"a\0b",
+            b"a@b",
+            b"a/b",
+            b"a\\b",
+            b"a\"b",
+            b"\xc3\xa9",
+        ] {
+            let head = [b"GET / HTTP/1.1\r\nHost: ", host, b"\r\n\r\n"].concat();
+            assert!(
+                matches!(req_err(&head), ParseError::Malformed(_)),
+                "{host:?}"
+            );
+        }
+        assert_eq!(
+            req_ok(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").header("host"),
+            Some(&b"[::1]:8080"[..])
+        );
+        assert_eq!(
+            req_ok(b"GET / HTTP/1.1\r\nHost:\r\n\r\n").header("host"),
+            Some(&b""[..])
+        );
+    }
+
+    #[test]
+    fn rejects_bad_method_and_target() {
+        assert!(matches!(
+            req_err(b"G(T / HTTP/1.1\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+        assert!(matches!(
+            req_err(b"GET  / HTTP/1.1\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+        assert!(matches!(
+            req_err(b"GET /a\x7f HTTP/1.1\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+        assert!(matches!(
+            req_err(b"GET /\xc3\xa9 HTTP/1.1\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+        assert!(matches!(
+            req_err(b"GET /a\tb HTTP/1.1\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+    }
+
+    // --- limits ---
+
+    #[test]
+    fn long_request_line_is_uri_too_long_even_when_partial() {
+        let l = Limits {
+            max_request_line: 64,
+            ..limits()
+        };
+        let long = [b"GET /".as_slice(), &[b'a'; 100]].concat();
+        assert_eq!(
+            parse_request(&mut BytesMut::from(&long[..]), &l).err(),
+            Some(ParseError::UriTooLong)
+        );
+        let complete = [&long[..], b" HTTP/1.1\r\n\r\n"].concat();
+        assert_eq!(
+            parse_request(&mut BytesMut::from(&complete[..]), &l).err(),
+            Some(ParseError::UriTooLong)
+        );
+        // Exactly at the limit is fine.
+        let at = [b"GET /".as_slice(), &[b'a'; 50], b" HTTP/1.1\r\n\r\n"].concat();
+        assert_eq!(at.len() - 4, 64);
+        assert!(matches!(
+            parse_request(&mut BytesMut::from(&at[..]), &l),
+            Ok(Parsed::Complete(_))
+        ));
+    }
+
+    #[test]
+    fn unfinished_huge_head_is_head_too_large() {
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        while head.len() < 70 * 1024 {
+            head.extend_from_slice(b"X-Filler: 0123456789012345678901234567890123456789\r\n");
+        }
+        let l = Limits {
+            max_headers: 10_000,
+            ..limits()
+        };
+        assert_eq!(
+            parse_request(&mut BytesMut::from(&head[..]), &l).err(),
+            Some(ParseError::HeadTooLarge)
+        );
+    }
+
+    #[test]
+    fn long_header_line_is_head_too_large_even_when_partial() {
+        let l = Limits {
+            max_header_line: 32,
+            ..limits()
+        };
+        let partial = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'v'; 40]].concat();
+        assert_eq!(
+            parse_request(&mut BytesMut::from(&partial[..]), &l).err(),
+            Some(ParseError::HeadTooLarge)
+        );
+        let complete = [&partial[..], b"\r\n\r\n"].concat();
+        assert_eq!(
+            parse_request(&mut BytesMut::from(&complete[..]), &l).err(),
+            Some(ParseError::HeadTooLarge)
+        );
+    }
+
+    #[test]
+    fn too_many_headers_is_head_too_large() {
+        let l = Limits {
+            max_headers: 3,
+            ..limits()
+        };
+        let ok = b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+        assert!(matches!(
+            parse_request(&mut BytesMut::from(&ok[..]), &l),
+            Ok(Parsed::Complete(_))
+        ));
+        let over = b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n";
+        assert_eq!(
+            parse_request(&mut BytesMut::from(&over[..]), &l).err(),
+            Some(ParseError::HeadTooLarge)
+        );
+        let partial = b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n";
+        assert_eq!(
+            parse_request(&mut BytesMut::from(&partial[..]), &l).err(),
+            Some(ParseError::HeadTooLarge)
+        );
+    }
+
+    #[test]
+    fn whole_head_over_limit_is_head_too_large() {
+        let l = Limits {
+            max_head: 40,
+            ..limits()
+        };
+        let head = b"GET / HTTP/1.1\r\nA: 1234567890\r\nB: 1234567890\r\n\r\n";
+        assert_eq!(
+            parse_request(&mut BytesMut::from(&head[..]), &l).err(),
+            Some(ParseError::HeadTooLarge)
+        );
+        let fits = b"GET / HTTP/1.1\r\nA: 1234567890\r\n\r\n";
+        assert!(matches!(
+            parse_request(&mut BytesMut::from(&fits[..]), &l),
+            Ok(Parsed::Complete(_))
+        ));
+        let only_crlf = b"\r\n".repeat(30);
+        assert_eq!(
+            parse_request(&mut BytesMut::from(&only_crlf[..]), &l).err(),
+            Some(ParseError::HeadTooLarge)
+        );
+    }
+
+    #[test]
+    fn error_kinds_map_as_documented() {
+        assert_eq!(
+            ParseError::Malformed("x").request_kind(),
+            ErrorKind::HttpRequestError
+        );
+        assert_eq!(ParseError::UriTooLong.request_kind(), ErrorKind::UriTooLong);
+        assert_eq!(
+            ParseError::HeadTooLarge.request_kind(),
+            ErrorKind::RequestHeaderTooLarge
+        );
+        assert_eq!(
+            ParseError::Malformed("x").response_kind(),
+            ErrorKind::HttpProtocolError
+        );
+        assert_eq!(
+            ParseError::HeadTooLarge.response_kind(),
+            ErrorKind::HttpResponseHeaderSectionSize
+        );
+        assert_eq!(
+            ParseError::UriTooLong.response_kind(),
+            ErrorKind::HttpResponseHeaderSectionSize
+        );
+    }
+
+    // --- responses ---
+
+    #[test]
+    fn parses_a_response() {
+        let bytes = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\nnext";
+        let mut buf = BytesMut::from(&bytes[..]);
+        let Ok(Parsed::Complete(head)) = parse_response(&mut buf, &limits()) else {
+            panic!()
+        };
+        assert_eq!(head.status(), 404);
+        assert_eq!(head.reason(), b"Not Found");
+        assert_eq!(head.version(), Version::Http11);
+        assert_eq!(head.header("content-length"), Some(&b"0"[..]));
+        assert_eq!(&buf[..], b"next");
+        assert!(!head.is_informational());
+        assert!(res_ok(b"HTTP/1.1 100 Continue\r\n\r\n").is_informational());
+    }
+
+    #[test]
+    fn response_reason_may_be_empty_or_obs_text() {
+        assert_eq!(res_ok(b"HTTP/1.1 200\r\n\r\n").reason(), b"");
+        assert_eq!(res_ok(b"HTTP/1.1 200 \r\nA: b\r\n\r\n").reason(), b"");
+        assert_eq!(
+            res_ok(b"HTTP/1.0 200 D\xe9j\xe0 vu\r\n\r\n").reason(),
+            b"D\xe9j\xe0 vu"
+        );
+    }
+
+    #[test]
+    fn response_status_must_be_three_digits_from_100() {
+        for line in [
+            &b"HTTP/1.1 099 X"[..],
+            b"HTTP/1.1 20 X",
+            b"HTTP/1.1 2000 X",
+            b"HTTP/1.1 abc X",
+            b"HTTP/1.1 -20 X",
+        ] {
+            let head = [line, b"\r\n\r\n"].concat();
+            assert!(
+                matches!(res_err(&head), ParseError::Malformed(_)),
+                "{line:?}"
+            );
+        }
+        assert_eq!(res_ok(b"HTTP/1.1 999 Odd\r\n\r\n").status(), 999);
+    }
+
+    #[test]
+    fn response_leading_empty_line_is_rejected() {
+        assert!(matches!(
+            res_err(b"\r\nHTTP/1.1 200 OK\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn response_unfinished_huge_head_is_too_large() {
+        let l = Limits {
+            max_head: 100,
+            ..limits()
+        };
+        let head = [b"HTTP/1.1 200 OK\r\n".as_slice(), &b"A: b\r\n".repeat(30)].concat();
+        let err = parse_response(&mut BytesMut::from(&head[..]), &l).err();
+        assert_eq!(
+            err.map(|e| e.response_kind()),
+            Some(ErrorKind::HttpResponseHeaderSectionSize)
+        );
+    }
+
+    // --- encode ---
+
+    #[test]
+    fn untouched_request_encodes_as_one_slice_of_raw() {
+        let head = req_ok(GET);
+        let mut out = Vec::new();
+        head.encode(Version::Http11, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0], head.raw());
+        assert_eq!(
+            out[0].as_ptr(),
+            head.raw().as_ptr(),
+            "must be a slice, not a copy"
+        );
+    }
+
+    #[test]
+    fn edited_request_coalesces_untouched_runs() {
+        let mut head = req_ok(GET);
+        head.set_target(Bytes::from_static(b"/a?b=1"));
+        assert_eq!(head.remove("proxy-connection"), 1);
+        head.set("user-agent", b"x/2");
+        head.append("Via", b"1.1 proxy");
+        let mut out = Vec::new();
+        head.encode(Version::Http11, &mut out);
+        assert_eq!(
+            joined(&out),
+            b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nuser-agent: x/2\r\nAccept: */*\r\nVia: 1.1 proxy\r\n\r\n"
+        );
+        // request line, "Host" run, user-agent, "Accept" run, Via, final CRLF.
+        assert_eq!(out.len(), 6);
+        assert_eq!(head.target(), b"http://example.com/a?b=1");
+        assert_eq!(head.effective_target(), b"/a?b=1");
+    }
+
+    #[test]
+    fn request_version_change_rerenders_only_the_request_line() {
+        let head = req_ok(b"GET / HTTP/1.0\r\nA: 1\r\nB: 2\r\n\r\n");
+        let mut out = Vec::new();
+        head.encode(Version::Http11, &mut out);
+        assert_eq!(joined(&out), b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n");
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn header_edits_follow_the_contract() {
+        let mut head =
+            req_ok(b"GET / HTTP/1.1\r\nA: 1\r\nB: x, Keep-Alive ,y\r\na: 2\r\nC: 3\r\n\r\n");
+        assert_eq!(head.count("a"), 2);
+        assert_eq!(
+            head.headers_named("A").collect::<Vec<_>>(),
+            [&b"1"[..], b"2"]
+        );
+        assert!(head.has_token("b", "keep-alive"));
+        assert!(!head.has_token("b", "keep"));
+        head.set("A", b" new ");
+        assert_eq!(head.count("a"), 1);
+        assert_eq!(head.header("a"), Some(&b"new"[..]));
+        head.append("D", b"4");
+        head.set("D", b"5");
+        let all: Vec<(Vec<u8>, Vec<u8>)> = head
+            .headers()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = [
+            ("A", "new"),
+            ("B", "x, Keep-Alive ,y"),
+            ("C", "3"),
+            ("D", "5"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+        assert_eq!(all, want);
+        assert_eq!(head.remove("d"), 1);
+        assert_eq!(head.remove("d"), 0);
+        let mut out = Vec::new();
+        head.encode(Version::Http11, &mut out);
+        assert_eq!(
+            joined(&out),
+            b"GET / HTTP/1.1\r\nA: new\r\nB: x, Keep-Alive ,y\r\nC: 3\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn edits_cannot_inject_lines() {
+        let mut head = req_ok(b"GET / HTTP/1.1\r\n\r\n");
+        head.append("X\r\nEvil", b"a\r\nInjected: 1");
+        let mut out = Vec::new();
+        head.encode(Version::Http11, &mut out);
+        let wire = joined(&out);
+        let mut buf = BytesMut::from(&wire[..]);
+        let Ok(Parsed::Complete(again)) = parse_request(&mut buf, &limits()) else {
+            panic!("{wire:?}")
+        };
+        assert_eq!(again.headers().count(), 1);
+        assert_eq!(again.count("injected"), 0);
+    }
+
+    #[test]
+    fn response_encode_untouched_is_raw_and_edits_apply() {
+        let mut head =
+            res_ok(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n");
+        let mut out = Vec::new();
+        head.encode(&mut out);
+        assert_eq!(out, [head.raw().clone()]);
+        head.remove("connection");
+        head.append("Via", b"1.1 p");
+        head.encode(&mut out);
+        assert_eq!(
+            joined(&out),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 p\r\n\r\n"
+        );
+        assert_eq!(out.len(), 4);
+    }
+
+    #[test]
+    fn response_version_is_rewritten_without_copying_the_rest() {
+        let mut head = res_ok(b"HTTP/1.0 404 Gone Away\r\nContent-Length: 0\r\n\r\n");
+        let mut out = Vec::new();
+        head.encode_with_version(Version::Http11, &mut out);
+        assert_eq!(
+            joined(&out),
+            b"HTTP/1.1 404 Gone Away\r\nContent-Length: 0\r\n\r\n"
+        );
+        assert_eq!(out.len(), 2, "the version, then one slice of raw");
+        head.encode_with_version(Version::Http10, &mut out);
+        assert_eq!(out, [head.raw().clone()]);
+        head.append("connection", b"close");
+        head.encode_with_version(Version::Http11, &mut out);
+        assert_eq!(
+            joined(&out),
+            b"HTTP/1.1 404 Gone Away\r\nContent-Length: 0\r\nconnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn empty_and_obs_text_values_are_accepted() {
+        let head = req_ok(b"GET / HTTP/1.1\r\nA:\r\nB:   \r\nC: caf\xe9\r\n\r\n");
+        assert_eq!(head.header("a"), Some(&b""[..]));
+        assert_eq!(head.header("b"), Some(&b""[..]));
+        assert_eq!(head.header("c"), Some(&b"caf\xe9"[..]));
+        let mut out = Vec::new();
+        head.encode(Version::Http11, &mut out);
+        assert_eq!(joined(&out), head.raw().as_ref());
+    }
+
+    #[test]
+    fn rejects_control_bytes_in_values() {
+        assert!(matches!(
+            req_err(b"GET / HTTP/1.1\r\nA: b\x7fc\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+        assert!(matches!(
+            req_err(b"GET / HTTP/1.1\r\nA: b\x01c\r\n\r\n"),
+            ParseError::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn trailing_whitespace_is_trimmed_but_remembered() {
+        let head = req_ok(b"GET / HTTP/1.1\r\nA: v \t\r\nB:  w\r\n\r\n");
+        assert_eq!(head.header("a"), Some(&b"v"[..]));
+        assert_eq!(head.header("b"), Some(&b"w"[..]));
+        assert!(head.any_trailing_ws("a"));
+        assert!(!head.any_trailing_ws("b"));
+    }
 }

@@ -1,13 +1,231 @@
-#![allow(unused, clippy::all)]
+//! Synthetic replies the proxy writes itself: errors with `Proxy-Status`, tunnel setup, interim responses.
+
 use bytes::Bytes;
+
+use super::{is_field_byte, is_tchar};
+
+/// The reply to a CONNECT once the tunnel to the origin is up.
 pub const CONNECT_ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+
+/// The interim reply to `Expect: 100-continue`.
 pub const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The RFC 9110 §15 reason phrase for `status` ("Unknown" for codes it does not define).
 pub fn reason_phrase(status: u16) -> &'static str {
-    todo!()
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        418 => "I'm a teapot",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        508 => "Loop Detected",
+        511 => "Network Authentication Required",
+        _ => "Unknown",
+    }
 }
+
+/// A plain-text error reply carrying an RFC 9209 `Proxy-Status` with `error=<code>` and optional `details`.
+///
+/// `details` is written as a quoted-string (RFC 9651 §3.3.3 sf-string): `"` and `\` are escaped and anything
+/// outside printable ASCII becomes `?`, so no input can break the header.
 pub fn error_response(status: u16, code: &str, details: Option<&str>, close: bool) -> Bytes {
-    todo!()
+    let reason = reason_phrase(status);
+    let code: String = code
+        .chars()
+        .map(|c| {
+            if c.is_ascii() && is_tchar(c as u8) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let body = format!("{status} {reason}: {code}\n");
+    let mut proxy_status = format!("proxy; error={code}");
+    if let Some(details) = details {
+        proxy_status.push_str("; details=\"");
+        for c in details.chars() {
+            match c {
+                '"' | '\\' => {
+                    proxy_status.push('\\');
+                    proxy_status.push(c);
+                }
+                ' '..='~' => proxy_status.push(c),
+                _ => proxy_status.push('?'),
+            }
+        }
+        proxy_status.push('"');
+    }
+    simple_response(
+        status,
+        &[
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Proxy-Status", &proxy_status),
+        ],
+        body.as_bytes(),
+        close,
+    )
 }
+
+/// A complete reply: status line, `headers` in order, Content-Length, `Connection: close` when `close`, body.
+///
+/// Content-Length is omitted for 1xx and 204, which must not carry it (RFC 9110 §8.6). Header bytes that would
+/// break the head (CR, LF, NUL, other CTLs; non-token name bytes) are replaced, never emitted.
 pub fn simple_response(status: u16, headers: &[(&str, &str)], body: &[u8], close: bool) -> Bytes {
-    todo!()
+    let extra: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    let mut out = Vec::with_capacity(64 + extra + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        out.extend(name.bytes().map(|b| if is_tchar(b) { b } else { b'-' }));
+        out.extend_from_slice(b": ");
+        out.extend(
+            value
+                .bytes()
+                .map(|b| if is_field_byte(b) { b } else { b' ' }),
+        );
+        out.extend_from_slice(b"\r\n");
+    }
+    if !(100..200).contains(&status) && status != 204 {
+        out.extend_from_slice(b"Content-Length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::http::parse::{parse_response, Parsed};
+    use bytes::BytesMut;
+
+    #[test]
+    fn error_response_has_the_documented_shape() {
+        let r = error_response(502, "dns_error", Some("no \"such\" host\\ é"), true);
+        let want = "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n\
+Proxy-Status: proxy; error=dns_error; details=\"no \\\"such\\\" host\\\\ ?\"\r\nContent-Length: 27\r\n\
+Connection: close\r\n\r\n502 Bad Gateway: dns_error\n";
+        assert_eq!(std::str::from_utf8(&r).unwrap(), want);
+    }
+
+    #[test]
+    fn error_response_without_details_or_close() {
+        let r = error_response(414, "http_request_uri_too_long", None, false);
+        let text = std::str::from_utf8(&r).unwrap();
+        assert!(text.starts_with("HTTP/1.1 414 URI Too Long\r\n"));
+        assert!(text.contains("\r\nProxy-Status: proxy; error=http_request_uri_too_long\r\n"));
+        assert!(!text.contains("Connection"));
+        assert!(text.ends_with("\r\n\r\n414 URI Too Long: http_request_uri_too_long\n"));
+    }
+
+    #[test]
+    fn synthetic_responses_parse_back_strictly() {
+        let r = error_response(431, "x", Some("line\r\nInjected: 1"), true);
+        let mut buf = BytesMut::from(&r[..]);
+        let Ok(Parsed::Complete(head)) = parse_response(&mut buf, &Limits::default()) else {
+            panic!()
+        };
+        assert_eq!(head.status(), 431);
+        assert_eq!(head.count("injected"), 0);
+        assert_eq!(
+            head.header("content-length"),
+            Some(buf.len().to_string().as_bytes())
+        );
+    }
+
+    #[test]
+    fn simple_response_orders_headers_and_sanitises() {
+        let r = simple_response(
+            407,
+            &[
+                ("Proxy-Authenticate", "Basic realm=\"p\""),
+                ("X\nY", "a\r\nb"),
+            ],
+            b"no",
+            false,
+        );
+        assert_eq!(
+            &r[..],
+            b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"p\"\r\nX-Y: a  b\r\n\
+Content-Length: 2\r\n\r\nno"
+        );
+        let r = simple_response(204, &[], b"", true);
+        assert_eq!(
+            &r[..],
+            b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn reason_phrases() {
+        assert_eq!(reason_phrase(400), "Bad Request");
+        assert_eq!(reason_phrase(418), "I'm a teapot");
+        assert_eq!(reason_phrase(431), "Request Header Fields Too Large");
+        assert_eq!(reason_phrase(508), "Loop Detected");
+        assert_eq!(reason_phrase(599), "Unknown");
+    }
+
+    #[test]
+    fn constants_parse() {
+        for bytes in [CONNECT_ESTABLISHED, CONTINUE_100] {
+            let mut buf = BytesMut::from(bytes);
+            assert!(matches!(
+                parse_response(&mut buf, &Limits::default()),
+                Ok(Parsed::Complete(_))
+            ));
+            assert!(buf.is_empty());
+        }
+    }
 }

@@ -107,21 +107,27 @@ impl Exchange {
         let status = self.status.unwrap_or(0);
         let reason = self.status.map(reason_phrase).unwrap_or("-");
         let (ip, cport) = (self.client.ip(), self.client.port());
+        // proxy.py writes `None:None` where no upstream was involved (its README FAQ).
+        let (host, port): (&str, &dyn std::fmt::Display) = if self.host.is_empty() {
+            ("None", &"None")
+        } else {
+            (&self.host, &self.port)
+        };
         if method == "CONNECT" {
             tracing::info!(
                 target: "proxy::access",
                 client = %self.client, method = %method, host = %self.host, port = self.port,
                 bytes = self.bytes, ms, status, error.code = code, conn, worker,
-                "{ip}:{cport} - CONNECT {}:{} - {} bytes - {ms:.2}ms{}{code}",
-                self.host, self.port, self.bytes, if code.is_empty() { "" } else { " - " },
+                "{ip}:{cport} - CONNECT {host}:{port} - {} bytes - {ms:.2}ms{}{code}",
+                self.bytes, if code.is_empty() { "" } else { " - " },
             );
         } else {
             tracing::info!(
                 target: "proxy::access",
                 client = %self.client, method = %method, host = %self.host, port = self.port,
                 path = %path, status, bytes = self.bytes, ms, error.code = code, conn, worker,
-                "{ip}:{cport} - {method} {}:{}{path} - {} {reason} - {} bytes - {ms:.2}ms{}{code}",
-                self.host, self.port, self.status.map_or("-".to_string(), |s| s.to_string()),
+                "{ip}:{cport} - {method} {host}:{port}{path} - {} {reason} - {} bytes - {ms:.2}ms{}{code}",
+                self.status.map_or("-".to_string(), |s| s.to_string()),
                 self.bytes, if code.is_empty() { "" } else { " - " },
             );
         }

@@ -154,7 +154,7 @@ fn prepare_request(
         head.remove(name);
     }
     if upgrade {
-        head.append("connection", b"upgrade");
+        head.append("Connection", b"upgrade");
     }
     for name in &config.disable_headers {
         head.remove(name);
@@ -164,7 +164,7 @@ fn prepare_request(
         "host",
         host_header_value(Scheme::Http, host, port).as_bytes(),
     );
-    head.append("via", VIA);
+    head.append("Via", VIA);
     head.set_target(path);
     upgrade
 }
@@ -473,8 +473,8 @@ async fn download(
                     head.remove(name);
                 }
             }
-            head.append("connection", b"upgrade");
-            head.encode(&mut parts);
+            head.append("Connection", b"upgrade");
+            head.encode_with_version(Version::Http11, &mut parts);
             let len: usize = parts.iter().map(Bytes::len).sum();
             write_parts(client, &mut parts, config.timeout)
                 .await
@@ -487,7 +487,7 @@ async fn download(
         if request.version == Version::Http11 {
             let mut head = head;
             strip_hop_by_hop(&mut head);
-            head.encode(&mut parts);
+            head.encode_with_version(Version::Http11, &mut parts);
             let len: usize = parts.iter().map(Bytes::len).sum();
             write_parts(client, &mut parts, config.timeout)
                 .await
@@ -517,11 +517,11 @@ async fn download(
         head.remove("transfer-encoding");
     }
     if close_client {
-        head.append("connection", b"close");
+        head.append("Connection", b"close");
     } else if request.version == Version::Http10 {
-        head.append("connection", b"keep-alive");
+        head.append("Connection", b"keep-alive");
     }
-    head.encode(&mut parts);
+    head.encode_with_version(Version::Http11, &mut parts);
     let head_len: usize = parts.iter().map(Bytes::len).sum();
     write_parts(client, &mut parts, config.timeout)
         .await

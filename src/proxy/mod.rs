@@ -198,6 +198,7 @@ async fn route(
             "https:// absolute-form needs CONNECT (TLS to origins is not supported yet)",
         )),
         Target::Origin | Target::Asterisk => {
+            exchange.set_target("", 0, &head.target_bytes());
             // Addressed to the proxy itself: the built-in web server will live here.
             // A body we are not going to read means the connection cannot be reused.
             let has_body = !matches!(http::request_body_kind(&head), Ok(http::BodyKind::Empty));
