@@ -3,6 +3,10 @@
 //!
 //! The origin is a minimal blocking server (no HTTP library) so the numbers show the
 //! proxy's cost, not a framework's. Run: `cargo bench --bench proxy_e2e`.
+#![expect(
+    clippy::expect_used,
+    reason = "bench setup: any failure should stop the run"
+)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -71,9 +75,11 @@ fn round_trip(stream: &mut TcpStream, request: &[u8], buf: &mut [u8]) {
 
 fn bench_get(c: &mut Criterion) {
     let origin = spawn_origin();
-    let mut config = proxy::Config::default();
-    config.listen = vec!["127.0.0.1:0".parse().expect("addr")];
-    config.num_workers = 1;
+    let config = proxy::Config {
+        listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        num_workers: 1,
+        ..proxy::Config::default()
+    };
     let handle = proxy::start(config).expect("start proxy");
     let proxy_addr = handle.local_addr();
 

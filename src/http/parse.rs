@@ -30,6 +30,8 @@ pub enum Parsed<T> {
 pub enum ParseError {
     /// A syntax or strictness violation; the text names the rule (for logs only, not an API).
     Malformed(&'static str),
+    /// Well-formed, but asks for something we do not do (e.g. an `ftp://` target).
+    Unsupported(&'static str),
     /// The request line is longer than `limits.max_request_line`.
     UriTooLong,
     /// A header line, the header count or the whole head is over its limit.
@@ -41,6 +43,7 @@ impl ParseError {
     pub fn request_kind(&self) -> ErrorKind {
         match self {
             ParseError::Malformed(_) => ErrorKind::HttpRequestError,
+            ParseError::Unsupported(_) => ErrorKind::UnsupportedRequest,
             ParseError::UriTooLong => ErrorKind::UriTooLong,
             ParseError::HeadTooLarge => ErrorKind::RequestHeaderTooLarge,
         }
@@ -49,7 +52,7 @@ impl ParseError {
     /// The error kind when this came from an origin's response.
     pub fn response_kind(&self) -> ErrorKind {
         match self {
-            ParseError::Malformed(_) => ErrorKind::HttpProtocolError,
+            ParseError::Malformed(_) | ParseError::Unsupported(_) => ErrorKind::HttpProtocolError,
             ParseError::UriTooLong | ParseError::HeadTooLarge => {
                 ErrorKind::HttpResponseHeaderSectionSize
             }
@@ -61,6 +64,7 @@ impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ParseError::Malformed(rule) => write!(f, "malformed head: {rule}"),
+            ParseError::Unsupported(what) => write!(f, "unsupported: {what}"),
             ParseError::UriTooLong => f.write_str("request line too long"),
             ParseError::HeadTooLarge => f.write_str("head too large"),
         }

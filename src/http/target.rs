@@ -43,11 +43,11 @@ pub enum Target {
         /// Origin-form path and query to send upstream.
         path: Bytes,
     },
-    /// "host:port" (CONNECT); port 443 when absent (as proxy.py does).
+    /// "host:port" (CONNECT); the port is required (RFC 9112 §3.2.3).
     Authority {
         /// Lower-cased host; an IPv6 literal in canonical form, without brackets.
         host: String,
-        /// The port, 443 when absent.
+        /// The port.
         port: u16,
     },
     /// "*" (OPTIONS)
@@ -61,7 +61,9 @@ pub fn parse_target(raw: &Bytes, is_connect: bool) -> Result<Target, ParseError>
         return Err(ParseError::Malformed("fragment in request-target"));
     }
     if is_connect {
-        let (host, port) = parse_authority(raw, 443)?;
+        // RFC 9112 §3.2.3: authority-form is `uri-host ":" port`; proxy.py guesses 443
+        // for a missing port, we refuse to guess.
+        let (host, port) = parse_authority(raw, None)?;
         return Ok(Target::Authority { host, port });
     }
     match raw.as_ref() {
@@ -78,13 +80,23 @@ fn parse_absolute(raw: &Bytes) -> Result<Target, ParseError> {
     let scheme = match raw.get(..colon) {
         Some(s) if s.eq_ignore_ascii_case(b"http") => Scheme::Http,
         Some(s) if s.eq_ignore_ascii_case(b"https") => Scheme::Https,
+        // RFC 3986 §3.1: a well-formed scheme we do not proxy (ftp, ws…) is unsupported,
+        // anything else is malformed.
+        Some([first, rest @ ..])
+            if first.is_ascii_alphabetic()
+                && rest
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b)) =>
+        {
+            return Err(ParseError::Unsupported("scheme"))
+        }
         _ => return Err(ParseError::Malformed("scheme")),
     };
     let authority_start = colon + 3;
     let rest = raw.get(authority_start..).unwrap_or_default();
     let authority_len = memchr::memchr2(b'/', b'?', rest).unwrap_or(rest.len());
     let authority = rest.get(..authority_len).unwrap_or_default();
-    let (host, port) = parse_authority(authority, scheme.default_port())?;
+    let (host, port) = parse_authority(authority, Some(scheme.default_port()))?;
     let path_start = authority_start + authority_len;
     let path = match raw.get(path_start) {
         None => Bytes::from_static(b"/"),
@@ -101,7 +113,10 @@ fn parse_absolute(raw: &Bytes) -> Result<Target, ParseError> {
 }
 
 /// `host [":" port]` (RFC 3986 §3.2) without userinfo; returns the lower-cased host and the port.
-fn parse_authority(authority: &[u8], default_port: u16) -> Result<(String, u16), ParseError> {
+fn parse_authority(
+    authority: &[u8],
+    default_port: Option<u16>,
+) -> Result<(String, u16), ParseError> {
     if memchr::memchr(b'@', authority).is_some() {
         return Err(ParseError::Malformed("userinfo in authority"));
     }
@@ -130,9 +145,10 @@ fn parse_authority(authority: &[u8], default_port: u16) -> Result<(String, u16),
         };
         (reg_name(host)?, port)
     };
-    let port = match port {
-        None => default_port,
-        Some(digits) => parse_port(digits)?,
+    let port = match (port, default_port) {
+        (Some(digits), _) => parse_port(digits)?,
+        (None, Some(default)) => default,
+        (None, None) => return Err(ParseError::Malformed("authority-form needs a port")),
     };
     Ok((host, port))
 }
@@ -278,12 +294,14 @@ mod tests {
             })
         );
         assert_eq!(
-            t("Example.com", true),
+            t("Example.com:443", true),
             Ok(Target::Authority {
                 host: "example.com".into(),
                 port: 443
             })
         );
+        assert!(t("example.com", true).is_err(), "no port");
+        assert!(t("[::1]", true).is_err(), "no port");
         assert_eq!(
             t("[::1]:8443", true),
             Ok(Target::Authority {
@@ -321,9 +339,8 @@ mod tests {
             ("http://exa%zzmple.com/", false),
             ("http://exa%2/", false),
             ("http://exa\0mple.com/", false),
-            ("ftp://example.com/", false),
-            ("ws://example.com/", false),
             ("http:/example.com/", false),
+            ("1ftp://example.com/", false),
             ("http://example.com/#top", false),
         ];
         for (raw, connect) in cases {
@@ -332,10 +349,13 @@ mod tests {
                 "{raw}"
             );
         }
-        assert_eq!(
-            t("gopher://x/", false),
-            Err(ParseError::Malformed("scheme"))
-        );
+        for raw in ["ftp://example.com/", "ws://example.com/", "gopher://x/"] {
+            assert_eq!(
+                t(raw, false),
+                Err(ParseError::Unsupported("scheme")),
+                "{raw}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,269 @@
+//! Connection and process lifecycle: idle and header timeouts, graceful drain,
+//! the port file, several workers, and the binary under SIGTERM.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "a panic is how a test fails; allow-unwrap-in-tests does not reach helpers outside #[test] fns"
+)]
+
+mod support;
+
+use std::io::{self, Read};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+#[test]
+fn idle_client_connection_is_closed_after_the_timeout() {
+    let origin = Origin::fixed("ok");
+    let proxy = spawn_proxy_with(&[], |config| config.timeout = Duration::from_millis(500));
+    proxy.route("alpha.test", &origin);
+
+    let mut client = proxy.connect();
+    client.send(&get("http://alpha.test/", ""));
+    assert_eq!(client.read_response().status, 200);
+    // Nothing more from us: the proxy must close the idle keep-alive connection.
+    let rest = client
+        .read_to_end()
+        .unwrap_or_else(|e| panic!("idle connection not closed: {e}"));
+    if !rest.is_empty() {
+        // RFC 9112 §9.5 allows a 408 before closing an idle connection.
+        let (resp, _) = parse_response(rest);
+        assert_eq!(resp.status, 408);
+    }
+}
+
+#[test]
+fn never_used_client_connection_is_closed_after_the_timeout() {
+    let proxy = spawn_proxy_with(&[], |config| config.timeout = Duration::from_millis(500));
+    let mut client = proxy.connect();
+    let rest = client
+        .read_to_end()
+        .unwrap_or_else(|e| panic!("idle connection not closed: {e}"));
+    if !rest.is_empty() {
+        let (resp, _) = parse_response(rest);
+        assert_eq!(resp.status, 408);
+    }
+}
+
+#[test]
+fn slowloris_head_is_408_then_closed() {
+    let proxy = spawn_proxy_with(&[], |config| {
+        config.header_timeout = Duration::from_millis(300)
+    });
+    let mut client = proxy.connect();
+    // The read timeout paces the trickle: one header byte per 100 ms, so the
+    // inactivity timeout never fires, only the whole-head deadline can.
+    client
+        .stream()
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let trickle = b"GET http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\nX-Slow: "
+        .iter()
+        .chain([b'a'; 200].iter());
+    let mut received = Vec::new();
+    let mut stream = client.stream().try_clone().unwrap();
+    let mut closed = false;
+    for &byte in trickle {
+        let _ = client.try_send(&[byte]);
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                closed = true;
+                break;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("reading: {e}"),
+        }
+    }
+    if !closed {
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut rest = Vec::new();
+        stream
+            .read_to_end(&mut rest)
+            .unwrap_or_else(|e| panic!("waiting for close: {e}"));
+        received.extend(rest);
+    }
+    assert!(!received.is_empty(), "closed without a 408");
+    let (resp, _) = parse_response(received);
+    resp.assert_error(408, "http_request_header_timeout");
+}
+
+#[test]
+fn shutdown_lets_the_in_flight_request_finish_and_refuses_new_ones() {
+    let (arrived_tx, arrived_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let hooks = Mutex::new((arrived_tx, release_rx));
+    let origin = Origin::raw(move |mut conn| {
+        while let Some(req) = conn.read_request() {
+            if req.target == "/slow" {
+                let hooks = hooks.lock().unwrap();
+                hooks.0.send(()).unwrap();
+                hooks.1.recv_timeout(WAIT).unwrap();
+                conn.send(&ok("finished while draining"));
+            } else {
+                conn.send(&ok("served"));
+            }
+        }
+    });
+    let mut proxy = spawn_proxy(&[]);
+    proxy.route("alpha.test", &origin);
+
+    let mut in_flight = proxy.connect();
+    in_flight.send(&get("http://alpha.test/slow", ""));
+    arrived_rx.recv_timeout(WAIT).unwrap();
+
+    proxy.handle().shutdown();
+
+    // A new connection must not be served. shutdown() only begins the stop, so poll
+    // (bounded) until the listener is gone; a connect that still lands in the old
+    // backlog must be closed without an answer.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "new connections still served after shutdown()"
+        );
+        let Ok(stream) = std::net::TcpStream::connect(proxy.addr) else {
+            break;
+        };
+        let mut late = Wire::new(stream);
+        let _ = late.try_send(&get("http://alpha.test/late", ""));
+        match late.read_to_end() {
+            Ok(answer) if answer.is_empty() => break,
+            Ok(_served) => {}
+            Err(e) => panic!("a connection after shutdown() was neither refused nor closed: {e}"),
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+
+    release_tx.send(()).unwrap();
+    let resp = in_flight.read_response();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "finished while draining");
+
+    let handle = proxy.take_handle();
+    let (done_tx, done_rx) = mpsc::channel();
+    thread::spawn(move || {
+        handle.wait();
+        done_tx.send(()).unwrap();
+    });
+    done_rx
+        .recv_timeout(WAIT)
+        .expect("wait() returned after the drain");
+    in_flight.expect_eof();
+}
+
+#[test]
+fn port_file_holds_the_bound_port_and_is_removed_on_stop() {
+    let path = temp_path("port-file");
+    let mut proxy = spawn_proxy(&["--port-file", path.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let first: u16 = text.lines().next().unwrap().trim().parse().unwrap();
+    assert_eq!(first, proxy.addr.port());
+
+    proxy.take_handle().stop();
+    assert!(!path.exists(), "port file left behind");
+}
+
+#[test]
+fn two_workers_serve_50_concurrent_connections() {
+    let origin = Origin::echo_target();
+    let proxy = spawn_proxy(&["--num-workers", "2"]);
+    proxy.route("alpha.test", &origin);
+
+    let barrier = std::sync::Arc::new(Barrier::new(50));
+    let clients: Vec<_> = (0..50)
+        .map(|i| {
+            let mut client = proxy.connect();
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                client.send(&get(&format!("http://alpha.test/client/{i}"), ""));
+                let resp = client.read_response();
+                assert_eq!(resp.status, 200);
+                assert_eq!(resp.text(), format!("/client/{i}"));
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert_eq!(origin.requests().len(), 50);
+}
+
+#[test]
+fn binary_serves_then_exits_zero_on_sigterm() {
+    let origin = Origin::fixed("via the binary");
+    let port_file = temp_path("bin-port-file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+        .args([
+            "--port",
+            "0",
+            "--num-workers",
+            "1",
+            "--port-file",
+            port_file.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+
+    // Readiness is the port file's appearance: poll for it (bounded).
+    let deadline = Instant::now() + WAIT;
+    let port: u16 = loop {
+        if let Some(port) = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+        {
+            break port;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("proxy exited early: {status}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no port file after {WAIT:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+
+    // An IP literal: the binary uses the system resolver, and tests look up no real names.
+    let resp = request(([127, 0, 0, 1], port).into(), &get(&origin.url("/bin"), ""));
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "via the binary");
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("proxy did not exit after SIGTERM");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(!port_file.exists(), "port file left behind");
+}
