@@ -13,7 +13,9 @@ pub mod tunnel;
 pub mod upstream;
 
 use std::cell::Cell;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -125,14 +127,17 @@ pub async fn serve_connection(
             Ok(HeadRead::Done) => return,
             Err(err) => {
                 let mut exchange = Exchange::new(&client, Instant::now());
-                reply_error(&mut client, &mut exchange, &err, &shared.config).await;
+                boxed_reply_error(&mut client, &mut exchange, &err, &shared.config).await;
                 exchange.log(&err, conn_id, shared.worker);
                 return;
             }
         };
         let mut exchange = Exchange::new(&client, Instant::now());
         exchange.set_request(&head);
-        let result = route(
+        // The exchange's state machine is large and a task's future is allocated at its
+        // largest size for the connection's whole life: boxing it per exchange keeps an
+        // idle keep-alive connection down to the head reader's state.
+        let result = boxed_route(
             &mut client,
             shared,
             head,
@@ -150,13 +155,39 @@ pub async fn serve_connection(
             }
             Err(err) => {
                 if !exchange.response_started() {
-                    reply_error(&mut client, &mut exchange, &err, &shared.config).await;
+                    boxed_reply_error(&mut client, &mut exchange, &err, &shared.config).await;
                 }
                 exchange.log(&err, conn_id, shared.worker);
                 return;
             }
         }
     }
+}
+
+type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// `route`, boxed in a plain function: rustc keeps the temporary of an inline
+/// `Box::pin(fut).await` in the caller's state machine, which would make every idle
+/// connection carry the exchange's (large) state.
+fn boxed_route<'a>(
+    client: &'a mut Client,
+    shared: &'a Shared,
+    head: RequestHead,
+    exchange: &'a mut Exchange,
+    parts: &'a mut Vec<Bytes>,
+    shutdown: &'a watch::Receiver<bool>,
+) -> LocalBoxFuture<'a, Result<bool, ProxyError>> {
+    Box::pin(route(client, shared, head, exchange, parts, shutdown))
+}
+
+/// `reply_error`, boxed for the same reason as [`boxed_route`].
+fn boxed_reply_error<'a>(
+    client: &'a mut Client,
+    exchange: &'a mut Exchange,
+    err: &'a ProxyError,
+    config: &'a Config,
+) -> LocalBoxFuture<'a, ()> {
+    Box::pin(reply_error(client, exchange, err, config))
 }
 
 /// Decides what a request is and runs it. Returns whether the client connection
@@ -360,5 +391,50 @@ pub(crate) fn client_io_error(err: IoFail, context: &'static str) -> ProxyError 
         IoFail::Timeout => ProxyError::new(ErrorKind::ClientTimeout, context),
         IoFail::Closed => ProxyError::new(ErrorKind::ClientClosed, context),
         IoFail::Io(e) => ProxyError::new(ErrorKind::ClientClosed, context).with_source(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle keep-alive connection costs its task's future (allocated at its largest
+    /// state) plus the socket: the per-exchange state is boxed so that the future stays
+    /// small. The budget is 2 KiB per idle connection in all.
+    #[tokio::test]
+    async fn idle_connection_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stream, _peer) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let shared = Shared::new(Arc::new(Config::default()), Arc::from(vec![]), 0);
+        let (_tx, rx) = watch::channel(false);
+        let future = serve_connection(stream.unwrap(), addr, &shared, rx);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 1536, "serve_connection future is {size} bytes");
+    }
+
+    #[test]
+    fn own_addresses_are_recognised() {
+        let listen: Arc<[SocketAddr]> = Arc::from(vec![
+            "127.0.0.1:8899".parse().unwrap(),
+            "0.0.0.0:9000".parse().unwrap(),
+        ]);
+        let shared = Shared::new(Arc::new(Config::default()), listen, 0);
+        assert!(shared.is_own_address("127.0.0.1:8899".parse().unwrap()));
+        assert!(!shared.is_own_address("127.0.0.2:8899".parse().unwrap()));
+        assert!(
+            shared.is_own_address("127.0.0.5:9000".parse().unwrap()),
+            "wildcard on loopback"
+        );
+        let (peer, local) = (
+            "10.1.2.3:9000".parse().unwrap(),
+            "10.1.2.3:40000".parse().unwrap(),
+        );
+        assert!(
+            shared.is_self_connection(peer, local),
+            "wildcard reached via a local address"
+        );
+        let other: SocketAddr = "10.9.9.9:40000".parse().unwrap();
+        assert!(!shared.is_self_connection(peer, other));
     }
 }
