@@ -338,7 +338,7 @@ start_target() { # name -> 0 if started (PORT[name] set)
         sleep 0.1
       done
       p=$( { tr -dc 0-9 <"$TMP/$t.port"; } 2>/dev/null || true)
-      [ -n "$p" ] && wait_port "$t" "$p" || { stop_proc "$t"; return 1; }
+      if [ -z "$p" ] || ! wait_port "$t" "$p"; then stop_proc "$t"; return 1; fi
       PORT[$t]=$p ;;
     proxy.py)
       [ -x "$PROXYPY_BIN" ] || return 1

@@ -80,8 +80,10 @@ pub async fn run(
 
     let mut attempt = 0;
     loop {
+        // A retryable request skips the pool's liveness probe (a syscall): if the
+        // origin closed the connection meanwhile, the retry below covers it.
         let pooled = if attempt == 0 {
-            shared.pool.take(host, port)
+            shared.pool.take(host, port, !retryable)
         } else {
             None
         };
@@ -522,12 +524,22 @@ async fn download(
         head.append("Connection", b"keep-alive");
     }
     head.encode_with_version(Version::Http11, &mut parts);
-    let head_len: usize = parts.iter().map(Bytes::len).sum();
+    // Body bytes that came with the head leave in the same write (one syscall for a
+    // small response instead of two).
+    let body = match body {
+        BodyKind::Length(n) if !buf.is_empty() => {
+            let take = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
+            parts.push(buf.split_to(take).freeze());
+            BodyKind::Length(n - take as u64)
+        }
+        other => other,
+    };
+    let sent: usize = parts.iter().map(Bytes::len).sum();
     write_parts(client, &mut parts, config.timeout)
         .await
         .map_err(|e| Failure::Fatal(client_io_error(e, "writing a response head")))?;
     exchange.set_status(head.status());
-    exchange.add_bytes(head_len as u64);
+    exchange.add_bytes(sent as u64);
 
     let clean = relay_body(client, upstream, &mut buf, body, dechunk, config, exchange).await?;
     Ok(Downloaded::Done(End {
