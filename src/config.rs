@@ -128,7 +128,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(10),
             grace_period: Duration::from_secs(10),
             upstream_idle_timeout: Duration::from_secs(30),
-            upstream_max_idle_per_host: 32,
+            upstream_max_idle_per_host: 1024,
             client_recvbuf_size: 128 * 1024,
             server_recvbuf_size: 128 * 1024,
             disable_headers: Vec::new(),
