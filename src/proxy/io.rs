@@ -53,6 +53,36 @@ pub async fn read_some(
     }
 }
 
+/// Like [`read_some`], for a wait that may be long (a keep-alive connection between
+/// requests): a buffer that is still empty when the socket turns out not to be readable
+/// after all is released before waiting again, so idle connections hold no buffer.
+/// (tokio reports a freshly accepted socket readable once, before any byte arrived.)
+pub async fn read_some_idle(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    chunk: usize,
+    idle: Duration,
+) -> Result<usize, IoFail> {
+    loop {
+        timeout(idle, stream.readable())
+            .await
+            .map_err(|_| IoFail::Timeout)??;
+        if buf.capacity() - buf.len() < chunk / 4 {
+            buf.reserve(chunk);
+        }
+        match stream.try_read_buf(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if buf.is_empty() {
+                    *buf = BytesMut::new();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(IoFail::Io(e)),
+        }
+    }
+}
+
 /// Writes all of `data`.
 pub async fn write_all(stream: &TcpStream, mut data: &[u8], idle: Duration) -> Result<(), IoFail> {
     while !data.is_empty() {
@@ -171,6 +201,31 @@ mod tests {
         drop(d);
         c.readable().await.unwrap();
         assert!(!is_idle_and_open(&c), "EOF means not reusable");
+    }
+
+    #[tokio::test]
+    async fn idle_read_returns_data_after_a_pending_poll() {
+        let (a, b) = pair().await;
+        let mut buf = BytesMut::new();
+        let n = {
+            let read = read_some_idle(&a, &mut buf, 8192, Duration::from_secs(5));
+            tokio::pin!(read);
+            // Poll once: a fresh socket may look readable; nothing is there yet.
+            assert!(futures_poll_once(read.as_mut()).await.is_none());
+            write_all(&b, b"GET", Duration::from_secs(5)).await.unwrap();
+            read.await.unwrap()
+        };
+        assert_eq!(n, 3);
+        assert_eq!(&buf[..], b"GET");
+    }
+
+    /// Polls a future once; `None` if it is pending.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(mut fut: F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| match std::pin::Pin::new(&mut fut).poll(cx) {
+            std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+            std::task::Poll::Pending => std::task::Poll::Ready(None),
+        })
+        .await
     }
 
     #[tokio::test]

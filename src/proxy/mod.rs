@@ -293,7 +293,7 @@ async fn read_head(
         let was_empty = client.buf.is_empty();
         let read = timeout_at(
             deadline,
-            io::read_some(
+            io::read_some_idle(
                 &client.stream,
                 &mut client.buf,
                 HEAD_READ_CHUNK,
