@@ -17,9 +17,8 @@
 //! alone in template mode; their fields show in JSON mode.
 
 use std::fmt::Write as _;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -40,21 +39,46 @@ pub const ACCESS_TARGET: &str = "proxy::access";
 ///
 /// # Errors
 /// The log file cannot be opened (exit 64), or a subscriber is already installed (exit 1).
-pub fn init(log: &LogConfig) -> Result<(), CliError> {
-    let installed = match &log.file {
-        Some(path) => {
-            let file = OpenOptions::new()
+pub fn init(log: &LogConfig) -> Result<LogGuard, CliError> {
+    let sink: Box<dyn io::Write + Send> = match &log.file {
+        Some(path) => Box::new(
+            OpenOptions::new()
                 .append(true)
                 .create(true)
                 .open(path)
                 .map_err(|e| {
                     CliError::usage(format_args!("--log-file: {}: {e}", path.display()))
-                })?;
-            tracing::subscriber::set_global_default(subscriber(log, SharedFile::new(file)))
-        }
-        None => tracing::subscriber::set_global_default(subscriber(log, io::stdout)),
+                })?,
+        ),
+        None => Box::new(io::stdout()),
     };
-    installed.map_err(|e| CliError::runtime(format_args!("cannot install the logger: {e}")))
+    // Workers hand each formatted line to a channel; one writer thread batches the
+    // writes. No lock is shared between workers and no worker waits on a `write(2)`
+    // per access-log line. Lossless: when the channel is full, the worker waits.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_CHANNEL_LINES)
+        .thread_name("proxy-log-writer")
+        .finish(sink);
+    tracing::subscriber::set_global_default(subscriber(log, writer))
+        .map_err(|e| CliError::runtime(format_args!("cannot install the logger: {e}")))?;
+    Ok(LogGuard { _writer: guard })
+}
+
+/// Lines that may wait for the writer thread before a worker blocks.
+const LOG_CHANNEL_LINES: usize = 64 * 1024;
+
+/// Keeps the log writer thread alive; dropping it writes out every queued line.
+/// Hold it until the process exits.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard {
+    _writer: tracing_appender::non_blocking::WorkerGuard,
+}
+
+impl std::fmt::Debug for LogGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogGuard")
+    }
 }
 
 /// The subscriber `init` installs, writing to `writer` (tests pass an in-memory buffer).
@@ -73,42 +97,6 @@ where
     tracing_subscriber::registry()
         .with(LevelFilter::from_level(log.level))
         .with(lines)
-}
-
-/// A file shared by all workers; each line is one `write_all` under the lock.
-#[derive(Debug)]
-pub struct SharedFile(Mutex<File>);
-
-impl SharedFile {
-    /// Wraps an open file.
-    pub fn new(file: File) -> SharedFile {
-        SharedFile(Mutex::new(file))
-    }
-}
-
-impl<'a> MakeWriter<'a> for SharedFile {
-    type Writer = SharedFileGuard<'a>;
-
-    fn make_writer(&'a self) -> SharedFileGuard<'a> {
-        // Writing a log line cannot leave the file in a broken state, so poison is harmless.
-        SharedFileGuard(self.0.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
-/// The locked file while one line is written.
-#[derive(Debug)]
-pub struct SharedFileGuard<'a>(MutexGuard<'a, File>);
-
-impl io::Write for SharedFileGuard<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.0.write_all(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
-    }
 }
 
 // === Record: one event as plain data ===
@@ -783,6 +771,7 @@ pub fn push_rfc3339(time: SystemTime, out: &mut String) {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::sync::Mutex;
     use std::time::Duration;
 
     /// 2026-11-22 01:54:30.229 UTC.
@@ -1059,9 +1048,13 @@ mod tests {
             file: Some(path.clone()),
             format: LogFormat::Template("%(message)s".into()),
         };
-        tracing::subscriber::with_default(subscriber(&log, SharedFile::new(file)), || {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .finish(file);
+        tracing::subscriber::with_default(subscriber(&log, writer), || {
             tracing::info!("new");
         });
+        drop(guard); // writes out the queued lines
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "old\nnew\n");
         let _ = std::fs::remove_file(&path);
     }

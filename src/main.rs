@@ -13,9 +13,10 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(err) => return exit_with(&err),
     };
-    if let Err(err) = proxy::logging::init(&config.log) {
-        return exit_with(&err);
-    }
+    let _log_guard = match proxy::logging::init(&config.log) {
+        Ok(guard) => guard,
+        Err(err) => return exit_with(&err),
+    };
     raise_open_file_limit(config.open_file_limit);
     let pid_file = config.pid_file.clone();
     if let Some(path) = &pid_file {

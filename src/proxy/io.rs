@@ -31,6 +31,10 @@ impl From<io::Error> for IoFail {
 
 /// Reads whatever is available into `buf`, reserving up to `chunk` bytes of room.
 /// Returns the number of bytes read; `Ok(0)` means EOF.
+///
+/// The read is tried first and the inactivity timer is armed only when there is
+/// something to wait for: under load most operations complete at once, and a
+/// `timeout` costs a clock read even when it never fires.
 pub async fn read_some(
     stream: &TcpStream,
     buf: &mut BytesMut,
@@ -38,18 +42,18 @@ pub async fn read_some(
     idle: Duration,
 ) -> Result<usize, IoFail> {
     loop {
-        timeout(idle, stream.readable())
-            .await
-            .map_err(|_| IoFail::Timeout)??;
         if buf.capacity() - buf.len() < chunk / 4 {
             buf.reserve(chunk);
         }
         match stream.try_read_buf(buf) {
             Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(IoFail::Io(e)),
         }
+        timeout(idle, stream.readable())
+            .await
+            .map_err(|_| IoFail::Timeout)??;
     }
 }
 
@@ -83,16 +87,17 @@ pub async fn read_some_idle(
     }
 }
 
-/// Writes all of `data`.
+/// Writes all of `data` (tried first; the timer is armed only to wait).
 pub async fn write_all(stream: &TcpStream, mut data: &[u8], idle: Duration) -> Result<(), IoFail> {
     while !data.is_empty() {
-        timeout(idle, stream.writable())
-            .await
-            .map_err(|_| IoFail::Timeout)??;
         match stream.try_write(data) {
             Ok(0) => return Err(IoFail::Closed),
             Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                timeout(idle, stream.writable())
+                    .await
+                    .map_err(|_| IoFail::Timeout)??;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(IoFail::Io(e)),
         }
@@ -110,9 +115,6 @@ pub async fn write_parts(
     const MAX_IOV: usize = 64;
     let mut first = 0;
     while first < parts.len() {
-        timeout(idle, stream.writable())
-            .await
-            .map_err(|_| IoFail::Timeout)??;
         let mut slices = [IoSlice::new(&[]); MAX_IOV];
         let mut count = 0;
         for (slot, part) in slices.iter_mut().zip(&parts[first..]) {
@@ -136,7 +138,11 @@ pub async fn write_parts(
                     first += 1;
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                timeout(idle, stream.writable())
+                    .await
+                    .map_err(|_| IoFail::Timeout)??;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(IoFail::Io(e)),
         }
