@@ -609,7 +609,7 @@ fn pooled_connection_closed_by_origin_is_retried_once() {
 
     client.send(&get("http://alpha.test/2", ""));
     let resp = client.read_response();
-    assert_eq!(resp.status, 200);
+    assert_eq!(resp.status, 200, "{:?}", resp.text());
     assert_eq!(resp.text(), "fresh /2");
     assert_eq!(origin.accepted(), 2);
 }

@@ -6,6 +6,7 @@
 //! [`io`] (socket waits with inactivity bounds), [`access`] (the per-exchange log line).
 
 pub mod access;
+pub mod dns_cache;
 pub mod forward;
 pub mod io;
 pub mod pool;
@@ -31,6 +32,11 @@ use access::Exchange;
 use io::IoFail;
 use pool::Pool;
 
+/// How long a resolved name is reused (the system resolver reports no TTL).
+const DNS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most names one worker remembers.
+const DNS_CAPACITY: usize = 4096;
+
 /// Per-worker state shared by all of the worker's connections (never across threads).
 pub struct Shared {
     /// Read-only settings.
@@ -39,6 +45,8 @@ pub struct Shared {
     pub listen_addrs: Arc<[SocketAddr]>,
     /// Idle upstream connections of this worker.
     pub pool: Pool,
+    /// Resolved origin names of this worker.
+    pub dns: dns_cache::DnsCache,
     /// Worker index, for connection ids.
     pub worker: usize,
     next_conn: Cell<u64>,
@@ -51,10 +59,12 @@ impl Shared {
             config.upstream_max_idle_per_host,
             config.upstream_idle_timeout,
         );
+        let dns = dns_cache::DnsCache::new(DNS_TTL, DNS_CAPACITY);
         Shared {
             config,
             listen_addrs,
             pool,
+            dns,
             worker,
             next_conn: Cell::new(0),
         }

@@ -18,9 +18,16 @@ use crate::error::{ErrorKind, ProxyError, Result};
 pub async fn connect(shared: &Shared, host: &str, port: u16) -> Result<TcpStream> {
     let config = &shared.config;
     let deadline = Instant::now() + config.connect_timeout;
-    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => match timeout_at(deadline, config.resolver.resolve(host, port)).await {
+    let literal = host.parse::<IpAddr>().ok();
+    let cached = if literal.is_none() {
+        shared.dns.get(host, port)
+    } else {
+        None
+    };
+    let addrs: Vec<SocketAddr> = match (literal, cached) {
+        (Some(ip), _) => vec![SocketAddr::new(ip, port)],
+        (None, Some(addrs)) => addrs,
+        (None, None) => match timeout_at(deadline, config.resolver.resolve(host, port)).await {
             Err(_) => {
                 return Err(ProxyError::new(
                     ErrorKind::DnsTimeout,
@@ -39,7 +46,10 @@ pub async fn connect(shared: &Shared, host: &str, port: u16) -> Result<TcpStream
                     format!("{host} has no address"),
                 ))
             }
-            Ok(Ok(addrs)) => addrs,
+            Ok(Ok(addrs)) => {
+                shared.dns.insert(host, port, &addrs);
+                addrs
+            }
         },
     };
     for addr in &addrs {
@@ -71,6 +81,8 @@ pub async fn connect(shared: &Shared, host: &str, port: u16) -> Result<TcpStream
             Ok(Err(e)) => last_err = Some(e),
         }
     }
+    // Every address failed: the next attempt resolves again.
+    shared.dns.forget(host);
     let err = last_err.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrNotAvailable));
     Err(ProxyError::new(
         ErrorKind::from_connect_error(&err),
