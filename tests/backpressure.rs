@@ -145,7 +145,6 @@ fn slow_reader_stalls_the_origin_instead_of_being_buffered() {
     client.send(&get("http://alpha.test/big", ""));
     // Read nothing: the origin must stall with most of the body still unsent.
     let stalled = wait_for_stall(&written);
-    eprintln!("stalled at {} KiB", stalled / 1024);
     assert!(
         stalled < CEILING,
         "the origin wrote {stalled} bytes to a client that read nothing"
@@ -202,7 +201,6 @@ fn slow_origin_stalls_the_upload_instead_of_it_being_buffered() {
     };
 
     let stalled = wait_for_stall(&written);
-    eprintln!("stalled at {} KiB", stalled / 1024);
     assert!(
         stalled < CEILING,
         "the client wrote {stalled} bytes to an origin that read nothing"

@@ -76,7 +76,7 @@ pub fn request_body_kind(head: &RequestHead) -> Result<BodyKind, FramingError> {
                 ));
             }
             let value = head.header("transfer-encoding").unwrap_or_default();
-            match transfer_codings(value)? {
+            match transfer_codings(value, Side::Request)? {
                 // RFC 9112 §6.3 rule 4: a request whose TE does not end in chunked has no reliable length.
                 ChunkedLast::No => Err(FramingError::Malformed(
                     "request Transfer-Encoding not ending in chunked",
@@ -112,7 +112,10 @@ pub fn response_body_kind(
                     "whitespace after Transfer-Encoding",
                 ));
             }
-            match transfer_codings(head.header("transfer-encoding").unwrap_or_default())? {
+            match transfer_codings(
+                head.header("transfer-encoding").unwrap_or_default(),
+                Side::Response,
+            )? {
                 ChunkedLast::Yes => BodyKind::Chunked,
                 ChunkedLast::No => BodyKind::UntilClose,
             }
@@ -183,9 +186,10 @@ enum ChunkedLast {
 
 /// Validates a Transfer-Encoding list (RFC 9112 §6.1, §7): known codings only, no empty items, no parameters,
 /// `chunked` at most once and only last.
-fn transfer_codings(value: &[u8]) -> Result<ChunkedLast, FramingError> {
+fn transfer_codings(value: &[u8], side: Side) -> Result<ChunkedLast, FramingError> {
     const KNOWN: [&[u8]; 5] = [b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"];
     let mut items = value.split(|&b| b == b',').peekable();
+    let mut seen_chunked = false;
     while let Some(raw_item) = items.next() {
         let item = trim_ows(raw_item);
         if item.is_empty() {
@@ -197,19 +201,35 @@ fn transfer_codings(value: &[u8]) -> Result<ChunkedLast, FramingError> {
             ));
         }
         if item.eq_ignore_ascii_case(b"chunked") {
-            if items.peek().is_some() {
-                // chunked must be the final coding and applied once (RFC 9112 §6.1).
+            // RFC 9112 §6.1: chunked is applied at most once.
+            if seen_chunked {
+                return Err(FramingError::Malformed("chunked applied twice"));
+            }
+            seen_chunked = true;
+            if items.peek().is_none() {
+                return Ok(ChunkedLast::Yes);
+            }
+            // RFC 9112 §6.3 rule 4: a request whose final coding is not chunked has
+            // no reliable length (400); a response is then read until close.
+            if side == Side::Request {
                 return Err(FramingError::Malformed(
                     "chunked is not the last transfer-coding",
                 ));
             }
-            return Ok(ChunkedLast::Yes);
+            continue;
         }
         if !KNOWN.iter().any(|k| item.eq_ignore_ascii_case(k)) {
             return Err(FramingError::Malformed("unknown transfer-coding"));
         }
     }
     Ok(ChunkedLast::No)
+}
+
+/// Which message a framing rule is applied to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Request,
+    Response,
 }
 
 // === impl ChunkedDecoder ===
@@ -627,6 +647,35 @@ mod tests {
     }
 
     #[test]
+    fn response_with_chunked_not_last_is_read_until_close() {
+        // RFC 9112 §6.3 rule 4 (for requests the same list is a 400, see te_list_errors).
+        assert_eq!(
+            res_kind(
+                "HTTP/1.1 200 OK",
+                "Transfer-Encoding: chunked, gzip\r\n",
+                false
+            ),
+            Ok(BodyKind::UntilClose)
+        );
+        assert!(matches!(
+            res_kind(
+                "HTTP/1.1 200 OK",
+                "Transfer-Encoding: chunked, gzip, chunked\r\n",
+                false
+            ),
+            Err(FramingError::Malformed(_))
+        ));
+        assert!(matches!(
+            res_kind(
+                "HTTP/1.1 200 OK",
+                "Transfer-Encoding: chunked, chunked\r\n",
+                false
+            ),
+            Err(FramingError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn te_list_errors() {
         for v in [
             ",chunked",
@@ -722,12 +771,6 @@ mod tests {
             res_kind("HTTP/1.1 200 OK", "Transfer-Encoding: gzip\r\n", false),
             Ok(BodyKind::UntilClose)
         );
-        let bad = res_kind(
-            "HTTP/1.1 200 OK",
-            "Transfer-Encoding: chunked, gzip\r\n",
-            false,
-        );
-        assert!(matches!(bad, Err(FramingError::Malformed(_))));
         let unknown = res_kind("HTTP/1.1 200 OK", "Transfer-Encoding: br\r\n", false);
         assert!(matches!(unknown, Err(FramingError::Malformed(_))));
     }

@@ -40,10 +40,11 @@ impl Pool {
         }
     }
 
-    /// Takes an idle connection to (host, port), if there is one. With `probe`, only one
-    /// that a non-blocking peek finds open and quiet (one syscall); without, the caller
-    /// must be ready to retry on a connection the origin closed meanwhile.
-    pub fn take(&self, host: &str, port: u16, probe: bool) -> Option<TcpStream> {
+    /// Takes an idle connection to (host, port) that a non-blocking peek finds open and
+    /// quiet, if there is one. The peek (one syscall) is never skipped: stray bytes an
+    /// origin sent after its response would otherwise be read as the next response
+    /// (DESIGN §3 rule 10).
+    pub fn take(&self, host: &str, port: u16) -> Option<TcpStream> {
         let mut hosts = self.hosts.borrow_mut();
         let ports = hosts.get_mut(host)?;
         let (_, queue) = ports.iter_mut().find(|(p, _)| *p == port)?;
@@ -51,7 +52,7 @@ impl Pool {
         let mut found = None;
         while let Some(idle) = queue.pop_back() {
             let fresh = now.duration_since(idle.since) < self.idle_timeout;
-            if fresh && (!probe || is_idle_and_open(&idle.stream)) {
+            if fresh && is_idle_and_open(&idle.stream) {
                 found = Some(idle.stream);
                 break;
             }
@@ -148,9 +149,9 @@ mod tests {
         let (a, _peer) = connected().await;
         let local = a.local_addr().unwrap();
         pool.put("origin.test", 80, a);
-        assert!(pool.take("origin.test", 81, true).is_none());
-        assert!(pool.take("other.test", 80, true).is_none());
-        let got = pool.take("origin.test", 80, true).expect("pooled");
+        assert!(pool.take("origin.test", 81).is_none());
+        assert!(pool.take("other.test", 80).is_none());
+        let got = pool.take("origin.test", 80).expect("pooled");
         assert_eq!(got.local_addr().unwrap(), local);
         assert!(pool.is_empty());
     }
@@ -162,18 +163,7 @@ mod tests {
         drop(peer);
         a.readable().await.unwrap();
         pool.put("h", 80, a);
-        assert!(pool.take("h", 80, true).is_none());
-    }
-
-    #[tokio::test]
-    async fn without_probe_a_closed_connection_is_handed_out() {
-        // The caller that skips the probe relies on its retry: this documents why.
-        let pool = Pool::new(4, Duration::from_secs(30));
-        let (a, peer) = connected().await;
-        drop(peer);
-        a.readable().await.unwrap();
-        pool.put("h", 80, a);
-        assert!(pool.take("h", 80, false).is_some());
+        assert!(pool.take("h", 80).is_none());
     }
 
     #[tokio::test]
@@ -187,7 +177,7 @@ mod tests {
         }
         assert_eq!(pool.len(), 2);
         assert!(
-            pool.take("h", 80, false).is_none(),
+            pool.take("h", 80).is_none(),
             "zero idle timeout expires everything"
         );
         pool.sweep();
