@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::error::{ContextKind, ContextValue, ErrorKind as ClapKind};
 use clap::{ArgAction, Parser};
 
-use crate::config::DEFAULT_LOG_FORMAT;
+use crate::config::{ClientIpMode, DEFAULT_LOG_FORMAT};
 
 /// Exit status for a bad flag value (`EX_USAGE` from sysexits.h).
 pub const EX_USAGE: i32 = 64;
@@ -36,7 +36,11 @@ const AFTER_HELP: &str = "\
 Flags may be abbreviated to any unambiguous prefix (--num-w 2), as in proxy.py.
 Differences from proxy.py: log timestamps are UTC; --timeout accepts fractions of a
 second; --header-timeout, --connect-timeout and --grace-period are our own; flags
-proxy.py has but this release does not implement are rejected, not ignored.
+proxy.py has but this release does not implement are rejected, not ignored;
+--basic-auth may be repeated and answers 407 with realm=\"proxy\"; --pac-file-url-path
+is an exact path, not a regular expression.
+Built-in plugins (--plugins, dotted or short name): proxy.plugin.FilterByUpstreamHostPlugin,
+FilterByClientIpPlugin, ShortLinkPlugin, RedirectToCustomServerPlugin, ModifyRequestHeaderPlugin.
 See README.md for the flag table, the log format keys and the architecture.";
 
 /// Raw command-line flags, named as in proxy.py. Turned into a `Config` by `Config::from_cli`.
@@ -126,6 +130,41 @@ pub struct Cli {
     /// proxy.py-style %(key)s template for log lines (timestamps in UTC), or `json` for one JSON object per line.
     #[arg(long, value_name = "FORMAT", default_value = DEFAULT_LOG_FORMAT)]
     pub log_format: String,
+
+    /// Plugins to load, in order: proxy.py dotted names (proxy.plugin.FilterByUpstreamHostPlugin)
+    /// or short class names; comma-separated, several per flag, repeatable [default: none]
+    #[arg(long, value_name = "PLUGIN", num_args = 1.., action = ArgAction::Append)]
+    pub plugins: Vec<String>,
+
+    /// Require proxy authentication with this user:pass (Basic); repeat for several users
+    /// [default: none]
+    #[arg(long, value_name = "USER:PASS", action = ArgAction::Append, value_parser = parse_basic_auth)]
+    pub basic_auth: Vec<String>,
+
+    /// Serve this PAC file (or, if no such file exists, this literal PAC text) to
+    /// origin-form GET/HEAD requests for --pac-file-url-path [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub pac_file: Option<String>,
+
+    /// Path the PAC file is served at (exact match, query excluded).
+    #[arg(long, value_name = "PATH", default_value = "/", value_parser = parse_url_path)]
+    pub pac_file_url_path: String,
+
+    /// FilterByUpstreamHostPlugin: comma-separated host names to refuse (exact match).
+    #[arg(
+        long,
+        value_name = "HOSTS",
+        default_value = "facebook.com,www.facebook.com"
+    )]
+    pub filtered_upstream_hosts: String,
+
+    /// FilterByClientIpPlugin: `blacklist` refuses the listed clients, `whitelist` all others.
+    #[arg(long, value_name = "MODE", default_value = "blacklist", value_parser = parse_client_ip_mode)]
+    pub filtered_client_ips_mode: ClientIpMode,
+
+    /// FilterByClientIpPlugin: comma-separated client IP addresses.
+    #[arg(long, value_name = "IPS", default_value = "127.0.0.1,::1", value_parser = parse_ip_list)]
+    pub filtered_client_ips: IpList,
 
     /// Print the version and exit.
     #[arg(short = 'v', long, action = ArgAction::Version)]
@@ -321,6 +360,52 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
     parse_seconds(s)
 }
 
+/// `--basic-auth user:pass`: the colon separates the user from the password (RFC 7617 §2).
+fn parse_basic_auth(s: &str) -> Result<String, String> {
+    if s.contains(':') {
+        Ok(s.to_owned())
+    } else {
+        Err("expected user:pass".to_owned())
+    }
+}
+
+/// A URL path to match origin-form requests against: starts with `/`, no query, no spaces.
+fn parse_url_path(s: &str) -> Result<String, String> {
+    let ok = s.starts_with('/')
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("expected a path starting with / (no query, no spaces)".to_owned())
+    }
+}
+
+fn parse_client_ip_mode(s: &str) -> Result<ClientIpMode, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "blacklist" => Ok(ClientIpMode::Blacklist),
+        "whitelist" => Ok(ClientIpMode::Whitelist),
+        _ => Err("expected blacklist or whitelist".to_owned()),
+    }
+}
+
+/// A comma-separated list of IP addresses (empty items ignored), as one flag value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpList(pub Vec<IpAddr>);
+
+fn parse_ip_list(s: &str) -> Result<IpList, String> {
+    let mut ips = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let ip = item
+            .parse::<IpAddr>()
+            .map_err(|_| format!("'{item}' is not an IPv4 or IPv6 address"))?;
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    Ok(IpList(ips))
+}
+
 /// proxy.py's levels by name (any case) or first letter; CRITICAL maps to ERROR.
 /// `TRACE` (full name only) is an extension below DEBUG.
 pub fn parse_log_level(s: &str) -> Result<tracing::Level, String> {
@@ -390,7 +475,9 @@ mod tests {
 
     #[test]
     fn unknown_flag_and_missing_value_exit_2() {
-        assert_eq!(parse(&["--plugins", "x"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["--no-such-flag", "x"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["--plugins"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["--basic-auth"]).unwrap_err().exit_code(), 2);
         assert_eq!(parse(&["--port"]).unwrap_err().exit_code(), 2);
         assert_eq!(parse(&["stray"]).unwrap_err().exit_code(), 2);
     }
@@ -407,6 +494,11 @@ mod tests {
             &["--num-workers", "1025"],
             &["--log-level", "verbose"],
             &["--client-recvbuf-size", "0"],
+            &["--basic-auth", "nocolon"],
+            &["--pac-file-url-path", "proxy.pac"],
+            &["--pac-file-url-path", "/a?b"],
+            &["--filtered-client-ips-mode", "greylist"],
+            &["--filtered-client-ips", "127.0.0.1,localhost"],
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), EX_USAGE, "{args:?}: {err}");
@@ -421,7 +513,13 @@ mod tests {
         let help = parse(&["-h"]).unwrap_err();
         assert_eq!(help.exit_code(), 0);
         assert!(help.message().contains("--hostname"));
-        assert!(help.message().contains("[default: 8899]"));
+        // Clap wraps long lines; compare with whitespace collapsed.
+        let words = help
+            .message()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(words.contains("[default: 8899]"), "{words}");
         let version = parse(&["-v"]).unwrap_err();
         assert_eq!(version.exit_code(), 0);
         assert!(version.message().contains(env!("CARGO_PKG_VERSION")));
@@ -481,5 +579,87 @@ mod tests {
         .unwrap();
         assert_eq!(cli.hostnames.len(), 3);
         assert_eq!(cli.ports, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn plugin_flags_defaults() {
+        let cli = parse(&[]).unwrap();
+        assert!(cli.plugins.is_empty());
+        assert!(cli.basic_auth.is_empty());
+        assert!(cli.pac_file.is_none());
+        assert_eq!(cli.pac_file_url_path, "/");
+        assert_eq!(cli.filtered_upstream_hosts, "facebook.com,www.facebook.com");
+        assert_eq!(cli.filtered_client_ips_mode, ClientIpMode::Blacklist);
+        assert_eq!(
+            cli.filtered_client_ips,
+            IpList(vec![IpAddr::from([127, 0, 0, 1]), "::1".parse().unwrap()])
+        );
+    }
+
+    #[test]
+    fn plugins_take_several_values_repeat_and_abbreviate() {
+        // proxy.py: append + nargs='+'; `--plugin` is the README's abbreviation.
+        let cli = parse(&[
+            "--plugin",
+            "a,b",
+            "c",
+            "--plugins",
+            "d",
+            "--port",
+            "1",
+            "--plug",
+            "e",
+        ])
+        .unwrap();
+        assert_eq!(cli.plugins, vec!["a,b", "c", "d", "e"]);
+        assert_eq!(cli.port, 1);
+    }
+
+    #[test]
+    fn basic_auth_repeats_and_other_plugin_flags_parse() {
+        let cli = parse(&[
+            "--basic-auth",
+            "user:pass",
+            "--basic-auth",
+            "admin:a:b",
+            "--pac-file",
+            "function FindProxyForURL(u, h) { return 'DIRECT'; }",
+            "--pac-file-url-path",
+            "/proxy.pac",
+            "--filtered-upstream-hosts",
+            "a.com,B.com",
+            "--filtered-client-ips-mode",
+            "Whitelist",
+            "--filtered-client-ips",
+            "10.0.0.1, ::1,,10.0.0.1",
+        ])
+        .unwrap();
+        assert_eq!(cli.basic_auth, vec!["user:pass", "admin:a:b"]);
+        assert_eq!(cli.pac_file_url_path, "/proxy.pac");
+        assert_eq!(cli.filtered_upstream_hosts, "a.com,B.com");
+        assert_eq!(cli.filtered_client_ips_mode, ClientIpMode::Whitelist);
+        assert_eq!(
+            cli.filtered_client_ips,
+            IpList(vec![IpAddr::from([10, 0, 0, 1]), "::1".parse().unwrap()])
+        );
+        // An empty user is allowed (RFC 7617 does not forbid it); the colon is not.
+        assert!(parse(&["--basic-auth", ":pass"]).is_ok());
+    }
+
+    #[test]
+    fn help_lists_the_plugin_flags() {
+        let help = parse(&["-h"]).unwrap_err();
+        for flag in [
+            "--plugins",
+            "--basic-auth",
+            "--pac-file",
+            "--pac-file-url-path",
+            "--filtered-upstream-hosts",
+            "--filtered-client-ips-mode",
+            "--filtered-client-ips",
+            "proxy.plugin.FilterByUpstreamHostPlugin",
+        ] {
+            assert!(help.message().contains(flag), "{flag}");
+        }
     }
 }

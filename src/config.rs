@@ -3,7 +3,7 @@
 //! Built from `cli::Cli` by `Config::from_cli` (files read, values checked); any
 //! error here is printed once and the process exits 64 before a socket is bound.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +60,16 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// How `FilterByClientIpPlugin` reads `--filtered-client-ips` (`--filtered-client-ips-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientIpMode {
+    /// Refuse the listed clients (proxy.py's default).
+    #[default]
+    Blacklist,
+    /// Refuse every client not listed.
+    Whitelist,
+}
+
 /// Everything a worker needs, validated. Shared as `Arc<Config>`.
 #[derive(Clone)]
 pub struct Config {
@@ -93,6 +103,21 @@ pub struct Config {
     pub server_recvbuf_size: usize,
     /// Request header names (lower-case) removed before forwarding (`--disable-headers`).
     pub disable_headers: Vec<String>,
+    /// Plugin names from `--plugins` (comma-split, in order, empty items dropped).
+    pub plugins: Vec<String>,
+    /// `user:pass` credentials from `--basic-auth`; non-empty turns proxy authentication on.
+    pub basic_auth: Vec<String>,
+    /// The PAC file to serve (`--pac-file`): the file's bytes, or the literal text when no
+    /// such file exists (as proxy.py).
+    pub pac_file: Option<Vec<u8>>,
+    /// The path the PAC file is served at (`--pac-file-url-path`).
+    pub pac_file_url_path: String,
+    /// Lower-cased hosts `FilterByUpstreamHostPlugin` refuses (`--filtered-upstream-hosts`).
+    pub filtered_upstream_hosts: Vec<String>,
+    /// Blacklist or whitelist for `FilterByClientIpPlugin`.
+    pub filtered_client_ips_mode: ClientIpMode,
+    /// Client addresses for `FilterByClientIpPlugin` (`--filtered-client-ips`).
+    pub filtered_client_ips: Vec<IpAddr>,
     /// Head size limits.
     pub limits: Limits,
     /// Logging (applied by the binary).
@@ -132,6 +157,16 @@ impl Default for Config {
             client_recvbuf_size: 128 * 1024,
             server_recvbuf_size: 128 * 1024,
             disable_headers: Vec::new(),
+            plugins: Vec::new(),
+            basic_auth: Vec::new(),
+            pac_file: None,
+            pac_file_url_path: "/".to_owned(),
+            filtered_upstream_hosts: vec!["facebook.com".to_owned(), "www.facebook.com".to_owned()],
+            filtered_client_ips_mode: ClientIpMode::Blacklist,
+            filtered_client_ips: vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ],
             limits: Limits::default(),
             log: LogConfig {
                 level: tracing::Level::INFO,
@@ -193,6 +228,38 @@ impl Config {
             }
         }
 
+        let pac_file = match &cli.pac_file {
+            Some(value) => Some(read_pac_file(value).map_err(CliError::usage)?),
+            None => None,
+        };
+
+        let plugins: Vec<String> = cli
+            .plugins
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
+            .collect();
+
+        let mut filtered_upstream_hosts: Vec<String> = Vec::new();
+        for host in cli
+            .filtered_upstream_hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+        {
+            // Targets carry IPv6 literals without brackets.
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host)
+                .to_ascii_lowercase();
+            if !filtered_upstream_hosts.contains(&host) {
+                filtered_upstream_hosts.push(host);
+            }
+        }
+
         let format = if cli.log_format.eq_ignore_ascii_case("json") {
             LogFormat::Json
         } else {
@@ -213,6 +280,13 @@ impl Config {
             client_recvbuf_size: cli.client_recvbuf_size,
             server_recvbuf_size: cli.server_recvbuf_size,
             disable_headers,
+            plugins,
+            basic_auth: cli.basic_auth,
+            pac_file,
+            pac_file_url_path: cli.pac_file_url_path,
+            filtered_upstream_hosts,
+            filtered_client_ips_mode: cli.filtered_client_ips_mode,
+            filtered_client_ips: cli.filtered_client_ips.0,
             log: LogConfig {
                 level: cli.log_level,
                 file: cli.log_file,
@@ -252,6 +326,19 @@ fn parse_header_list(list: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(names)
+}
+
+/// `--pac-file`: a readable file's bytes; a value naming nothing on disk is the PAC text
+/// itself (proxy.py). A path that exists but cannot be read is an error, not PAC text.
+fn read_pac_file(value: &str) -> Result<Vec<u8>, String> {
+    if value.is_empty() {
+        return Err("--pac-file: empty value".to_owned());
+    }
+    match std::fs::metadata(value) {
+        Ok(meta) if meta.is_dir() => Err(format!("--pac-file: {value}: is a directory")),
+        Ok(_) => std::fs::read(value).map_err(|e| format!("--pac-file: {value}: {e}")),
+        Err(_) => Ok(value.as_bytes().to_vec()),
+    }
 }
 
 /// The file need not exist, but the directory it goes in must.
@@ -399,5 +486,86 @@ mod tests {
         assert_eq!(exit_code(&["--port", "70000"]), 64);
         assert_eq!(exit_code(&["--num-workers", "100000"]), 64);
         assert_eq!(exit_code(&["--help"]), 0);
+    }
+
+    #[test]
+    fn plugin_settings_defaults() {
+        let c = config(&[]);
+        let d = Config::default();
+        assert!(c.plugins.is_empty() && c.basic_auth.is_empty() && c.pac_file.is_none());
+        assert_eq!(c.pac_file_url_path, "/");
+        assert_eq!(c.pac_file_url_path, d.pac_file_url_path);
+        assert_eq!(
+            c.filtered_upstream_hosts,
+            vec!["facebook.com", "www.facebook.com"]
+        );
+        assert_eq!(c.filtered_upstream_hosts, d.filtered_upstream_hosts);
+        assert_eq!(c.filtered_client_ips_mode, ClientIpMode::Blacklist);
+        assert_eq!(c.filtered_client_ips, d.filtered_client_ips);
+        let v6: IpAddr = "::1".parse().unwrap();
+        assert_eq!(
+            c.filtered_client_ips,
+            vec![IpAddr::from([127, 0, 0, 1]), v6]
+        );
+    }
+
+    #[test]
+    fn plugins_are_comma_split_in_order() {
+        let c = config(&["--plugin", "a,b,", "c", "--plugins", " d ,,e"]);
+        assert_eq!(c.plugins, vec!["a", "b", "c", "d", "e"]);
+    }
+
+    #[test]
+    fn basic_auth_and_filters() {
+        let c = config(&[
+            "--basic-auth",
+            "u:p",
+            "--basic",
+            "v:q",
+            "--filtered-upstream-hosts",
+            "Example.COM, [::1],,example.com",
+            "--filtered-client-ips-mode",
+            "whitelist",
+            "--filtered-client-ips",
+            "10.0.0.1",
+        ]);
+        assert_eq!(c.basic_auth, vec!["u:p", "v:q"]);
+        assert_eq!(c.filtered_upstream_hosts, vec!["example.com", "::1"]);
+        assert_eq!(c.filtered_client_ips_mode, ClientIpMode::Whitelist);
+        assert_eq!(c.filtered_client_ips, vec![IpAddr::from([10, 0, 0, 1])]);
+        assert_eq!(exit_code(&["--basic-auth", "nocolon"]), 64);
+    }
+
+    #[test]
+    fn pac_file_is_a_file_or_literal_text() {
+        let path =
+            std::env::temp_dir().join(format!("proxy-config-test-{}.pac", std::process::id()));
+        std::fs::write(
+            &path,
+            b"function FindProxyForURL(u, h) { return \"DIRECT\"; }",
+        )
+        .unwrap();
+        let c = config(&[
+            "--pac-file",
+            path.to_str().unwrap(),
+            "--pac-file-url-path",
+            "/p.pac",
+        ]);
+        assert_eq!(
+            c.pac_file.as_deref(),
+            Some(&b"function FindProxyForURL(u, h) { return \"DIRECT\"; }"[..])
+        );
+        assert_eq!(c.pac_file_url_path, "/p.pac");
+        let _ = std::fs::remove_file(&path);
+        // No such file: the value is the PAC text itself (proxy.py).
+        let text = "function FindProxyForURL(url, host) { return 'PROXY 127.0.0.1:8899'; }";
+        assert_eq!(
+            config(&["--pac-file", text]).pac_file.as_deref(),
+            Some(text.as_bytes())
+        );
+        // A directory is a mistake, not PAC text.
+        let dir = std::env::temp_dir();
+        assert_eq!(exit_code(&["--pac-file", dir.to_str().unwrap()]), 64);
+        assert_eq!(exit_code(&["--pac-file", ""]), 64);
     }
 }

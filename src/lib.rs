@@ -1,11 +1,12 @@
 //! proxy: a fast, strict, programmable HTTP/1.x forward proxy with proxy.py's command line.
 //!
-//! Module map (imports run one way: server → proxy → http → config/error):
+//! Module map (imports run one way: server → proxy → plugin → http → config/error):
 //! - [`cli`]: clap flags under proxy.py's names and defaults; argv → `Cli`.
 //! - [`config`]: validated `Config` built from `Cli`, shared read-only by workers.
 //! - [`error`]: `ProxyError` and `ErrorKind` (stable codes, status, side).
 //! - [`dns`]: the `Resolve` trait and the system resolver.
 //! - [`http`]: HTTP/1.x heads as spans of one buffer, framing, synthetic replies. No I/O.
+//! - [`plugin`]: the ordered plugin chain (`Plugin`, `Flow`) and proxy.py's built-in plugins.
 //! - [`proxy`]: one client connection's lifecycle: forwarding, CONNECT tunnels, upstream pool.
 //! - [`server`]: worker threads, `SO_REUSEPORT` listeners, graceful shutdown, the embedding handle.
 //! - [`logging`]: tracing subscriber with proxy.py's line format or JSON (used by the binary).
@@ -16,9 +17,10 @@ pub mod dns;
 pub mod error;
 pub mod http;
 pub mod logging;
+pub mod plugin;
 pub mod proxy;
 pub mod server;
 
 pub use config::Config;
 pub use error::{ErrorKind, ProxyError};
-pub use server::{start, ProxyHandle};
+pub use server::{start, start_with, ProxyHandle};

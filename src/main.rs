@@ -13,6 +13,11 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(err) => return exit_with(&err),
     };
+    // Unknown `--plugins` names are a usage error, reported before anything starts.
+    if let Err(msg) = proxy::plugin::registry::factories(&config) {
+        eprintln!("proxy: error: {msg}");
+        return ExitCode::from(64);
+    }
     let _log_guard = match proxy::logging::init(&config.log) {
         Ok(guard) => guard,
         Err(err) => return exit_with(&err),

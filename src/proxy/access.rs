@@ -70,6 +70,11 @@ impl Exchange {
         self.bytes += n;
     }
 
+    /// The status sent to the client, if any.
+    pub fn status(&self) -> Option<u16> {
+        self.status
+    }
+
     /// True once anything was written to the client for this exchange.
     pub fn response_started(&self) -> bool {
         self.response_started

@@ -14,10 +14,13 @@ use std::time::{Duration, Instant};
 /// Resolved addresses by (host name, port), exactly as the resolver returned them
 /// (an injected resolver may map the port too).
 pub struct DnsCache {
-    entries: RefCell<HashMap<Box<str>, Vec<(u16, Entry)>>>,
+    entries: RefCell<HashMap<Box<str>, PortEntries>>,
     ttl: Duration,
     capacity: usize,
 }
+
+/// The entries of one host, per port (a host rarely has more than one).
+type PortEntries = Vec<(u16, Entry)>;
 
 struct Entry {
     addrs: Vec<SocketAddr>,

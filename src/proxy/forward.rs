@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::access::Exchange;
 use super::io::{read_some, write_all, write_parts, IoFail};
-use super::{client_io_error, tunnel, upstream, Client, Shared};
+use super::{client_io_error, tunnel, upstream, Client, ConnState, Shared};
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError, Result};
 use crate::http::target::host_header_value;
@@ -25,6 +25,7 @@ use crate::http::{
     parse_response, request_body_kind, response_body_kind, BodyKind, ChunkedDecoder, Parsed,
     RequestHead, ResponseHead, Scheme, Version,
 };
+use crate::plugin::{Chain, Flow, RequestCx};
 
 /// Our `Via` entry (RFC 9110 §7.6.3): protocol version and pseudonym.
 const VIA: &[u8] = b"1.1 proxy";
@@ -61,12 +62,19 @@ pub async fn run(
     port: u16,
     path: Bytes,
     exchange: &mut Exchange,
-    parts: &mut Vec<Bytes>,
+    conn: &mut ConnState,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<bool> {
     let config = &shared.config;
-    let body = request_body_kind(&head)
-        .map_err(|e| ProxyError::new(e.request_kind(), format!("request framing: {e:?}")))?;
+    let ConnState { parts, chain } = conn;
+    let cx = shared.plugin_cx(client.addr);
+    let body = match request_body_kind(&head)
+        .map_err(|e| ProxyError::new(e.request_kind(), format!("request framing: {e:?}")))?
+    {
+        // `Content-Length: 0` is no body: nothing to upload, nothing to wait for.
+        BodyKind::Length(0) => BodyKind::Empty,
+        body => body,
+    };
     let request = RequestFacts {
         keep_alive: client_wants_keep_alive(&head),
         version: head.version(),
@@ -80,10 +88,8 @@ pub async fn run(
 
     let mut attempt = 0;
     loop {
-        // A retryable request skips the pool's liveness probe (a syscall): if the
-        // origin closed the connection meanwhile, the retry below covers it.
         let pooled = if attempt == 0 {
-            shared.pool.take(host, port, !retryable)
+            shared.pool.take(host, port)
         } else {
             None
         };
@@ -93,7 +99,7 @@ pub async fn run(
             None => upstream::connect(shared, host, port).await?,
         };
         let outcome = exchange_once(
-            client, config, &upstream, parts, &request, exchange, shutdown,
+            client, config, &upstream, parts, &request, exchange, chain, &cx, shutdown,
         )
         .await;
         match outcome {
@@ -238,6 +244,7 @@ fn is_idempotent(method: &[u8]) -> bool {
 }
 
 /// One request/response exchange on one upstream connection.
+#[allow(clippy::too_many_arguments)]
 async fn exchange_once(
     client: &mut Client,
     config: &Config,
@@ -245,6 +252,8 @@ async fn exchange_once(
     parts: &mut Vec<Bytes>,
     request: &RequestFacts,
     exchange: &mut Exchange,
+    chain: &mut Chain,
+    cx: &RequestCx<'_>,
     shutdown: &watch::Receiver<bool>,
 ) -> std::result::Result<End, Failure> {
     if let Err(e) = write_parts(upstream, parts, config.timeout).await {
@@ -276,6 +285,7 @@ async fn exchange_once(
             config,
             request,
             exchange,
+            Hooks { chain, cx },
             &upload_done,
             shutdown
         ));
@@ -442,13 +452,21 @@ enum Downloaded {
     Upgraded(BytesMut),
 }
 
+/// The plugin chain and what its hooks see, for the download half.
+struct Hooks<'a, 'c> {
+    chain: &'a mut Chain,
+    cx: &'a RequestCx<'c>,
+}
+
 /// Reads the response (interim heads, final head, body) and relays it to the client.
+#[allow(clippy::too_many_arguments)]
 async fn download(
     client: &TcpStream,
     upstream: &TcpStream,
     config: &Config,
     request: &RequestFacts,
     exchange: &mut Exchange,
+    hooks: Hooks<'_, '_>,
     upload_done: &Cell<bool>,
     shutdown: &watch::Receiver<bool>,
 ) -> std::result::Result<Downloaded, Failure> {
@@ -517,6 +535,40 @@ async fn download(
     strip_hop_by_hop(&mut head);
     if dechunk {
         head.remove("transfer-encoding");
+    }
+    if !hooks.chain.is_empty() {
+        let flow = hooks
+            .chain
+            .on_response(hooks.cx, &mut head)
+            .map_err(|(name, e)| {
+                Failure::Fatal(ProxyError::new(
+                    ErrorKind::ProxyInternalError,
+                    format!("plugin {name}: {e}"),
+                ))
+            })?;
+        match flow {
+            Flow::Continue => {}
+            // Close without a reply: nothing was sent, nothing is reused.
+            Flow::Close => {
+                return Ok(Downloaded::Done(End {
+                    client_keep_alive: false,
+                    upstream_reusable: false,
+                }))
+            }
+            // The origin's response is replaced: its body stays unread, so the
+            // upstream connection cannot be reused.
+            Flow::Respond(reply) => {
+                write_all(client, &reply.bytes, config.timeout)
+                    .await
+                    .map_err(|e| Failure::Fatal(client_io_error(e, "writing a plugin's reply")))?;
+                exchange.set_status(reply.status);
+                exchange.add_bytes(reply.bytes.len() as u64);
+                return Ok(Downloaded::Done(End {
+                    client_keep_alive: !close_client && !reply.close,
+                    upstream_reusable: false,
+                }));
+            }
+        }
     }
     if close_client {
         head.append("Connection", b"close");

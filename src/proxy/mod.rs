@@ -28,6 +28,7 @@ use tokio::time::timeout_at;
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::{self, parse_request, parse_target, Parsed, RequestHead, Target};
+use crate::plugin::{Chain, Flow, PluginFactory, Reply, RequestCx};
 use access::Exchange;
 use io::IoFail;
 use pool::Pool;
@@ -49,12 +50,19 @@ pub struct Shared {
     pub dns: dns_cache::DnsCache,
     /// Worker index, for connection ids.
     pub worker: usize,
+    /// Builds each connection's plugin chain, in `--plugins` order.
+    pub factories: Arc<[Arc<dyn PluginFactory>]>,
     next_conn: Cell<u64>,
 }
 
 impl Shared {
     /// Builds the state of worker `worker`.
-    pub fn new(config: Arc<Config>, listen_addrs: Arc<[SocketAddr]>, worker: usize) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        listen_addrs: Arc<[SocketAddr]>,
+        factories: Arc<[Arc<dyn PluginFactory>]>,
+        worker: usize,
+    ) -> Self {
         let pool = Pool::new(
             config.upstream_max_idle_per_host,
             config.upstream_idle_timeout,
@@ -66,7 +74,17 @@ impl Shared {
             pool,
             dns,
             worker,
+            factories,
             next_conn: Cell::new(0),
+        }
+    }
+
+    /// What plugin hooks see of this worker for a request from `client`.
+    pub fn plugin_cx(&self, client: SocketAddr) -> RequestCx<'_> {
+        RequestCx {
+            client,
+            config: &self.config,
+            listen_addrs: &self.listen_addrs,
         }
     }
 
@@ -92,6 +110,14 @@ impl Shared {
                 && (own.ip() == peer.ip() || (own.ip().is_unspecified() && peer.ip() == local.ip()))
         })
     }
+}
+
+/// Per-connection state besides the socket: plugins and a scratch list for heads.
+pub struct ConnState {
+    /// Reused for every head sent upstream.
+    pub parts: Vec<Bytes>,
+    /// This connection's plugins.
+    pub chain: Chain,
 }
 
 /// The client side of a connection: the socket and its read buffer.
@@ -130,7 +156,10 @@ pub async fn serve_connection(
         buf: BytesMut::new(),
         addr,
     };
-    let mut parts: Vec<Bytes> = Vec::new();
+    let mut conn = ConnState {
+        parts: Vec::new(),
+        chain: Chain::build(&shared.factories),
+    };
     loop {
         let head = match read_head(&mut client, &shared.config, &mut shutdown).await {
             Ok(HeadRead::Head(head)) => head,
@@ -152,10 +181,14 @@ pub async fn serve_connection(
             shared,
             head,
             &mut exchange,
-            &mut parts,
+            &mut conn,
             &shutdown,
         )
         .await;
+        if !conn.chain.is_empty() {
+            conn.chain
+                .on_complete(&shared.plugin_cx(client.addr), exchange.status());
+        }
         match result {
             Ok(keep_alive) => {
                 exchange.log_ok(conn_id, shared.worker);
@@ -184,10 +217,10 @@ fn boxed_route<'a>(
     shared: &'a Shared,
     head: RequestHead,
     exchange: &'a mut Exchange,
-    parts: &'a mut Vec<Bytes>,
+    conn: &'a mut ConnState,
     shutdown: &'a watch::Receiver<bool>,
 ) -> LocalBoxFuture<'a, Result<bool, ProxyError>> {
-    Box::pin(route(client, shared, head, exchange, parts, shutdown))
+    Box::pin(route(client, shared, head, exchange, conn, shutdown))
 }
 
 /// `reply_error`, boxed for the same reason as [`boxed_route`].
@@ -205,14 +238,32 @@ fn boxed_reply_error<'a>(
 async fn route(
     client: &mut Client,
     shared: &Shared,
-    head: RequestHead,
+    mut head: RequestHead,
     exchange: &mut Exchange,
-    parts: &mut Vec<Bytes>,
+    conn: &mut ConnState,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<bool, ProxyError> {
     let is_connect = head.is_method("CONNECT");
-    let target = parse_target(&head.target_bytes(), is_connect)
+    let mut target = parse_target(&head.target_bytes(), is_connect)
         .map_err(|e| ProxyError::new(e.request_kind(), "invalid request target"))?;
+    if !conn.chain.is_empty() {
+        let cx = shared.plugin_cx(client.addr);
+        let flow = conn
+            .chain
+            .on_request(&cx, &mut head, &mut target)
+            .map_err(|(name, e)| {
+                ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
+            })?;
+        match flow {
+            Flow::Continue => {}
+            Flow::Close => return Ok(false),
+            Flow::Respond(reply) => {
+                let request_target = head.target_bytes();
+                exchange.set_target("", 0, &request_target);
+                return send_reply(client, &head, reply, exchange, &shared.config, shutdown).await;
+            }
+        }
+    }
     match target {
         Target::Authority { host, port } => {
             exchange.set_target(&host, port, &Bytes::new());
@@ -227,7 +278,7 @@ async fn route(
         } => {
             exchange.set_target(&host, port, &path);
             forward::run(
-                client, shared, head, &host, port, path, exchange, parts, shutdown,
+                client, shared, head, &host, port, path, exchange, conn, shutdown,
             )
             .await
         }
@@ -259,6 +310,33 @@ async fn route(
             Ok(keep_alive)
         }
     }
+}
+
+/// Sends a plugin's reply in place of an upstream exchange. Returns whether the client
+/// connection may carry another request.
+async fn send_reply(
+    client: &mut Client,
+    head: &RequestHead,
+    reply: Reply,
+    exchange: &mut Exchange,
+    config: &Config,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<bool, ProxyError> {
+    // DESIGN §3 rule 7: a body we did not read must not be taken for the next
+    // request; we close rather than drain it.
+    let has_body = !matches!(http::request_body_kind(head), Ok(http::BodyKind::Empty));
+    let keep_alive =
+        !reply.close && !has_body && forward::client_wants_keep_alive(head) && !*shutdown.borrow();
+    exchange.set_status(reply.status);
+    exchange.add_bytes(reply.bytes.len() as u64);
+    io::write_all(&client.stream, &reply.bytes, config.timeout)
+        .await
+        .map_err(|e| client_io_error(e, "writing a plugin's reply"))?;
+    if !keep_alive {
+        io::shutdown_write(&client.stream);
+        linger_drain(client, config).await;
+    }
+    Ok(keep_alive)
 }
 
 /// Reads one request head, bounded by the inactivity timeout while idle and by the
@@ -416,7 +494,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stream, _peer) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let shared = Shared::new(Arc::new(Config::default()), Arc::from(vec![]), 0);
+        let shared = Shared::new(
+            Arc::new(Config::default()),
+            Arc::from(vec![]),
+            Arc::from(vec![]),
+            0,
+        );
         let (_tx, rx) = watch::channel(false);
         let future = serve_connection(stream.unwrap(), addr, &shared, rx);
         let size = std::mem::size_of_val(&future);
@@ -429,7 +512,7 @@ mod tests {
             "127.0.0.1:8899".parse().unwrap(),
             "0.0.0.0:9000".parse().unwrap(),
         ]);
-        let shared = Shared::new(Arc::new(Config::default()), listen, 0);
+        let shared = Shared::new(Arc::new(Config::default()), listen, Arc::from(vec![]), 0);
         assert!(shared.is_own_address("127.0.0.1:8899".parse().unwrap()));
         assert!(!shared.is_own_address("127.0.0.2:8899".parse().unwrap()));
         assert!(

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError, Result};
+use crate::plugin::PluginFactory;
 
 /// A running proxy. Dropping it signals shutdown without waiting.
 pub struct ProxyHandle {
@@ -32,7 +33,19 @@ pub struct ProxyHandle {
 /// `proxy_configuration_error` when a listener cannot be bound, the port file cannot be
 /// written, or a worker cannot start.
 pub fn start(config: Config) -> Result<ProxyHandle> {
+    start_with(config, Vec::new())
+}
+
+/// Like [`start`], with extra plugins (e.g. your own Rust plugins) placed after the
+/// built-in ones that the configuration selects.
+///
+/// # Errors
+/// As [`start`]; also `proxy_configuration_error` for an unknown `--plugins` name.
+pub fn start_with(config: Config, extra: Vec<Arc<dyn PluginFactory>>) -> Result<ProxyHandle> {
     let config_err = |context: String| ProxyError::new(ErrorKind::ProxyConfigurationError, context);
+    let mut factories = crate::plugin::registry::factories(&config).map_err(config_err)?;
+    factories.extend(extra);
+    let factories: Arc<[Arc<dyn PluginFactory>]> = factories.into();
     if config.listen.is_empty() {
         return Err(config_err("no address to listen on".into()));
     }
@@ -64,11 +77,22 @@ pub fn start(config: Config) -> Result<ProxyHandle> {
     for (id, listeners) in per_worker.into_iter().enumerate() {
         let config = Arc::clone(&config);
         let listen_addrs = Arc::clone(&listen_addrs);
+        let factories = Arc::clone(&factories);
         let shutdown_rx = shutdown_rx.clone();
         let ready_tx = ready_tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("proxy-worker-{id}"))
-            .spawn(move || worker::run(id, config, listen_addrs, listeners, shutdown_rx, ready_tx))
+            .spawn(move || {
+                worker::run(
+                    id,
+                    config,
+                    listen_addrs,
+                    factories,
+                    listeners,
+                    shutdown_rx,
+                    ready_tx,
+                )
+            })
             .map_err(|e| config_err(format!("cannot start worker thread: {e}")))?;
         handle.threads.push(thread);
     }

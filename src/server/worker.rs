@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::LocalSet;
 
 use crate::config::Config;
+use crate::plugin::PluginFactory;
 use crate::proxy::{serve_connection, Shared};
 
 /// Runs worker `id` until shutdown has been signalled and its connections have drained
@@ -21,6 +22,7 @@ pub fn run(
     id: usize,
     config: Arc<Config>,
     listen_addrs: Arc<[SocketAddr]>,
+    factories: Arc<[Arc<dyn PluginFactory>]>,
     listeners: Vec<std::net::TcpListener>,
     shutdown: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<io::Result<()>>,
@@ -49,7 +51,7 @@ pub fn run(
         }
         let _ = ready.send(Ok(()));
         let grace = config.grace_period;
-        let shared = Rc::new(Shared::new(config, listen_addrs, id));
+        let shared = Rc::new(Shared::new(config, listen_addrs, factories, id));
         // Every connection task holds a clone of `drain_tx`; `recv` returns `None` once
         // the last one is gone (mini-redis' shutdown-complete trick).
         let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);

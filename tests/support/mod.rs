@@ -46,6 +46,17 @@ pub fn spawn_proxy(args: &[&str]) -> TestProxy {
 /// Like [`spawn_proxy`], then lets `tweak` edit the config before it starts.
 /// The resolver is a fresh [`MapResolver`] unless `tweak` replaces it.
 pub fn spawn_proxy_with(args: &[&str], tweak: impl FnOnce(&mut Config)) -> TestProxy {
+    spawn_proxy_plugins(args, tweak, Vec::new())
+}
+
+/// Like [`spawn_proxy_with`], with extra plugins after the configured ones
+/// (`proxy::start_with`).
+#[allow(dead_code)]
+pub fn spawn_proxy_plugins(
+    args: &[&str],
+    tweak: impl FnOnce(&mut Config),
+    plugins: Vec<Arc<dyn proxy::plugin::PluginFactory>>,
+) -> TestProxy {
     let mut argv: Vec<String> = vec!["proxy".into()];
     // clap refuses a flag given twice, so the defaults only fill in what `args` lacks.
     if !args.contains(&"--port") {
@@ -59,7 +70,7 @@ pub fn spawn_proxy_with(args: &[&str], tweak: impl FnOnce(&mut Config)) -> TestP
     let names = Arc::new(MapResolver::default());
     config.resolver = names.clone();
     tweak(&mut config);
-    let handle = proxy::start(config).unwrap_or_else(|e| panic!("proxy::start: {e}"));
+    let handle = proxy::start_with(config, plugins).unwrap_or_else(|e| panic!("proxy::start: {e}"));
     TestProxy {
         addr: handle.local_addr(),
         names,
@@ -891,5 +902,15 @@ impl Origin {
     /// `http://127.0.0.1:<port>` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+}
+
+// === added for framing, logging and listen tests ===
+
+impl Wire {
+    /// Reads one response to a GET-like request; an error instead of a panic (EOF,
+    /// broken framing or the test's read limit), for peers that may have closed.
+    pub fn try_read_response(&mut self) -> io::Result<Response> {
+        read_response_inner(self, "GET")
     }
 }

@@ -1,0 +1,304 @@
+//! Refuse requests by destination host or by client address, with proxy.py's 418 packet.
+//!
+//! Both answer `HTTP/1.1 418 I'm a tea pot\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`
+//! (byte for byte proxy.py's `HttpRequestRejected(418, b"I'm a tea pot")`) and close.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::{ClientIpMode, Config};
+use crate::http::{RequestHead, Target};
+
+use super::{Flow, Plugin, PluginError, PluginFactory, Reply, RequestCx};
+
+/// proxy.py's name for [`FilterByUpstreamHost`].
+pub const UPSTREAM_HOST_NAME: &str = "proxy.plugin.FilterByUpstreamHostPlugin";
+/// proxy.py's name for [`FilterByClientIp`].
+pub const CLIENT_IP_NAME: &str = "proxy.plugin.FilterByClientIpPlugin";
+
+/// The exact bytes proxy.py sends when a filter refuses a request.
+pub const TEAPOT: &[u8] =
+    b"HTTP/1.1 418 I'm a tea pot\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+fn teapot() -> Flow {
+    Flow::Respond(Reply::raw(418, Bytes::from_static(TEAPOT), true))
+}
+
+// === FilterByUpstreamHostPlugin ===
+
+/// Builds [`FilterByUpstreamHost`]; holds `--filtered-upstream-hosts`.
+#[derive(Debug)]
+pub struct FilterByUpstreamHostFactory {
+    hosts: Arc<[String]>,
+}
+
+impl FilterByUpstreamHostFactory {
+    /// Reads `--filtered-upstream-hosts` (already lower-cased by `Config`).
+    pub fn new(config: &Config) -> Self {
+        Self::with_hosts(config.filtered_upstream_hosts.iter().cloned())
+    }
+
+    /// Refuses exactly these hosts (compared lower-cased; IPv6 literals with or without brackets).
+    pub fn with_hosts(hosts: impl IntoIterator<Item = String>) -> Self {
+        let hosts: Vec<String> = hosts
+            .into_iter()
+            .map(|h| {
+                let h = h
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(&h)
+                    .to_ascii_lowercase();
+                // Targets carry IP literals in canonical form.
+                match h.parse::<IpAddr>() {
+                    Ok(ip) => ip.to_string(),
+                    Err(_) => h,
+                }
+            })
+            .collect();
+        FilterByUpstreamHostFactory {
+            hosts: hosts.into(),
+        }
+    }
+}
+
+impl PluginFactory for FilterByUpstreamHostFactory {
+    fn name(&self) -> &'static str {
+        UPSTREAM_HOST_NAME
+    }
+
+    fn build(&self) -> Box<dyn Plugin> {
+        Box::new(FilterByUpstreamHost {
+            hosts: Arc::clone(&self.hosts),
+        })
+    }
+}
+
+/// `proxy.plugin.FilterByUpstreamHostPlugin`: refuses (418) a request whose target host,
+/// port aside, is exactly one of `--filtered-upstream-hosts`; CONNECT included.
+///
+/// As proxy.py: no suffix matching (`m.facebook.com` passes the default list).
+/// Differences: host names are compared case-insensitively and an IPv6 literal may be
+/// listed with or without brackets; requests addressed to the proxy itself (origin-form)
+/// are not filtered (proxy.py's proxy plugins never see them either).
+#[derive(Debug)]
+pub struct FilterByUpstreamHost {
+    hosts: Arc<[String]>,
+}
+
+impl Plugin for FilterByUpstreamHost {
+    fn name(&self) -> &'static str {
+        UPSTREAM_HOST_NAME
+    }
+
+    fn on_request(
+        &mut self,
+        _cx: &RequestCx<'_>,
+        _req: &mut RequestHead,
+        target: &mut Target,
+    ) -> Result<Flow, PluginError> {
+        let host = match target {
+            Target::Absolute { host, .. } | Target::Authority { host, .. } => host,
+            Target::Origin | Target::Asterisk => return Ok(Flow::Continue),
+        };
+        if self.hosts.iter().any(|h| h.as_str() == host.as_str()) {
+            return Ok(teapot());
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+// === FilterByClientIpPlugin ===
+
+/// Builds [`FilterByClientIp`]; holds `--filtered-client-ips(-mode)`.
+#[derive(Debug)]
+pub struct FilterByClientIpFactory {
+    mode: ClientIpMode,
+    ips: Arc<[IpAddr]>,
+}
+
+impl FilterByClientIpFactory {
+    /// Reads `--filtered-client-ips-mode` and `--filtered-client-ips`.
+    pub fn new(config: &Config) -> Self {
+        Self::with(
+            config.filtered_client_ips_mode,
+            config.filtered_client_ips.iter().copied(),
+        )
+    }
+
+    /// Filters these addresses in `mode`.
+    pub fn with(mode: ClientIpMode, ips: impl IntoIterator<Item = IpAddr>) -> Self {
+        let ips: Vec<IpAddr> = ips.into_iter().map(|ip| ip.to_canonical()).collect();
+        FilterByClientIpFactory {
+            mode,
+            ips: ips.into(),
+        }
+    }
+}
+
+impl PluginFactory for FilterByClientIpFactory {
+    fn name(&self) -> &'static str {
+        CLIENT_IP_NAME
+    }
+
+    fn build(&self) -> Box<dyn Plugin> {
+        Box::new(FilterByClientIp {
+            mode: self.mode,
+            ips: Arc::clone(&self.ips),
+        })
+    }
+}
+
+/// `proxy.plugin.FilterByClientIpPlugin`: in `blacklist` mode refuses (418) the listed
+/// client addresses, in `whitelist` mode every other one.
+///
+/// Differences from proxy.py: addresses are compared as addresses, not strings, and an
+/// IPv4-mapped IPv6 client (`::ffff:127.0.0.1`, a dual-stack listener) counts as its IPv4
+/// address; every request is checked, including those addressed to the proxy itself.
+#[derive(Debug)]
+pub struct FilterByClientIp {
+    mode: ClientIpMode,
+    ips: Arc<[IpAddr]>,
+}
+
+impl Plugin for FilterByClientIp {
+    fn name(&self) -> &'static str {
+        CLIENT_IP_NAME
+    }
+
+    fn on_request(
+        &mut self,
+        cx: &RequestCx<'_>,
+        _req: &mut RequestHead,
+        _target: &mut Target,
+    ) -> Result<Flow, PluginError> {
+        let ip = cx.client.ip().to_canonical();
+        let listed = self.ips.contains(&ip);
+        let refuse = match self.mode {
+            ClientIpMode::Blacklist => listed,
+            ClientIpMode::Whitelist => !listed,
+        };
+        Ok(if refuse { teapot() } else { Flow::Continue })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::http::{parse_request, parse_target, Parsed};
+    use bytes::BytesMut;
+    use std::net::SocketAddr;
+
+    fn run(factory: &dyn PluginFactory, client: &str, raw: &str) -> Flow {
+        let config = Config::default();
+        let client: SocketAddr = client.parse().unwrap();
+        let cx = RequestCx {
+            client,
+            config: &config,
+            listen_addrs: &config.listen,
+        };
+        let mut buf = BytesMut::from(raw.as_bytes());
+        let Parsed::Complete(mut req) = parse_request(&mut buf, &Default::default()).unwrap()
+        else {
+            panic!("partial head");
+        };
+        let mut target = parse_target(&req.target_bytes(), req.is_method("CONNECT")).unwrap();
+        factory
+            .build()
+            .on_request(&cx, &mut req, &mut target)
+            .unwrap()
+    }
+
+    fn is_teapot(flow: Flow) -> bool {
+        match flow {
+            Flow::Respond(reply) => {
+                assert_eq!(&reply.bytes[..], TEAPOT);
+                assert_eq!(reply.status, 418);
+                assert!(reply.close);
+                true
+            }
+            Flow::Continue => false,
+            Flow::Close => panic!("unexpected Close"),
+        }
+    }
+
+    const CLIENT: &str = "10.1.2.3:4000";
+
+    #[test]
+    fn upstream_host_default_list() {
+        let f = FilterByUpstreamHostFactory::new(&Config::default());
+        for raw in [
+            "GET http://facebook.com/ HTTP/1.1\r\nHost: facebook.com\r\n\r\n",
+            "GET http://WWW.Facebook.COM:8080/x HTTP/1.1\r\nHost: www.facebook.com\r\n\r\n",
+            "CONNECT www.facebook.com:443 HTTP/1.1\r\nHost: www.facebook.com:443\r\n\r\n",
+            "GET https://facebook.com/ HTTP/1.1\r\nHost: facebook.com\r\n\r\n",
+        ] {
+            assert!(is_teapot(run(&f, CLIENT, raw)), "{raw}");
+        }
+        for raw in [
+            "GET http://m.facebook.com/ HTTP/1.1\r\nHost: m.facebook.com\r\n\r\n",
+            "GET http://example.com/facebook.com HTTP/1.1\r\nHost: example.com\r\n\r\n",
+            "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: facebook.com\r\n\r\n",
+        ] {
+            assert!(!is_teapot(run(&f, CLIENT, raw)), "{raw}");
+        }
+    }
+
+    #[test]
+    fn upstream_host_ipv6_and_custom_list() {
+        let f = FilterByUpstreamHostFactory::with_hosts([
+            "[0:0:0:0:0:0:0:1]".to_owned(),
+            "Blocked".to_owned(),
+        ]);
+        assert!(is_teapot(run(
+            &f,
+            CLIENT,
+            "GET http://[::1]:8080/ HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n"
+        )));
+        assert!(is_teapot(run(
+            &f,
+            CLIENT,
+            "CONNECT blocked:443 HTTP/1.1\r\nHost: blocked:443\r\n\r\n"
+        )));
+        assert!(!is_teapot(run(
+            &f,
+            CLIENT,
+            "GET http://facebook.com/ HTTP/1.1\r\nHost: facebook.com\r\n\r\n"
+        )));
+    }
+
+    const GET: &str = "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n";
+
+    #[test]
+    fn client_ip_blacklist_default() {
+        let f = FilterByClientIpFactory::new(&Config::default());
+        assert!(is_teapot(run(&f, "127.0.0.1:5000", GET)));
+        assert!(is_teapot(run(&f, "[::1]:5000", GET)));
+        assert!(is_teapot(run(&f, "[::ffff:127.0.0.1]:5000", GET)));
+        assert!(!is_teapot(run(&f, "127.0.0.2:5000", GET)));
+        assert!(!is_teapot(run(&f, CLIENT, GET)));
+        assert!(is_teapot(run(
+            &f,
+            "127.0.0.1:5000",
+            "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+        )));
+    }
+
+    #[test]
+    fn client_ip_whitelist() {
+        let f = FilterByClientIpFactory::with(
+            ClientIpMode::Whitelist,
+            ["10.1.2.3".parse().unwrap(), "::1".parse().unwrap()],
+        );
+        assert!(!is_teapot(run(&f, CLIENT, GET)));
+        assert!(!is_teapot(run(&f, "[::1]:1", GET)));
+        assert!(!is_teapot(run(&f, "[::ffff:10.1.2.3]:1", GET)));
+        assert!(is_teapot(run(&f, "127.0.0.1:5000", GET)));
+        let empty = FilterByClientIpFactory::with(ClientIpMode::Whitelist, []);
+        assert!(is_teapot(run(&empty, CLIENT, GET)));
+    }
+}

@@ -1,0 +1,337 @@
+//! Plugins: an ordered chain of hooks around every exchange (DESIGN §4).
+//!
+//! A plugin is built per client connection from its [`PluginFactory`] (as in proxy.py,
+//! "plugins are stateless per request", but may keep per-connection state). Hooks are
+//! synchronous, run on the worker thread, and return one [`Flow`]: the first hook that
+//! does not say `Continue` wins and the rest of the chain is skipped. Built-in
+//! plugins carry proxy.py's names (see [`registry`]); basic auth and PAC serving are
+//! ordinary members of the chain, placed first.
+
+pub mod basic_auth;
+pub mod filters;
+pub mod pac;
+pub mod registry;
+pub mod rewrite;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::http::{self, RequestHead, ResponseHead, Target};
+
+/// What the proxy does after a hook returns.
+#[must_use]
+#[derive(Debug)]
+pub enum Flow {
+    /// Run the next plugin; after the last one, keep proxying.
+    Continue,
+    /// Stop and send this reply; the upstream is never contacted (or, from
+    /// `on_response`, its response is discarded).
+    Respond(Reply),
+    /// Stop and close the client connection without replying.
+    Close,
+}
+
+/// A complete synthetic response.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// Status code, for the access log.
+    pub status: u16,
+    /// The exact bytes to send (head and body).
+    pub bytes: Bytes,
+    /// Whether the proxy closes the client connection after sending it.
+    pub close: bool,
+}
+
+impl Reply {
+    /// A response with the given headers, a `Content-Length` and, when `close`,
+    /// `Connection: close`.
+    pub fn new(status: u16, headers: &[(&str, &str)], body: &[u8], close: bool) -> Self {
+        Reply {
+            status,
+            bytes: http::response::simple_response(status, headers, body, close),
+            close,
+        }
+    }
+
+    /// A response given byte for byte (to match proxy.py's packets exactly).
+    pub fn raw(status: u16, bytes: Bytes, close: bool) -> Self {
+        Reply {
+            status,
+            bytes,
+            close,
+        }
+    }
+}
+
+/// What a hook may know about the exchange it runs in.
+#[derive(Debug)]
+pub struct RequestCx<'a> {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// Read-only settings (plugins read their flags here).
+    pub config: &'a Config,
+    /// The addresses this proxy listens on.
+    pub listen_addrs: &'a [SocketAddr],
+}
+
+/// Why a plugin could not do its job. Logged once with the plugin's name and answered
+/// with a 500 `proxy_internal_error`; the worker carries on.
+#[derive(Debug)]
+pub struct PluginError(pub String);
+
+impl std::fmt::Display for PluginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One extension, built per client connection. Every hook defaults to doing nothing.
+pub trait Plugin {
+    /// The plugin's name (its proxy.py dotted name for built-ins), for logs.
+    fn name(&self) -> &'static str;
+
+    /// A request head arrived; nothing has been contacted yet. `target` is the parsed
+    /// request-target: a plugin may replace it (send the request elsewhere); the proxy
+    /// then rewrites the request line and `Host` from the new target.
+    fn on_request(
+        &mut self,
+        cx: &RequestCx<'_>,
+        req: &mut RequestHead,
+        target: &mut Target,
+    ) -> Result<Flow, PluginError> {
+        let _ = (cx, req, target);
+        Ok(Flow::Continue)
+    }
+
+    /// The origin's final response head arrived and has not been sent yet. Headers may
+    /// be edited in place; `Respond` replaces the whole response (the upstream
+    /// connection is then closed, its body unread).
+    fn on_response(
+        &mut self,
+        cx: &RequestCx<'_>,
+        res: &mut ResponseHead,
+    ) -> Result<Flow, PluginError> {
+        let _ = (cx, res);
+        Ok(Flow::Continue)
+    }
+
+    /// The exchange is over (whatever its outcome); `status` is what the client got.
+    fn on_complete(&mut self, cx: &RequestCx<'_>, status: Option<u16>) {
+        let _ = (cx, status);
+    }
+}
+
+/// Builds a plugin for each new client connection. Built once from `Config`.
+pub trait PluginFactory: Send + Sync {
+    /// The name `--plugins` knows it by (proxy.py's dotted name for built-ins).
+    fn name(&self) -> &'static str;
+    /// A fresh plugin for one client connection.
+    fn build(&self) -> Box<dyn Plugin>;
+}
+
+/// The plugins of one client connection, in `--plugins` order.
+#[derive(Default)]
+pub struct Chain {
+    plugins: Vec<Box<dyn Plugin>>,
+}
+
+impl Chain {
+    /// Builds the chain for a new connection (no allocation when there are no plugins).
+    pub fn build(factories: &[std::sync::Arc<dyn PluginFactory>]) -> Self {
+        Chain {
+            plugins: factories.iter().map(|f| f.build()).collect(),
+        }
+    }
+
+    /// True when no plugin is configured (the hooks are then skipped entirely).
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    /// Runs `on_request` in order; the first non-`Continue` wins.
+    pub fn on_request(
+        &mut self,
+        cx: &RequestCx<'_>,
+        req: &mut RequestHead,
+        target: &mut Target,
+    ) -> Result<Flow, (&'static str, PluginError)> {
+        for plugin in &mut self.plugins {
+            match plugin.on_request(cx, req, target) {
+                Ok(Flow::Continue) => {}
+                Ok(flow) => return Ok(flow),
+                Err(e) => return Err((plugin.name(), e)),
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Runs `on_response` in order; the first non-`Continue` wins.
+    pub fn on_response(
+        &mut self,
+        cx: &RequestCx<'_>,
+        res: &mut ResponseHead,
+    ) -> Result<Flow, (&'static str, PluginError)> {
+        for plugin in &mut self.plugins {
+            match plugin.on_response(cx, res) {
+                Ok(Flow::Continue) => {}
+                Ok(flow) => return Ok(flow),
+                Err(e) => return Err((plugin.name(), e)),
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Runs `on_complete` on every plugin.
+    pub fn on_complete(&mut self, cx: &RequestCx<'_>, status: Option<u16>) {
+        for plugin in &mut self.plugins {
+            plugin.on_complete(cx, status);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// A probe's fixed answer.
+    type Answer = fn() -> Result<Flow, PluginError>;
+
+    /// Records its calls in a shared log and answers with a fixed flow.
+    struct Probe {
+        name: &'static str,
+        answer: Answer,
+        log: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl Plugin for Probe {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn on_request(
+            &mut self,
+            _: &RequestCx<'_>,
+            _: &mut RequestHead,
+            _: &mut Target,
+        ) -> Result<Flow, PluginError> {
+            self.log.borrow_mut().push(format!("request:{}", self.name));
+            (self.answer)()
+        }
+        fn on_complete(&mut self, _: &RequestCx<'_>, status: Option<u16>) {
+            self.log
+                .borrow_mut()
+                .push(format!("complete:{}:{status:?}", self.name));
+        }
+    }
+
+    fn chain(
+        probes: &[(&'static str, Answer)],
+    ) -> (Chain, Rc<RefCell<Vec<String>>>) {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let plugins = probes
+            .iter()
+            .map(|&(name, answer)| {
+                Box::new(Probe {
+                    name,
+                    answer,
+                    log: Rc::clone(&log),
+                }) as Box<dyn Plugin>
+            })
+            .collect();
+        (Chain { plugins }, log)
+    }
+
+    fn request() -> (RequestHead, Target) {
+        let mut buf =
+            bytes::BytesMut::from(&b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n"[..]);
+        let http::Parsed::Complete(head) =
+            http::parse_request(&mut buf, &crate::config::Limits::default()).unwrap()
+        else {
+            panic!("partial")
+        };
+        let target = http::parse_target(&head.target_bytes(), false).unwrap();
+        (head, target)
+    }
+
+    fn cx(config: &Config) -> RequestCx<'_> {
+        RequestCx {
+            client: "127.0.0.1:5000".parse().unwrap(),
+            config,
+            listen_addrs: &[],
+        }
+    }
+
+    fn go() -> Result<Flow, PluginError> {
+        Ok(Flow::Continue)
+    }
+    fn stop() -> Result<Flow, PluginError> {
+        Ok(Flow::Respond(Reply::new(403, &[], b"no", true)))
+    }
+    fn fail() -> Result<Flow, PluginError> {
+        Err(PluginError("broken".into()))
+    }
+
+    #[test]
+    fn runs_in_order_and_the_first_answer_wins() {
+        let config = Config::default();
+        let (mut chain, log) = chain(&[("a", go), ("b", stop), ("c", go)]);
+        let (mut head, mut target) = request();
+        let flow = chain
+            .on_request(&cx(&config), &mut head, &mut target)
+            .unwrap();
+        assert!(matches!(
+            flow,
+            Flow::Respond(Reply {
+                status: 403,
+                close: true,
+                ..
+            })
+        ));
+        assert_eq!(*log.borrow(), ["request:a", "request:b"], "c never runs");
+    }
+
+    #[test]
+    fn all_continue_means_continue() {
+        let config = Config::default();
+        let (mut chain, log) = chain(&[("a", go), ("b", go)]);
+        let (mut head, mut target) = request();
+        let flow = chain
+            .on_request(&cx(&config), &mut head, &mut target)
+            .unwrap();
+        assert!(matches!(flow, Flow::Continue));
+        assert_eq!(log.borrow().len(), 2);
+    }
+
+    #[test]
+    fn a_failing_plugin_is_named_and_stops_the_chain() {
+        let config = Config::default();
+        let (mut chain, log) = chain(&[("a", go), ("broken", fail), ("c", stop)]);
+        let (mut head, mut target) = request();
+        let Err((name, err)) = chain.on_request(&cx(&config), &mut head, &mut target) else {
+            panic!("expected an error")
+        };
+        assert_eq!((name, err.0.as_str()), ("broken", "broken"));
+        assert_eq!(log.borrow().len(), 2);
+    }
+
+    #[test]
+    fn every_plugin_sees_the_end_of_the_exchange() {
+        let config = Config::default();
+        let (mut chain, log) = chain(&[("a", stop), ("b", go)]);
+        chain.on_complete(&cx(&config), Some(403));
+        assert_eq!(
+            *log.borrow(),
+            ["complete:a:Some(403)", "complete:b:Some(403)"]
+        );
+    }
+
+    #[test]
+    fn an_empty_chain_costs_no_allocation() {
+        let chain = Chain::build(&[]);
+        assert!(chain.is_empty());
+        assert_eq!(chain.plugins.capacity(), 0);
+    }
+}

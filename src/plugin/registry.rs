@@ -1,0 +1,238 @@
+//! The built-in plugins by name, and the chain of factories a `Config` asks for.
+//!
+//! Order (as proxy.py's `get_default_plugins` + auth + `--plugins`): basic auth when
+//! `--basic-auth` is given, the PAC file when `--pac-file` is given, then every
+//! `--plugins` name in command-line order. A name is proxy.py's dotted name
+//! (`proxy.plugin.FilterByUpstreamHostPlugin`), its defining module's full path
+//! (`proxy.plugin.filter_by_upstream.FilterByUpstreamHostPlugin`) or the short class name
+//! (`FilterByUpstreamHostPlugin`). A plugin named twice (or named after being enabled by
+//! its own flag) is loaded once, at its first place, as proxy.py does. Naming
+//! `AuthPlugin` or `HttpWebServerPacFilePlugin` without `--basic-auth`/`--pac-file`
+//! loads nothing (they would have nothing to do, as in proxy.py).
+//!
+//! Unlike proxy.py (a Python traceback and exit 1), an unknown name is an error listing
+//! the valid names.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+
+use super::basic_auth::{self, BasicAuthFactory};
+use super::filters::{self, FilterByClientIpFactory, FilterByUpstreamHostFactory};
+use super::pac::{self, PacFileFactory};
+use super::rewrite::{
+    self, ModifyRequestHeaderFactory, RedirectToCustomServerFactory, ShortLinkFactory,
+};
+use super::PluginFactory;
+
+/// The dotted names of every built-in plugin, as `--plugins` accepts them.
+pub const BUILTIN: &[&str] = &[
+    filters::UPSTREAM_HOST_NAME,
+    filters::CLIENT_IP_NAME,
+    rewrite::SHORT_LINK_NAME,
+    rewrite::REDIRECT_NAME,
+    rewrite::MODIFY_REQUEST_HEADER_NAME,
+    basic_auth::NAME,
+    pac::NAME,
+];
+
+/// The defining module of each built-in (proxy.py also accepts the full path).
+const MODULES: &[(&str, &str)] = &[
+    (
+        filters::UPSTREAM_HOST_NAME,
+        "proxy.plugin.filter_by_upstream.FilterByUpstreamHostPlugin",
+    ),
+    (
+        filters::CLIENT_IP_NAME,
+        "proxy.plugin.filter_by_client_ip.FilterByClientIpPlugin",
+    ),
+    (
+        rewrite::SHORT_LINK_NAME,
+        "proxy.plugin.shortlink.ShortLinkPlugin",
+    ),
+    (
+        rewrite::REDIRECT_NAME,
+        "proxy.plugin.redirect_to_custom_server.RedirectToCustomServerPlugin",
+    ),
+    (
+        rewrite::MODIFY_REQUEST_HEADER_NAME,
+        "proxy.plugin.modify_request_header.ModifyRequestHeaderPlugin",
+    ),
+    (
+        pac::NAME,
+        "proxy.http.server.pac_plugin.HttpWebServerPacFilePlugin",
+    ),
+];
+
+/// The valid `--plugins` names, comma-separated, for error messages and help.
+pub fn valid_names() -> String {
+    BUILTIN.join(", ")
+}
+
+/// The dotted name `name` stands for, if it is a built-in.
+pub fn resolve(name: &str) -> Option<&'static str> {
+    let name = name.trim();
+    BUILTIN.iter().copied().find(|&dotted| {
+        dotted == name
+            || short_name(dotted) == name
+            || MODULES.iter().any(|&(d, full)| d == dotted && full == name)
+    })
+}
+
+/// `proxy.plugin.ShortLinkPlugin` → `ShortLinkPlugin`.
+fn short_name(dotted: &str) -> &str {
+    dotted.rsplit('.').next().unwrap_or(dotted)
+}
+
+/// The factories for `config`, in chain order (see the module documentation).
+///
+/// # Errors
+/// `unknown plugin 'X'; valid plugins: a, b, c` for a name that is not a built-in.
+pub fn factories(config: &Config) -> Result<Vec<Arc<dyn PluginFactory>>, String> {
+    let mut loaded: Vec<&'static str> = Vec::new();
+    let mut out: Vec<Arc<dyn PluginFactory>> = Vec::new();
+
+    if !config.basic_auth.is_empty() {
+        loaded.push(basic_auth::NAME);
+        out.push(Arc::new(BasicAuthFactory::new(config)));
+    }
+    if let Some(factory) = PacFileFactory::new(config) {
+        loaded.push(pac::NAME);
+        out.push(Arc::new(factory));
+    }
+    for name in &config.plugins {
+        let Some(dotted) = resolve(name) else {
+            return Err(format!(
+                "unknown plugin '{name}'; valid plugins: {}",
+                valid_names()
+            ));
+        };
+        if loaded.contains(&dotted) {
+            continue;
+        }
+        loaded.push(dotted);
+        let factory: Arc<dyn PluginFactory> = match dotted {
+            filters::UPSTREAM_HOST_NAME => Arc::new(FilterByUpstreamHostFactory::new(config)),
+            filters::CLIENT_IP_NAME => Arc::new(FilterByClientIpFactory::new(config)),
+            rewrite::SHORT_LINK_NAME => Arc::new(ShortLinkFactory),
+            rewrite::REDIRECT_NAME => Arc::new(RedirectToCustomServerFactory),
+            rewrite::MODIFY_REQUEST_HEADER_NAME => Arc::new(ModifyRequestHeaderFactory),
+            // AuthPlugin / PAC without their flags: nothing to do.
+            _ => continue,
+        };
+        out.push(factory);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn names(config: &Config) -> Vec<&'static str> {
+        factories(config)
+            .unwrap()
+            .iter()
+            .map(|f| f.name())
+            .collect()
+    }
+
+    fn with_plugins(plugins: &[&str]) -> Config {
+        Config {
+            plugins: plugins.iter().map(|s| s.to_string()).collect(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn no_flags_no_plugins() {
+        assert!(factories(&Config::default()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn auth_first_then_pac_then_plugins_in_order() {
+        let config = Config {
+            basic_auth: vec!["u:p".to_owned()],
+            pac_file: Some(b"function FindProxyForURL(u, h) { return \"DIRECT\"; }".to_vec()),
+            ..with_plugins(&[
+                "proxy.plugin.ShortLinkPlugin",
+                "proxy.plugin.FilterByUpstreamHostPlugin",
+                "ModifyRequestHeaderPlugin",
+            ])
+        };
+        assert_eq!(
+            names(&config),
+            vec![
+                "proxy.http.proxy.auth.AuthPlugin",
+                "proxy.http.server.HttpWebServerPacFilePlugin",
+                "proxy.plugin.ShortLinkPlugin",
+                "proxy.plugin.FilterByUpstreamHostPlugin",
+                "proxy.plugin.ModifyRequestHeaderPlugin",
+            ]
+        );
+    }
+
+    #[test]
+    fn short_dotted_and_module_names_resolve() {
+        for name in BUILTIN {
+            assert_eq!(resolve(name), Some(*name));
+            assert_eq!(resolve(short_name(name)), Some(*name));
+        }
+        assert_eq!(
+            resolve("proxy.plugin.filter_by_client_ip.FilterByClientIpPlugin"),
+            Some("proxy.plugin.FilterByClientIpPlugin")
+        );
+        assert_eq!(
+            resolve("RedirectToCustomServerPlugin"),
+            Some(rewrite::REDIRECT_NAME)
+        );
+        assert_eq!(resolve("shortlinkplugin"), None, "names are case-sensitive");
+        assert_eq!(resolve("foo.ShortLinkPlugin"), None);
+        assert_eq!(resolve("proxy.plugin"), None);
+        assert_eq!(resolve(""), None);
+    }
+
+    #[test]
+    fn duplicates_are_dropped() {
+        let config = Config {
+            basic_auth: vec!["u:p".to_owned()],
+            ..with_plugins(&[
+                "FilterByClientIpPlugin",
+                "proxy.plugin.FilterByClientIpPlugin",
+                "proxy.http.proxy.auth.AuthPlugin",
+                "ShortLinkPlugin",
+                "FilterByClientIpPlugin",
+            ])
+        };
+        assert_eq!(
+            names(&config),
+            vec![
+                "proxy.http.proxy.auth.AuthPlugin",
+                "proxy.plugin.FilterByClientIpPlugin",
+                "proxy.plugin.ShortLinkPlugin",
+            ]
+        );
+    }
+
+    #[test]
+    fn auth_and_pac_names_without_their_flags_load_nothing() {
+        let config = with_plugins(&["AuthPlugin", "HttpWebServerPacFilePlugin"]);
+        assert!(factories(&config).unwrap().is_empty());
+    }
+
+    #[test]
+    fn unknown_name_lists_valid_names() {
+        let config = with_plugins(&["ShortLinkPlugin", "proxy.plugin.NoSuchPlugin"]);
+        let err = factories(&config).err().unwrap();
+        assert!(
+            err.starts_with("unknown plugin 'proxy.plugin.NoSuchPlugin'; valid plugins: "),
+            "{err}"
+        );
+        for name in BUILTIN {
+            assert!(err.contains(name), "{err}");
+        }
+        assert_eq!(valid_names().matches(", ").count(), BUILTIN.len() - 1);
+    }
+}
