@@ -15,6 +15,8 @@ RSS_MODE=open
 ONLY=""
 TARGETS_WANTED=""
 PROXY_BIN="$ROOT/target/release/proxy"
+BENCH_USER=bench
+BENCH_PASS=bench
 OUT_DIR="$ROOT/target/bench"
 PROXYPY_BIN=""
 INSTALL=0
@@ -24,7 +26,7 @@ LOAD_CORE=1
 RELAY_CORE=0
 
 ALL_SCENARIOS="ka newconn 1m connect rss"
-ALL_TARGETS="direct relay proxy proxy-2w proxy.py tinyproxy squid"
+ALL_TARGETS="direct relay proxy proxy-2w proxy-plugins proxy.py tinyproxy squid"
 
 usage() {
   cat <<EOF
@@ -40,6 +42,7 @@ Targets:   $ALL_TARGETS
   relay      the client talks to an nginx 'stream' relay as if it were the origin
   proxy      target/release/proxy, 1 worker, pinned to core $PROXY_CORE
   proxy-2w   target/release/proxy, 2 workers, not pinned
+  proxy-plugins  as proxy, plus --basic-auth and FilterByUpstreamHostPlugin (the chain's cost)
   proxy.py   proxy.py 2.4.10 (--num-acceptors 1 --num-workers 1), pinned to core $PROXY_CORE
   tinyproxy  tinyproxy (MaxClients 2000, logging off), pinned to core $PROXY_CORE
   squid      squid (-N, no cache, no disk), pinned to core $PROXY_CORE
@@ -322,12 +325,17 @@ start_target() { # name -> 0 if started (PORT[name] set)
   case "$t" in
     direct) return 0 ;;
     relay) start_relay ;;
-    proxy|proxy-2w)
+    proxy|proxy-2w|proxy-plugins)
       [ -x "$PROXY_BIN" ] || return 1
       rm -f "$TMP/$t.port"
       if [ "$t" = proxy ]; then
         spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
           --num-workers 1 --log-file /dev/null --log-level e
+      elif [ "$t" = proxy-plugins ]; then
+        # The cost of the chain: basic auth plus a host filter on every request.
+        spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
+          --num-workers 1 --log-file /dev/null --log-level e \
+          --basic-auth "$BENCH_USER:$BENCH_PASS" --plugins FilterByUpstreamHostPlugin
       else
         spawn "$t" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
           --num-workers 2 --log-file /dev/null --log-level e
@@ -398,13 +406,14 @@ EOF
 is_proxy() { case "$1" in direct|relay) return 1 ;; *) return 0 ;; esac; }
 
 # ---------------------------------------------------------------- load generators
-write_wrk_script() { # file path connection_close(0/1)
-  local f=$1 path=$2 close=$3
+write_wrk_script() { # file path connection_close(0/1) [proxy_auth(0/1)]
+  local f=$1 path=$2 close=$3 auth=${4:-0}
   {
     echo "wrk.method = \"GET\""
     echo "wrk.path = \"$path\""
     echo "wrk.headers[\"Host\"] = \"127.0.0.1:${PORT[direct]}\""
     [ "$close" = 0 ] || echo "wrk.headers[\"Connection\"] = \"close\""
+    [ "$auth" = 0 ] || echo "wrk.headers[\"Proxy-Authorization\"] = \"Basic $(printf '%s:%s' "$BENCH_USER" "$BENCH_PASS" | base64)\""
     cat <<'EOF'
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -428,7 +437,8 @@ run_load() {
       [ "$scen" = newconn ] && close=1
       url="http://127.0.0.1:${PORT[direct]}$path"
       # Proxies get absolute-form request lines; direct and relay get origin-form.
-      if is_proxy "$t"; then write_wrk_script "$TMP/wrk.lua" "$url" "$close"
+      if [ "$t" = proxy-plugins ]; then write_wrk_script "$TMP/wrk.lua" "$url" "$close" 1
+      elif is_proxy "$t"; then write_wrk_script "$TMP/wrk.lua" "$url" "$close"
       else write_wrk_script "$TMP/wrk.lua" "$path" "$close"; fi
       out=$(timeout "$limit" "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"$dur" --timeout 5s \
               -s "$TMP/wrk.lua" "http://127.0.0.1:$port/" 2>&1 || true)
@@ -439,7 +449,8 @@ run_load() {
         END { if (!found) print "0 0 0 -1 0" }' ;;
     connect)
       if is_proxy "$t"; then
-        out=$(timeout "$limit" "${PIN_LOAD[@]}" hey -z "$dur" -c "$CONNS" -x "http://127.0.0.1:$port" \
+        local creds=""; [ "$t" = proxy-plugins ] && creds="$BENCH_USER:$BENCH_PASS@"
+        out=$(timeout "$limit" "${PIN_LOAD[@]}" hey -z "$dur" -c "$CONNS" -x "http://${creds}127.0.0.1:$port" \
                 "https://127.0.0.1:${PORT[direct-tls]}/small" 2>&1 || true)
       else
         local tp=${PORT[direct-tls]}; [ "$t" = relay ] && tp=${PORT[relay-tls]}

@@ -66,7 +66,7 @@ pub fn init(log: &LogConfig) -> Result<LogGuard, CliError> {
 }
 
 /// Lines that may wait for the writer thread before a worker blocks.
-const LOG_CHANNEL_LINES: usize = 64 * 1024;
+const LOG_CHANNEL_LINES: usize = 4096;
 
 /// Keeps the log writer thread alive; dropping it writes out every queued line.
 /// Hold it until the process exits.

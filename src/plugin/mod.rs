@@ -227,9 +227,7 @@ mod tests {
         }
     }
 
-    fn chain(
-        probes: &[(&'static str, Answer)],
-    ) -> (Chain, Rc<RefCell<Vec<String>>>) {
+    fn chain(probes: &[(&'static str, Answer)]) -> (Chain, Rc<RefCell<Vec<String>>>) {
         let log = Rc::new(RefCell::new(Vec::new()));
         let plugins = probes
             .iter()
