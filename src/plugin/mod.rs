@@ -9,6 +9,7 @@
 
 pub mod basic_auth;
 pub mod filters;
+pub mod mock;
 pub mod pac;
 pub mod registry;
 pub mod rewrite;

@@ -19,6 +19,7 @@ use crate::config::Config;
 
 use super::basic_auth::{self, BasicAuthFactory};
 use super::filters::{self, FilterByClientIpFactory, FilterByUpstreamHostFactory};
+use super::mock;
 use super::pac::{self, PacFileFactory};
 use super::rewrite::{
     self, ModifyRequestHeaderFactory, RedirectToCustomServerFactory, ShortLinkFactory,
@@ -32,6 +33,8 @@ pub const BUILTIN: &[&str] = &[
     rewrite::SHORT_LINK_NAME,
     rewrite::REDIRECT_NAME,
     rewrite::MODIFY_REQUEST_HEADER_NAME,
+    mock::REST_API_NAME,
+    mock::MITM_NAME,
     basic_auth::NAME,
     pac::NAME,
 ];
@@ -57,6 +60,14 @@ const MODULES: &[(&str, &str)] = &[
     (
         rewrite::MODIFY_REQUEST_HEADER_NAME,
         "proxy.plugin.modify_request_header.ModifyRequestHeaderPlugin",
+    ),
+    (
+        mock::REST_API_NAME,
+        "proxy.plugin.mock_rest_api.ProposedRestApiPlugin",
+    ),
+    (
+        mock::MITM_NAME,
+        "proxy.plugin.man_in_the_middle.ManInTheMiddlePlugin",
     ),
     (
         pac::NAME,
@@ -117,6 +128,11 @@ pub fn factories(config: &Config) -> Result<Vec<Arc<dyn PluginFactory>>, String>
             rewrite::SHORT_LINK_NAME => Arc::new(ShortLinkFactory),
             rewrite::REDIRECT_NAME => Arc::new(RedirectToCustomServerFactory),
             rewrite::MODIFY_REQUEST_HEADER_NAME => Arc::new(ModifyRequestHeaderFactory),
+            mock::REST_API_NAME | mock::MITM_NAME => match mock::factory(dotted) {
+                Some(Ok(factory)) => factory,
+                Some(Err(e)) => return Err(format!("{dotted}: {e}")),
+                None => continue,
+            },
             // AuthPlugin / PAC without their flags: nothing to do.
             _ => continue,
         };

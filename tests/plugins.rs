@@ -1,0 +1,266 @@
+//! proxy.py's built-in plugins over real sockets, with their flags: basic auth, PAC,
+//! the filters (and their order against RedirectToCustomServer), short links, the mock
+//! REST API, the man in the middle, the request header one, and `--plugins` errors.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failure should stop the test"
+)]
+
+mod support;
+
+use std::io::Read;
+
+use support::*;
+
+const ALICE: &str = "Proxy-Authorization: Basic YWxpY2U6c2VjcmV0\r\n"; // alice:secret
+const BOB: &str = "Proxy-Authorization: bAsIc Ym9iOmh1bnRlcjI=\r\n"; // bob:hunter2, odd case
+
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn basic_auth_is_checked_on_every_request_of_a_keep_alive_connection() {
+    let origin = Origin::echo_target();
+    let proxy = spawn_proxy(&[
+        "--basic-auth",
+        "alice:secret",
+        "--basic-auth",
+        "bob:hunter2",
+    ]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(&get("http://alpha.test/one", ALICE));
+    assert_eq!(client.read_response().text(), "/one");
+    client.send(&get("http://alpha.test/two", BOB));
+    assert_eq!(client.read_response().text(), "/two");
+    // The third request on the same connection forgets its credentials: refused.
+    client.send(&get("http://alpha.test/three", ""));
+    let refused = client.read_response();
+    assert_eq!(refused.status, 407);
+    assert_eq!(
+        refused.headers.get("proxy-authenticate"),
+        Some("Basic realm=\"proxy\"")
+    );
+    client.expect_eof();
+    let seen: Vec<String> = origin.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(seen, ["/one", "/two"]);
+    assert!(
+        origin
+            .requests()
+            .iter()
+            .all(|r| !r.headers.has("proxy-authorization")),
+        "credentials never reach the origin"
+    );
+}
+
+#[test]
+fn basic_auth_guards_connect_including_headerless_http10() {
+    let proxy = spawn_proxy(&["--basic-auth", "alice:secret"]);
+    let wrong = "Proxy-Authorization: Basic YWxpY2U6d3Jvbmc=\r\n"; // alice:wrong
+    for req in [
+        "CONNECT 127.0.0.1:9 HTTP/1.0\r\n\r\n".to_string(),
+        "CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n".to_string(),
+        format!("CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n{wrong}\r\n"),
+    ] {
+        assert_eq!(request(proxy.addr, req.as_bytes()).status, 407, "{req:?}");
+    }
+    // With credentials the CONNECT gets past auth (the port is closed: 502, not 407).
+    let ok = format!(
+        "CONNECT {} HTTP/1.1\r\nHost: x\r\n{ALICE}\r\n",
+        refused_addr()
+    );
+    request(proxy.addr, ok.as_bytes()).assert_error(502, "connection_refused");
+}
+
+#[test]
+fn pac_file_is_served_with_its_content_type_and_the_connection_kept() {
+    let pac = "function FindProxyForURL(url, host) { return \"PROXY 127.0.0.1:8899\"; }";
+    let proxy = spawn_proxy(&[
+        "--pac-file",
+        pac,
+        "--pac-file-url-path",
+        "/proxy.pac",
+        "--basic-auth",
+        "a:b",
+    ]);
+    let mut client = proxy.connect();
+    client.send(b"GET /proxy.pac HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let resp = client.read_response();
+    assert_eq!(
+        resp.status, 200,
+        "the PAC file is fetched without proxy credentials"
+    );
+    assert_eq!(
+        resp.headers.get("content-type"),
+        Some("application/x-ns-proxy-autoconfig")
+    );
+    assert_eq!(resp.text(), pac);
+    client.send(b"GET /other HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(client.read_response().status, 404);
+}
+
+#[test]
+fn filter_by_upstream_host_answers_418_for_http_and_connect() {
+    let origin = Origin::fixed("fine");
+    let proxy = spawn_proxy(&[
+        "--plugins",
+        "proxy.plugin.FilterByUpstreamHostPlugin",
+        "--filtered-upstream-hosts",
+        "blocked.test",
+    ]);
+    proxy.route("alpha.test", &origin);
+    let teapot = b"HTTP/1.1 418 I'm a tea pot\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_eq!(
+        raw_exchange(proxy.addr, &get("http://blocked.test/x", "")),
+        teapot
+    );
+    assert_eq!(
+        raw_exchange(
+            proxy.addr,
+            b"CONNECT blocked.test:443 HTTP/1.1\r\nHost: blocked.test:443\r\n\r\n"
+        ),
+        teapot
+    );
+    assert_eq!(
+        request(proxy.addr, &get("http://alpha.test/", "")).text(),
+        "fine"
+    );
+}
+
+#[test]
+fn plugin_order_decides_between_filter_and_redirect() {
+    let filtered = ["--filtered-upstream-hosts", "facebook.com"];
+    // Filter first: it sees facebook.com and refuses it.
+    let proxy = spawn_proxy(&[
+        "--plugins",
+        "FilterByUpstreamHostPlugin,RedirectToCustomServerPlugin",
+        filtered[0],
+        filtered[1],
+    ]);
+    assert_eq!(
+        request(proxy.addr, &get("http://facebook.com/", "")).status,
+        418
+    );
+    // Redirect first: the host is rewritten before the filter runs, so the filter never
+    // matches (the request now targets this proxy itself, which refuses loops: 508).
+    let proxy = spawn_proxy(&[
+        "--plugins",
+        "RedirectToCustomServerPlugin",
+        "--plugins",
+        "FilterByUpstreamHostPlugin",
+        filtered[0],
+        filtered[1],
+    ]);
+    let resp = request(proxy.addr, &get("http://facebook.com/", ""));
+    assert_ne!(resp.status, 418);
+}
+
+#[test]
+fn filter_by_client_ip_refuses_listed_clients() {
+    let origin = Origin::fixed("fine");
+    let blocked = spawn_proxy(&[
+        "--plugins",
+        "FilterByClientIpPlugin",
+        "--filtered-client-ips",
+        "127.0.0.1",
+    ]);
+    blocked.route("alpha.test", &origin);
+    assert_eq!(
+        request(blocked.addr, &get("http://alpha.test/", "")).status,
+        418
+    );
+    let allowed = spawn_proxy(&[
+        "--plugins",
+        "FilterByClientIpPlugin",
+        "--filtered-client-ips-mode",
+        "whitelist",
+        "--filtered-client-ips",
+        "127.0.0.1",
+    ]);
+    allowed.route("alpha.test", &origin);
+    assert_eq!(
+        request(allowed.addr, &get("http://alpha.test/", "")).text(),
+        "fine"
+    );
+}
+
+#[test]
+fn short_links_redirect_without_an_upstream() {
+    let proxy = spawn_proxy(&["--plugin", "ShortLinkPlugin"]);
+    let resp = request(proxy.addr, &get("http://t/imoracle", ""));
+    assert_eq!(resp.status, 303);
+    assert_eq!(
+        resp.headers.get("location"),
+        Some("http://twitter.com/imoracle")
+    );
+    assert_eq!(
+        request(proxy.addr, &get("http://nosuchkey/", "")).status,
+        404
+    );
+}
+
+#[test]
+fn proposed_rest_api_mocks_its_host_and_forwards_others() {
+    let origin = Origin::fixed("real");
+    let proxy = spawn_proxy(&["--plugins", "proxy.plugin.ProposedRestApiPlugin"]);
+    proxy.route("alpha.test", &origin);
+    let resp = request(proxy.addr, &get("http://api.example.com/v1/users/", ""));
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.headers.get("content-encoding"), Some("gzip"));
+    let json: serde_json::Value = serde_json::from_slice(&gunzip(&resp.body.data)).unwrap();
+    assert_eq!(json["results"][1]["username"], "someone");
+    assert_eq!(
+        request(proxy.addr, &get("http://api.example.com/v1/nope/", "")).status,
+        404
+    );
+    assert_eq!(
+        request(proxy.addr, &get("http://alpha.test/", "")).text(),
+        "real"
+    );
+}
+
+#[test]
+fn man_in_the_middle_replaces_every_response_and_keeps_the_client() {
+    let origin = Origin::fixed("the origin's own words");
+    let proxy = spawn_proxy(&["--plugins", "ManInTheMiddlePlugin"]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    for _ in 0..2 {
+        client.send(&get("http://alpha.test/", ""));
+        let resp = client.read_response();
+        assert_eq!(resp.status, 200);
+        assert_eq!(gunzip(&resp.body.data), b"Hello from man in the middle");
+    }
+    // The origin's unread bodies mean its connections were not reused.
+    assert_eq!(origin.accepted(), 2);
+}
+
+#[test]
+fn modify_request_header_adds_its_header_upstream() {
+    let origin = Origin::fixed("ok");
+    let proxy = spawn_proxy(&["--plugins", "ModifyRequestHeaderPlugin"]);
+    proxy.route("alpha.test", &origin);
+    request(proxy.addr, &get("http://alpha.test/", ""));
+    let reqs = origin.requests();
+    assert_eq!(reqs[0].headers.get_all("x-proxy-py-version").len(), 1);
+}
+
+#[test]
+fn unknown_plugin_name_exits_64_listing_the_valid_ones() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxy"))
+        .args(["--port", "0", "--plugins", "proxy.plugin.NoSuchPlugin"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("NoSuchPlugin"), "{stderr}");
+    assert!(
+        stderr.contains("proxy.plugin.FilterByUpstreamHostPlugin"),
+        "{stderr}"
+    );
+}
