@@ -38,9 +38,11 @@ Differences from proxy.py: log timestamps are UTC; --timeout accepts fractions o
 second; --header-timeout, --connect-timeout and --grace-period are our own; flags
 proxy.py has but this release does not implement are rejected, not ignored;
 --basic-auth may be repeated and answers 407 with realm=\"proxy\"; --pac-file-url-path
-is an exact path, not a regular expression.
+is an exact path, not a regular expression; --static-server-dir defaults to ./public
+(proxy.py: its package's public directory) and refuses path traversal.
 Built-in plugins (--plugins, dotted or short name): proxy.plugin.FilterByUpstreamHostPlugin,
-FilterByClientIpPlugin, ShortLinkPlugin, RedirectToCustomServerPlugin, ModifyRequestHeaderPlugin.
+FilterByClientIpPlugin, ShortLinkPlugin, RedirectToCustomServerPlugin, ModifyRequestHeaderPlugin,
+WebServerPlugin (needs --enable-web-server).
 See README.md for the flag table, the log format keys and the architecture.";
 
 /// Raw command-line flags, named as in proxy.py. Turned into a `Config` by `Config::from_cli`.
@@ -149,6 +151,28 @@ pub struct Cli {
     /// Path the PAC file is served at (exact match, query excluded).
     #[arg(long, value_name = "PATH", default_value = "/", value_parser = parse_url_path)]
     pub pac_file_url_path: String,
+
+    /// Serve origin-form requests (requests addressed to the proxy itself) with the
+    /// built-in web server: enables proxy.plugin.WebServerPlugin's routes.
+    #[arg(long)]
+    pub enable_web_server: bool,
+
+    /// Serve files from --static-server-dir to origin-form GET/HEAD requests (implies
+    /// --enable-web-server). No path traversal: `..`, and symlinks leaving the directory,
+    /// are refused.
+    #[arg(long)]
+    pub enable_static_server: bool,
+
+    /// Directory served by --enable-static-server; must exist when it is enabled.
+    /// Relative to the working directory (proxy.py's default is the `public` directory
+    /// inside its installed package).
+    #[arg(long, value_name = "DIR", default_value = "./public")]
+    pub static_server_dir: PathBuf,
+
+    /// Do not proxy: absolute-form and CONNECT requests get 400; only the built-in web
+    /// server (PAC file, routes, static files) answers.
+    #[arg(long)]
+    pub disable_http_proxy: bool,
 
     /// FilterByUpstreamHostPlugin: comma-separated host names to refuse (exact match).
     #[arg(
@@ -644,6 +668,32 @@ mod tests {
         );
         // An empty user is allowed (RFC 7617 does not forbid it); the colon is not.
         assert!(parse(&["--basic-auth", ":pass"]).is_ok());
+    }
+
+    #[test]
+    fn web_server_flags() {
+        let cli = parse(&[]).unwrap();
+        assert!(!cli.enable_web_server && !cli.enable_static_server && !cli.disable_http_proxy);
+        assert_eq!(cli.static_server_dir, PathBuf::from("./public"));
+        let cli = parse(&[
+            "--enable-web-server",
+            "--enable-static-server",
+            "--static-server-dir",
+            "/srv/www",
+            "--disable-http-proxy",
+        ])
+        .unwrap();
+        assert!(cli.enable_web_server && cli.enable_static_server && cli.disable_http_proxy);
+        assert_eq!(cli.static_server_dir, PathBuf::from("/srv/www"));
+        let help = parse(&["-h"]).unwrap_err();
+        for flag in [
+            "--enable-web-server",
+            "--enable-static-server",
+            "--static-server-dir",
+            "--disable-http-proxy",
+        ] {
+            assert!(help.message().contains(flag), "{flag}");
+        }
     }
 
     #[test]

@@ -118,6 +118,16 @@ pub struct Config {
     pub filtered_client_ips_mode: ClientIpMode,
     /// Client addresses for `FilterByClientIpPlugin` (`--filtered-client-ips`).
     pub filtered_client_ips: Vec<IpAddr>,
+    /// Answer origin-form requests with the built-in web server's routes
+    /// (`--enable-web-server`; also set by `--enable-static-server`).
+    pub enable_web_server: bool,
+    /// Serve files under `static_server_dir` to origin-form requests (`--enable-static-server`).
+    pub enable_static_server: bool,
+    /// The static server's root (`--static-server-dir`); canonical (absolute, no symlinks)
+    /// when `enable_static_server` is set.
+    pub static_server_dir: PathBuf,
+    /// Refuse absolute-form and CONNECT requests: web server only (`--disable-http-proxy`).
+    pub disable_http_proxy: bool,
     /// Head size limits.
     pub limits: Limits,
     /// Logging (applied by the binary).
@@ -167,6 +177,10 @@ impl Default for Config {
                 IpAddr::from([127, 0, 0, 1]),
                 IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
             ],
+            enable_web_server: false,
+            enable_static_server: false,
+            static_server_dir: PathBuf::from("./public"),
+            disable_http_proxy: false,
             limits: Limits::default(),
             log: LogConfig {
                 level: tracing::Level::INFO,
@@ -260,6 +274,19 @@ impl Config {
             }
         }
 
+        // The static root is resolved once, so that every request is checked against
+        // the same canonical directory (and a typo fails now, not on the first request).
+        let static_server_dir = if cli.enable_static_server {
+            canonical_dir(&cli.static_server_dir).map_err(|why| {
+                CliError::usage(format_args!(
+                    "--static-server-dir: {}: {why}",
+                    cli.static_server_dir.display()
+                ))
+            })?
+        } else {
+            cli.static_server_dir
+        };
+
         let format = if cli.log_format.eq_ignore_ascii_case("json") {
             LogFormat::Json
         } else {
@@ -287,6 +314,10 @@ impl Config {
             filtered_upstream_hosts,
             filtered_client_ips_mode: cli.filtered_client_ips_mode,
             filtered_client_ips: cli.filtered_client_ips.0,
+            enable_web_server: cli.enable_web_server || cli.enable_static_server,
+            enable_static_server: cli.enable_static_server,
+            static_server_dir,
+            disable_http_proxy: cli.disable_http_proxy,
             log: LogConfig {
                 level: cli.log_level,
                 file: cli.log_file,
@@ -339,6 +370,18 @@ fn read_pac_file(value: &str) -> Result<Vec<u8>, String> {
         Ok(_) => std::fs::read(value).map_err(|e| format!("--pac-file: {value}: {e}")),
         Err(_) => Ok(value.as_bytes().to_vec()),
     }
+}
+
+/// `--static-server-dir`: an existing directory, made absolute with every symlink resolved.
+fn canonical_dir(path: &std::path::Path) -> Result<PathBuf, String> {
+    let canonical = std::fs::canonicalize(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "no such directory".to_owned(),
+        _ => e.to_string(),
+    })?;
+    if !canonical.is_dir() {
+        return Err("not a directory".to_owned());
+    }
+    Ok(canonical)
 }
 
 /// The file need not exist, but the directory it goes in must.
@@ -534,6 +577,44 @@ mod tests {
         assert_eq!(c.filtered_client_ips_mode, ClientIpMode::Whitelist);
         assert_eq!(c.filtered_client_ips, vec![IpAddr::from([10, 0, 0, 1])]);
         assert_eq!(exit_code(&["--basic-auth", "nocolon"]), 64);
+    }
+
+    #[test]
+    fn web_server_settings() {
+        let c = config(&[]);
+        assert!(!c.enable_web_server && !c.enable_static_server && !c.disable_http_proxy);
+        assert_eq!(c.static_server_dir, Config::default().static_server_dir);
+        assert!(config(&["--enable-web-server"]).enable_web_server);
+        assert!(config(&["--disable-http-proxy"]).disable_http_proxy);
+        // The directory is only checked when the static server is on.
+        let c = config(&["--static-server-dir", "/nonexistent-dir-for-proxy"]);
+        assert!(!c.enable_static_server);
+        // --enable-static-server implies the web server and canonicalizes the root.
+        let dir = std::env::temp_dir();
+        let c = config(&[
+            "--enable-static-server",
+            "--static-server-dir",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(c.enable_web_server && c.enable_static_server);
+        assert_eq!(c.static_server_dir, std::fs::canonicalize(&dir).unwrap());
+        let err = Config::from_args([
+            "proxy",
+            "--enable-static-server",
+            "--static-server-dir",
+            "/nonexistent-dir-for-proxy",
+        ])
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 64);
+        assert_eq!(
+            err.to_string(),
+            "proxy: error: --static-server-dir: /nonexistent-dir-for-proxy: no such directory"
+        );
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        assert_eq!(
+            exit_code(&["--enable-static", "--static-server-dir", file]),
+            64
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`http`]: HTTP/1.x heads as spans of one buffer, framing, synthetic replies. No I/O.
 //! - [`plugin`]: the ordered plugin chain (`Plugin`, `Flow`) and proxy.py's built-in plugins.
 //! - [`proxy`]: one client connection's lifecycle: forwarding, CONNECT tunnels, upstream pool.
+//! - [`web`]: the built-in web server for origin-form requests: static files
+//!   (`--enable-static-server`, no traversal); called by `proxy`'s routing, writes with `proxy::io`.
 //! - [`server`]: worker threads, `SO_REUSEPORT` listeners, graceful shutdown, the embedding handle.
 //! - [`logging`]: tracing subscriber with proxy.py's line format or JSON (used by the binary).
 
@@ -20,6 +22,7 @@ pub mod logging;
 pub mod plugin;
 pub mod proxy;
 pub mod server;
+pub mod web;
 
 pub use config::Config;
 pub use error::{ErrorKind, ProxyError};

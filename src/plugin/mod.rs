@@ -13,6 +13,7 @@ pub mod mock;
 pub mod pac;
 pub mod registry;
 pub mod rewrite;
+pub mod web_route;
 
 use std::net::SocketAddr;
 

@@ -24,6 +24,7 @@ use super::pac::{self, PacFileFactory};
 use super::rewrite::{
     self, ModifyRequestHeaderFactory, RedirectToCustomServerFactory, ShortLinkFactory,
 };
+use super::web_route::{self, WebServerFactory};
 use super::PluginFactory;
 
 /// The dotted names of every built-in plugin, as `--plugins` accepts them.
@@ -35,6 +36,7 @@ pub const BUILTIN: &[&str] = &[
     rewrite::MODIFY_REQUEST_HEADER_NAME,
     mock::REST_API_NAME,
     mock::MITM_NAME,
+    web_route::NAME,
     basic_auth::NAME,
     pac::NAME,
 ];
@@ -69,6 +71,7 @@ const MODULES: &[(&str, &str)] = &[
         mock::MITM_NAME,
         "proxy.plugin.man_in_the_middle.ManInTheMiddlePlugin",
     ),
+    (web_route::NAME, web_route::MODULE_NAME),
     (
         pac::NAME,
         "proxy.http.server.pac_plugin.HttpWebServerPacFilePlugin",
@@ -133,6 +136,8 @@ pub fn factories(config: &Config) -> Result<Vec<Arc<dyn PluginFactory>>, String>
                 Some(Err(e)) => return Err(format!("{dotted}: {e}")),
                 None => continue,
             },
+            // Answers only with --enable-web-server (checked per request, as proxy.py).
+            web_route::NAME => Arc::new(WebServerFactory),
             // AuthPlugin / PAC without their flags: nothing to do.
             _ => continue,
         };

@@ -264,6 +264,16 @@ async fn route(
             }
         }
     }
+    // [web server, spot B] --disable-http-proxy: only the built-in web server answers;
+    // requests to proxy (absolute-form, CONNECT) are refused with 400.
+    if shared.config.disable_http_proxy
+        && matches!(target, Target::Absolute { .. } | Target::Authority { .. })
+    {
+        return Err(ProxyError::new(
+            ErrorKind::UnsupportedRequest,
+            "this proxy runs as a web server only (--disable-http-proxy)",
+        ));
+    }
     match target {
         Target::Authority { host, port } => {
             exchange.set_target(&host, port, &Bytes::new());
@@ -291,6 +301,13 @@ async fn route(
         )),
         Target::Origin | Target::Asterisk => {
             exchange.set_target("", 0, &head.target_bytes());
+            // [web server, spot A] --enable-static-server: files under --static-server-dir
+            // (status, bytes and errors recorded in `exchange` by `web::serve_static`).
+            if shared.config.enable_static_server {
+                let keep_alive =
+                    crate::web::serve_static(client, &head, exchange, &shared.config).await?;
+                return Ok(keep_alive && !*shutdown.borrow());
+            }
             // Addressed to the proxy itself: the built-in web server will live here.
             // A body we are not going to read means the connection cannot be reused.
             let has_body = !matches!(http::request_body_kind(&head), Ok(http::BodyKind::Empty));
