@@ -264,3 +264,60 @@ fn unknown_plugin_name_exits_64_listing_the_valid_ones() {
         "{stderr}"
     );
 }
+
+/// An origin answering `/chunked` with a chunked body and anything else with a
+/// Content-Length one.
+fn chunked_or_plain_origin() -> Origin {
+    Origin::spawn(|req| {
+        if req.target == "/chunked" {
+            support::Reply::keep(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            )
+        } else {
+            support::Reply::keep(ok("plain body"))
+        }
+    })
+}
+
+#[test]
+fn modify_chunk_response_rewrites_chunked_bodies_as_one_chunk() {
+    let origin = chunked_or_plain_origin();
+    let proxy = spawn_proxy(&["--plugins", "proxy.plugin.ModifyChunkResponsePlugin"]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(&get("http://alpha.test/chunked", ""));
+    let resp = client.read_response();
+    assert_eq!(resp.status, 200);
+    assert!(resp.body.chunked);
+    assert_eq!(
+        resp.body.raw,
+        b"1d\r\nmodify\nchunk\nresponse\nplugin\n\r\n0\r\n\r\n"
+    );
+    // Same connection: a Content-Length response passes unchanged.
+    client.send(&get("http://alpha.test/plain", ""));
+    let resp = client.read_response();
+    assert_eq!(resp.text(), "plain body");
+    assert_eq!(resp.headers.get("content-length"), Some("10"));
+    // The chunked body was read to its end, so the upstream connection was reused.
+    assert_eq!(origin.accepted(), 1);
+}
+
+#[test]
+fn modify_chunk_response_sends_http10_clients_a_close_delimited_body() {
+    let origin = chunked_or_plain_origin();
+    let proxy = spawn_proxy(&["--plugins", "ModifyChunkResponsePlugin"]);
+    proxy.route("alpha.test", &origin);
+    let raw = raw_exchange(
+        proxy.addr,
+        b"GET http://alpha.test/chunked HTTP/1.0\r\nHost: alpha.test\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        !text.to_ascii_lowercase().contains("transfer-encoding"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("\r\n\r\nmodify\nchunk\nresponse\nplugin\n"),
+        "{text}"
+    );
+}

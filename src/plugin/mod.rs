@@ -8,6 +8,7 @@
 //! ordinary members of the chain, placed first.
 
 pub mod basic_auth;
+pub mod body_rewrite;
 pub mod filters;
 pub mod mock;
 pub mod pac;
@@ -119,6 +120,31 @@ pub trait Plugin {
         Ok(Flow::Continue)
     }
 
+    /// Whether this plugin wants the response body of the current exchange; asked
+    /// after `on_response`. When no plugin does, the body is relayed as received,
+    /// without being decoded or copied.
+    fn wants_response_body(&self) -> bool {
+        false
+    }
+
+    /// A piece of the decoded response body (any chunked framing removed). Returns the
+    /// bytes to pass on: the same, others, or none. The proxy re-frames what comes out
+    /// (chunked for HTTP/1.1 clients, close-delimited for HTTP/1.0 ones).
+    fn on_response_chunk(
+        &mut self,
+        cx: &RequestCx<'_>,
+        chunk: Bytes,
+    ) -> Result<Bytes, PluginError> {
+        let _ = cx;
+        Ok(chunk)
+    }
+
+    /// The response body is complete; returns bytes to append (empty for none).
+    fn on_response_end(&mut self, cx: &RequestCx<'_>) -> Result<Bytes, PluginError> {
+        let _ = cx;
+        Ok(Bytes::new())
+    }
+
     /// The exchange is over (whatever its outcome); `status` is what the client got.
     fn on_complete(&mut self, cx: &RequestCx<'_>, status: Option<u16>) {
         let _ = (cx, status);
@@ -183,6 +209,53 @@ impl Chain {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// Whether any plugin wants this exchange's response body.
+    pub fn wants_response_body(&self) -> bool {
+        self.plugins.iter().any(|p| p.wants_response_body())
+    }
+
+    /// Passes a piece of the response body through every plugin that wants it, in order.
+    pub fn on_response_chunk(
+        &mut self,
+        cx: &RequestCx<'_>,
+        chunk: Bytes,
+    ) -> Result<Bytes, (&'static str, PluginError)> {
+        let mut data = chunk;
+        for plugin in self.plugins.iter_mut().filter(|p| p.wants_response_body()) {
+            if data.is_empty() {
+                break;
+            }
+            data = plugin
+                .on_response_chunk(cx, data)
+                .map_err(|e| (plugin.name(), e))?;
+        }
+        Ok(data)
+    }
+
+    /// Ends the response body: each plugin's tail flows through the plugins after it
+    /// (as a chunk) before their own end, so the order of the chain holds to the end.
+    pub fn on_response_end(
+        &mut self,
+        cx: &RequestCx<'_>,
+    ) -> Result<Bytes, (&'static str, PluginError)> {
+        let mut carry = Bytes::new();
+        for plugin in self.plugins.iter_mut().filter(|p| p.wants_response_body()) {
+            let name = plugin.name();
+            let passed = if carry.is_empty() {
+                Bytes::new()
+            } else {
+                plugin.on_response_chunk(cx, carry).map_err(|e| (name, e))?
+            };
+            let tail = plugin.on_response_end(cx).map_err(|e| (name, e))?;
+            carry = match (passed.is_empty(), tail.is_empty()) {
+                (_, true) => passed,
+                (true, false) => tail,
+                (false, false) => [passed, tail].concat().into(),
+            };
+        }
+        Ok(carry)
     }
 
     /// Runs `on_complete` on every plugin.
@@ -333,5 +406,73 @@ mod tests {
         let chain = Chain::build(&[]);
         assert!(chain.is_empty());
         assert_eq!(chain.plugins.capacity(), 0);
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+
+    /// Upper-cases what passes through it and appends its own name at the end.
+    struct Shout(&'static str);
+
+    impl Plugin for Shout {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn wants_response_body(&self) -> bool {
+            true
+        }
+        fn on_response_chunk(
+            &mut self,
+            _: &RequestCx<'_>,
+            chunk: Bytes,
+        ) -> Result<Bytes, PluginError> {
+            Ok(chunk.to_ascii_uppercase().into())
+        }
+        fn on_response_end(&mut self, _: &RequestCx<'_>) -> Result<Bytes, PluginError> {
+            Ok(Bytes::from(format!("[{} end]", self.0)))
+        }
+    }
+
+    /// Wants nothing: must never see a body.
+    struct Quiet;
+
+    impl Plugin for Quiet {
+        fn name(&self) -> &'static str {
+            "quiet"
+        }
+        fn on_response_chunk(&mut self, _: &RequestCx<'_>, _: Bytes) -> Result<Bytes, PluginError> {
+            Err(PluginError("quiet was handed a body".into()))
+        }
+    }
+
+    #[test]
+    fn body_flows_through_opted_in_plugins_and_tails_through_the_later_ones() {
+        let config = Config::default();
+        let cx = RequestCx {
+            client: "127.0.0.1:1".parse().unwrap(),
+            config: &config,
+            listen_addrs: &[],
+        };
+        let mut chain = Chain {
+            plugins: vec![Box::new(Shout("a")), Box::new(Quiet), Box::new(Shout("b"))],
+        };
+        assert!(chain.wants_response_body());
+        let out = chain
+            .on_response_chunk(&cx, Bytes::from_static(b"hi"))
+            .unwrap();
+        assert_eq!(&out[..], b"HI");
+        // a's tail passes through b's chunk hook (upper-cased), then b's own tail.
+        let end = chain.on_response_end(&cx).unwrap();
+        assert_eq!(&end[..], b"[A END][b end]");
+    }
+
+    #[test]
+    fn no_plugin_wants_a_body_by_default() {
+        let chain = Chain {
+            plugins: vec![Box::new(Quiet)],
+        };
+        assert!(!chain.wants_response_body());
     }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use crate::config::Config;
 
 use super::basic_auth::{self, BasicAuthFactory};
+use super::body_rewrite::{self, ModifyChunkResponseFactory};
 use super::filters::{self, FilterByClientIpFactory, FilterByUpstreamHostFactory};
 use super::mock;
 use super::pac::{self, PacFileFactory};
@@ -36,6 +37,7 @@ pub const BUILTIN: &[&str] = &[
     rewrite::MODIFY_REQUEST_HEADER_NAME,
     mock::REST_API_NAME,
     mock::MITM_NAME,
+    body_rewrite::MODIFY_CHUNK_RESPONSE_NAME,
     web_route::NAME,
     basic_auth::NAME,
     pac::NAME,
@@ -62,6 +64,10 @@ const MODULES: &[(&str, &str)] = &[
     (
         rewrite::MODIFY_REQUEST_HEADER_NAME,
         "proxy.plugin.modify_request_header.ModifyRequestHeaderPlugin",
+    ),
+    (
+        body_rewrite::MODIFY_CHUNK_RESPONSE_NAME,
+        "proxy.plugin.modify_chunk_response.ModifyChunkResponsePlugin",
     ),
     (
         mock::REST_API_NAME,
@@ -131,6 +137,7 @@ pub fn factories(config: &Config) -> Result<Vec<Arc<dyn PluginFactory>>, String>
             rewrite::SHORT_LINK_NAME => Arc::new(ShortLinkFactory),
             rewrite::REDIRECT_NAME => Arc::new(RedirectToCustomServerFactory),
             rewrite::MODIFY_REQUEST_HEADER_NAME => Arc::new(ModifyRequestHeaderFactory),
+            body_rewrite::MODIFY_CHUNK_RESPONSE_NAME => Arc::new(ModifyChunkResponseFactory),
             mock::REST_API_NAME | mock::MITM_NAME => match mock::factory(dotted) {
                 Some(Ok(factory)) => factory,
                 Some(Err(e)) => return Err(format!("{dotted}: {e}")),

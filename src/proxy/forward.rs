@@ -25,7 +25,7 @@ use crate::http::{
     parse_response, request_body_kind, response_body_kind, BodyKind, ChunkedDecoder, Parsed,
     RequestHead, ResponseHead, Scheme, Version,
 };
-use crate::plugin::{Chain, Flow, RequestCx};
+use crate::plugin::{Chain, Flow, PluginError, RequestCx};
 
 /// Our `Via` entry (RFC 9110 §7.6.3): protocol version and pseudonym.
 const VIA: &[u8] = b"1.1 proxy";
@@ -533,9 +533,7 @@ async fn download(
         || !upload_done.get()
         || *shutdown.borrow();
     strip_hop_by_hop(&mut head);
-    if dechunk {
-        head.remove("transfer-encoding");
-    }
+    // Plugins see the origin's framing; the edits that re-frame for the client follow.
     if !hooks.chain.is_empty() {
         let flow = hooks
             .chain
@@ -570,6 +568,22 @@ async fn download(
             }
         }
     }
+    // A plugin that wants the body gets it decoded; what comes out of the chain has a
+    // length nobody knows yet, so it is re-framed: chunked for HTTP/1.1 clients,
+    // close-delimited for HTTP/1.0 ones.
+    let transform =
+        body != BodyKind::Empty && !hooks.chain.is_empty() && hooks.chain.wants_response_body();
+    let close_client = close_client || (transform && request.version == Version::Http10);
+    if dechunk {
+        head.remove("transfer-encoding");
+    }
+    if transform {
+        head.remove("content-length");
+        head.remove("transfer-encoding");
+        if request.version == Version::Http11 {
+            head.append("Transfer-Encoding", b"chunked");
+        }
+    }
     if close_client {
         head.append("Connection", b"close");
     } else if request.version == Version::Http10 {
@@ -579,7 +593,7 @@ async fn download(
     // Body bytes that came with the head leave in the same write (one syscall for a
     // small response instead of two).
     let body = match body {
-        BodyKind::Length(n) if !buf.is_empty() => {
+        BodyKind::Length(n) if !buf.is_empty() && !transform => {
             let take = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
             parts.push(buf.split_to(take).freeze());
             BodyKind::Length(n - take as u64)
@@ -593,7 +607,16 @@ async fn download(
     exchange.set_status(head.status());
     exchange.add_bytes(sent as u64);
 
-    let clean = relay_body(client, upstream, &mut buf, body, dechunk, config, exchange).await?;
+    let clean = if transform {
+        let chunked = request.version == Version::Http11;
+        let mut hooks = hooks;
+        relay_transformed(
+            client, upstream, &mut buf, body, chunked, config, exchange, &mut hooks,
+        )
+        .await?
+    } else {
+        relay_body(client, upstream, &mut buf, body, dechunk, config, exchange).await?
+    };
     Ok(Downloaded::Done(End {
         client_keep_alive: !close_client,
         upstream_reusable: clean && origin_keeps_open && body != BodyKind::UntilClose,
@@ -758,6 +781,132 @@ async fn relay_body(
             }
         },
     }
+}
+
+/// Relays a response body through the plugins that asked for it: decoded, passed
+/// through the chain piece by piece, and re-framed (`chunked` for HTTP/1.1 clients,
+/// raw bytes before a close otherwise). Memory stays bounded: one read buffer, plus
+/// whatever the plugins themselves choose to keep. Returns whether the upstream
+/// response ended cleanly with nothing after it.
+#[allow(clippy::too_many_arguments)]
+async fn relay_transformed(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    buf: &mut BytesMut,
+    kind: BodyKind,
+    chunked: bool,
+    config: &Config,
+    exchange: &mut Exchange,
+    hooks: &mut Hooks<'_, '_>,
+) -> std::result::Result<bool, Failure> {
+    let plugin_failed = |(name, e): (&'static str, PluginError)| {
+        Failure::Fatal(ProxyError::new(
+            ErrorKind::ProxyInternalError,
+            format!("plugin {name}: {e}"),
+        ))
+    };
+    let mut decoder = ChunkedDecoder::new(&config.limits);
+    let mut remaining = match kind {
+        BodyKind::Length(n) => n,
+        _ => 0,
+    };
+    let mut done = matches!(kind, BodyKind::Empty | BodyKind::Length(0));
+    let mut ranges = Vec::new();
+    let mut pieces: Vec<Bytes> = Vec::new();
+    let mut parts: Vec<Bytes> = Vec::new();
+    let clean = loop {
+        if !buf.is_empty() && !done {
+            match kind {
+                BodyKind::Length(_) => {
+                    let take = usize::try_from(remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(buf.len());
+                    pieces.push(buf.split_to(take).freeze());
+                    remaining -= take as u64;
+                    done = remaining == 0;
+                }
+                BodyKind::Chunked => {
+                    ranges.clear();
+                    let progress = decoder.advance(buf, Some(&mut ranges)).map_err(|e| {
+                        Failure::Fatal(ProxyError::new(
+                            e.response_kind(),
+                            format!("response chunked body: {e:?}"),
+                        ))
+                    })?;
+                    let piece = buf.split_to(progress.consumed).freeze();
+                    pieces.extend(ranges.iter().map(|r| piece.slice(r.clone())));
+                    done = progress.done;
+                }
+                BodyKind::UntilClose => pieces.push(buf.split().freeze()),
+                BodyKind::Empty => done = true,
+            }
+        }
+        for piece in pieces.drain(..) {
+            let out = hooks
+                .chain
+                .on_response_chunk(hooks.cx, piece)
+                .map_err(plugin_failed)?;
+            frame_piece(&mut parts, out, chunked);
+        }
+        if done {
+            break buf.is_empty();
+        }
+        write_framed(client, &mut parts, config, exchange).await?;
+        match read_some(upstream, buf, config.server_recvbuf_size, config.timeout).await {
+            Ok(0) if kind == BodyKind::UntilClose => break false,
+            Ok(0) => {
+                return Err(Failure::Fatal(ProxyError::new(
+                    ErrorKind::HttpResponseIncomplete,
+                    "upstream closed mid-body",
+                )))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Failure::Fatal(upstream_error(e, "reading a response body"))),
+        }
+    };
+    let tail = hooks
+        .chain
+        .on_response_end(hooks.cx)
+        .map_err(plugin_failed)?;
+    frame_piece(&mut parts, tail, chunked);
+    if chunked {
+        parts.push(Bytes::from_static(b"0\r\n\r\n"));
+    }
+    write_framed(client, &mut parts, config, exchange).await?;
+    Ok(clean)
+}
+
+/// Appends `data` to `parts`, as one chunk when `chunked` (nothing for empty data:
+/// an empty chunk would end the body).
+fn frame_piece(parts: &mut Vec<Bytes>, data: Bytes, chunked: bool) {
+    if data.is_empty() {
+        return;
+    }
+    if chunked {
+        parts.push(Bytes::from(format!("{:x}\r\n", data.len())));
+        parts.push(data);
+        parts.push(Bytes::from_static(b"\r\n"));
+    } else {
+        parts.push(data);
+    }
+}
+
+/// Writes out `parts` (if any) to the client and counts them.
+async fn write_framed(
+    client: &TcpStream,
+    parts: &mut Vec<Bytes>,
+    config: &Config,
+    exchange: &mut Exchange,
+) -> std::result::Result<(), Failure> {
+    if parts.is_empty() {
+        return Ok(());
+    }
+    let n: usize = parts.iter().map(Bytes::len).sum();
+    write_parts(client, parts, config.timeout)
+        .await
+        .map_err(|e| Failure::Fatal(client_io_error(e, "writing a response body")))?;
+    exchange.add_bytes(n as u64);
+    Ok(())
 }
 
 /// Maps a failure on the upstream socket to an error.
