@@ -32,6 +32,8 @@ pub enum ErrorKind {
     RequestHeaderTooLarge,
     /// The request head did not arrive within the header deadline (slowloris).
     RequestHeaderTimeout,
+    /// A request body a plugin must read whole is over the limit.
+    RequestBodyTooLarge,
     /// The client sent nothing for `--timeout` while we waited on it.
     ClientTimeout,
     /// The client closed or reset the connection mid-exchange.
@@ -85,6 +87,7 @@ impl ErrorKind {
             UriTooLong => "http_request_uri_too_long",
             RequestHeaderTooLarge => "http_request_header_too_large",
             RequestHeaderTimeout => "http_request_header_timeout",
+            RequestBodyTooLarge => "http_request_body_too_large",
             ClientTimeout => "client_timeout",
             ClientClosed => "client_closed",
             UnsupportedRequest => "http_request_unsupported",
@@ -117,6 +120,7 @@ impl ErrorKind {
             UriTooLong => Some(414),
             RequestHeaderTooLarge => Some(431),
             RequestHeaderTimeout => Some(408),
+            RequestBodyTooLarge => Some(413),
             ClientTimeout | ClientClosed => None,
             UnsupportedRequest => Some(400),
             ProxyLoopDetected => Some(508),
@@ -143,6 +147,7 @@ impl ErrorKind {
             | UriTooLong
             | RequestHeaderTooLarge
             | RequestHeaderTimeout
+            | RequestBodyTooLarge
             | ClientTimeout
             | ClientClosed
             | UnsupportedRequest
@@ -274,6 +279,7 @@ mod tests {
             UriTooLong,
             RequestHeaderTooLarge,
             RequestHeaderTimeout,
+            RequestBodyTooLarge,
             ClientTimeout,
             ClientClosed,
             UnsupportedRequest,

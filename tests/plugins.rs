@@ -321,3 +321,66 @@ fn modify_chunk_response_sends_http10_clients_a_close_delimited_body() {
         "{text}"
     );
 }
+
+#[test]
+fn modify_post_data_replaces_request_bodies_with_an_exact_length() {
+    let origin = Origin::fixed("seen");
+    let proxy = spawn_proxy(&["--plugins", "proxy.plugin.ModifyPostDataPlugin"]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(
+        b"POST http://alpha.test/a HTTP/1.1\r\nHost: alpha.test\r\nContent-Type: text/plain\r\nContent-Length: 16\r\n\r\n{\"key\": \"value\"}",
+    );
+    assert_eq!(client.read_response().text(), "seen");
+    client.send(
+        b"POST http://alpha.test/b HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
+    );
+    assert_eq!(client.read_response().text(), "seen");
+    client.send(&get("http://alpha.test/c", ""));
+    assert_eq!(client.read_response().text(), "seen");
+    let reqs = origin.requests();
+    assert_eq!(reqs.len(), 3);
+    for req in &reqs[..2] {
+        assert_eq!(req.body.data, b"{\"key\": \"modified\"}", "{}", req.target);
+        assert_eq!(req.headers.get("content-length"), Some("19"));
+        assert_eq!(req.headers.get("content-type"), Some("application/json"));
+        assert!(!req.headers.has("transfer-encoding"));
+    }
+    assert!(
+        reqs[2].body.data.is_empty(),
+        "a GET without a body is left alone"
+    );
+}
+
+#[test]
+fn modify_post_data_answers_expect_100_continue_itself() {
+    let origin = Origin::fixed("seen");
+    let proxy = spawn_proxy(&["--plugins", "ModifyPostDataPlugin"]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(
+        b"PUT http://alpha.test/x HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    );
+    assert_eq!(client.read_response().status, 100);
+    client.send(b"hello");
+    assert_eq!(client.read_response().text(), "seen");
+    let reqs = origin.requests();
+    assert!(
+        !reqs[0].headers.has("expect"),
+        "the origin is not asked to continue"
+    );
+    assert_eq!(reqs[0].body.data, b"{\"key\": \"modified\"}");
+}
+
+#[test]
+fn a_body_too_large_to_buffer_for_a_plugin_is_413() {
+    let origin = Origin::fixed("seen");
+    let proxy = spawn_proxy(&["--plugins", "ModifyPostDataPlugin"]);
+    proxy.route("alpha.test", &origin);
+    let resp = request(
+        proxy.addr,
+        b"POST http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 999999999\r\n\r\n",
+    );
+    resp.assert_error(413, "http_request_body_too_large");
+    assert!(origin.requests().is_empty());
+}

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::{Flow, Plugin, PluginError, PluginFactory, RequestCx};
-use crate::http::ResponseHead;
+use crate::http::{RequestHead, ResponseHead, Target};
 
 /// proxy.py's dotted name.
 pub const MODIFY_CHUNK_RESPONSE_NAME: &str = "proxy.plugin.ModifyChunkResponsePlugin";
@@ -65,5 +65,68 @@ impl PluginFactory for ModifyChunkResponseFactory {
 
     fn build(&self) -> Box<dyn Plugin> {
         Box::new(ModifyChunkResponse::default())
+    }
+}
+
+// === ModifyPostDataPlugin ===
+
+/// proxy.py's dotted name.
+pub const MODIFY_POST_DATA_NAME: &str = "proxy.plugin.ModifyPostDataPlugin";
+
+/// What a request body becomes.
+pub const MODIFIED_POST_DATA: &[u8] = br#"{"key": "modified"}"#;
+
+/// Replaces the body of every request that has one with [`MODIFIED_POST_DATA`] and
+/// `Content-Type: application/json`; the proxy sends it with `Content-Length: 19`.
+///
+/// Differs from proxy.py: a chunked request body is sent on with a Content-Length
+/// (proxy.py re-chunks it), and bodies over 8 MiB are refused with 413 (proxy.py
+/// buffers any size).
+#[derive(Default)]
+pub struct ModifyPostData {
+    /// Whether the current request has a body (decided in `on_request`).
+    active: bool,
+}
+
+impl Plugin for ModifyPostData {
+    fn name(&self) -> &'static str {
+        MODIFY_POST_DATA_NAME
+    }
+
+    fn on_request(
+        &mut self,
+        _cx: &RequestCx<'_>,
+        req: &mut RequestHead,
+        _target: &mut Target,
+    ) -> Result<Flow, PluginError> {
+        let has_length = req
+            .header("content-length")
+            .is_some_and(|v| v.iter().any(|&b| b != b'0'));
+        self.active = has_length || req.count("transfer-encoding") > 0;
+        if self.active {
+            req.set("Content-Type", b"application/json");
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn wants_request_body(&self) -> bool {
+        self.active
+    }
+
+    fn on_request_body(&mut self, _cx: &RequestCx<'_>, _body: Bytes) -> Result<Bytes, PluginError> {
+        Ok(Bytes::from_static(MODIFIED_POST_DATA))
+    }
+}
+
+/// Builds a [`ModifyPostData`] per connection.
+pub struct ModifyPostDataFactory;
+
+impl PluginFactory for ModifyPostDataFactory {
+    fn name(&self) -> &'static str {
+        MODIFY_POST_DATA_NAME
+    }
+
+    fn build(&self) -> Box<dyn Plugin> {
+        Box::new(ModifyPostData::default())
     }
 }

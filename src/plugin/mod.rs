@@ -23,6 +23,9 @@ use bytes::Bytes;
 use crate::config::Config;
 use crate::http::{self, RequestHead, ResponseHead, Target};
 
+/// Largest request body read whole for a plugin that asked for it (larger → 413).
+pub const MAX_BUFFERED_REQUEST_BODY: usize = 8 * 1024 * 1024;
+
 /// What the proxy does after a hook returns.
 #[must_use]
 #[derive(Debug)]
@@ -120,6 +123,20 @@ pub trait Plugin {
         Ok(Flow::Continue)
     }
 
+    /// Whether this plugin wants the request body of the current exchange; asked after
+    /// `on_request`. A body plugins want is read whole (up to
+    /// [`MAX_BUFFERED_REQUEST_BODY`], else 413) before the origin is contacted.
+    fn wants_request_body(&self) -> bool {
+        false
+    }
+
+    /// The whole decoded request body; returns the body to send instead. The proxy
+    /// sends it with an exact `Content-Length`.
+    fn on_request_body(&mut self, cx: &RequestCx<'_>, body: Bytes) -> Result<Bytes, PluginError> {
+        let _ = cx;
+        Ok(body)
+    }
+
     /// Whether this plugin wants the response body of the current exchange; asked
     /// after `on_response`. When no plugin does, the body is relayed as received,
     /// without being decoded or copied.
@@ -209,6 +226,26 @@ impl Chain {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// Whether any plugin wants this exchange's request body.
+    pub fn wants_request_body(&self) -> bool {
+        self.plugins.iter().any(|p| p.wants_request_body())
+    }
+
+    /// Passes the whole request body through every plugin that wants it, in order.
+    pub fn on_request_body(
+        &mut self,
+        cx: &RequestCx<'_>,
+        body: Bytes,
+    ) -> Result<Bytes, (&'static str, PluginError)> {
+        let mut data = body;
+        for plugin in self.plugins.iter_mut().filter(|p| p.wants_request_body()) {
+            data = plugin
+                .on_request_body(cx, data)
+                .map_err(|e| (plugin.name(), e))?;
+        }
+        Ok(data)
     }
 
     /// Whether any plugin wants this exchange's response body.

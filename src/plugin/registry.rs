@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::config::Config;
 
 use super::basic_auth::{self, BasicAuthFactory};
-use super::body_rewrite::{self, ModifyChunkResponseFactory};
+use super::body_rewrite::{self, ModifyChunkResponseFactory, ModifyPostDataFactory};
 use super::filters::{self, FilterByClientIpFactory, FilterByUpstreamHostFactory};
 use super::mock;
 use super::pac::{self, PacFileFactory};
@@ -38,6 +38,7 @@ pub const BUILTIN: &[&str] = &[
     mock::REST_API_NAME,
     mock::MITM_NAME,
     body_rewrite::MODIFY_CHUNK_RESPONSE_NAME,
+    body_rewrite::MODIFY_POST_DATA_NAME,
     web_route::NAME,
     basic_auth::NAME,
     pac::NAME,
@@ -64,6 +65,10 @@ const MODULES: &[(&str, &str)] = &[
     (
         rewrite::MODIFY_REQUEST_HEADER_NAME,
         "proxy.plugin.modify_request_header.ModifyRequestHeaderPlugin",
+    ),
+    (
+        body_rewrite::MODIFY_POST_DATA_NAME,
+        "proxy.plugin.modify_post_data.ModifyPostDataPlugin",
     ),
     (
         body_rewrite::MODIFY_CHUNK_RESPONSE_NAME,
@@ -138,6 +143,7 @@ pub fn factories(config: &Config) -> Result<Vec<Arc<dyn PluginFactory>>, String>
             rewrite::REDIRECT_NAME => Arc::new(RedirectToCustomServerFactory),
             rewrite::MODIFY_REQUEST_HEADER_NAME => Arc::new(ModifyRequestHeaderFactory),
             body_rewrite::MODIFY_CHUNK_RESPONSE_NAME => Arc::new(ModifyChunkResponseFactory),
+            body_rewrite::MODIFY_POST_DATA_NAME => Arc::new(ModifyPostDataFactory),
             mock::REST_API_NAME | mock::MITM_NAME => match mock::factory(dotted) {
                 Some(Ok(factory)) => factory,
                 Some(Err(e)) => return Err(format!("{dotted}: {e}")),

@@ -20,12 +20,13 @@ use super::io::{read_some, write_all, write_parts, IoFail};
 use super::{client_io_error, tunnel, upstream, Client, ConnState, Shared};
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError, Result};
+use crate::http::response::CONTINUE_100;
 use crate::http::target::host_header_value;
 use crate::http::{
     parse_response, request_body_kind, response_body_kind, BodyKind, ChunkedDecoder, Parsed,
     RequestHead, ResponseHead, Scheme, Version,
 };
-use crate::plugin::{Chain, Flow, PluginError, RequestCx};
+use crate::plugin::{Chain, Flow, PluginError, RequestCx, MAX_BUFFERED_REQUEST_BODY};
 
 /// Our `Via` entry (RFC 9110 §7.6.3): protocol version and pseudonym.
 const VIA: &[u8] = b"1.1 proxy";
@@ -68,13 +69,27 @@ pub async fn run(
     let config = &shared.config;
     let ConnState { parts, chain } = conn;
     let cx = shared.plugin_cx(client.addr);
-    let body = match request_body_kind(&head)
+    let mut body = match request_body_kind(&head)
         .map_err(|e| ProxyError::new(e.request_kind(), format!("request framing: {e:?}")))?
     {
         // `Content-Length: 0` is no body: nothing to upload, nothing to wait for.
         BodyKind::Length(0) => BodyKind::Empty,
         body => body,
     };
+    // A body a plugin asked for is read whole now, rewritten, and sent right behind the
+    // head with an exact length; nothing is left to upload from the client afterwards.
+    let mut rewritten: Option<Bytes> = None;
+    if body != BodyKind::Empty && !chain.is_empty() && chain.wants_request_body() {
+        let whole = read_whole_body(client, &head, body, config).await?;
+        let new = chain.on_request_body(&cx, whole).map_err(|(name, e)| {
+            ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
+        })?;
+        head.remove("transfer-encoding");
+        head.remove("expect");
+        head.set("Content-Length", new.len().to_string().as_bytes());
+        rewritten = Some(new);
+        body = BodyKind::Empty;
+    }
     let request = RequestFacts {
         keep_alive: client_wants_keep_alive(&head),
         version: head.version(),
@@ -83,8 +98,9 @@ pub async fn run(
         body,
     };
     head.encode(Version::Http11, parts);
+    parts.extend(rewritten.iter().cloned());
     // Only a request that can be sent again unchanged (no body, idempotent) is retried.
-    let retryable = body == BodyKind::Empty && is_idempotent(head.method());
+    let retryable = body == BodyKind::Empty && rewritten.is_none() && is_idempotent(head.method());
 
     let mut attempt = 0;
     loop {
@@ -232,6 +248,77 @@ impl Headers for ResponseHead {
     }
     fn remove_all(&mut self, name: &str) {
         self.remove(name);
+    }
+}
+
+/// Reads a whole request body (decoded) for the plugins that asked for it, within
+/// [`MAX_BUFFERED_REQUEST_BODY`]. The origin is not contacted yet, so an
+/// `Expect: 100-continue` is answered here.
+async fn read_whole_body(
+    client: &mut Client,
+    head: &RequestHead,
+    kind: BodyKind,
+    config: &Config,
+) -> Result<Bytes> {
+    let too_large = || {
+        ProxyError::new(
+            ErrorKind::RequestBodyTooLarge,
+            format!("a plugin reads request bodies whole, up to {MAX_BUFFERED_REQUEST_BODY} bytes"),
+        )
+    };
+    if let BodyKind::Length(n) = kind {
+        if n > MAX_BUFFERED_REQUEST_BODY as u64 {
+            return Err(too_large());
+        }
+    }
+    if head.version() == Version::Http11 && head.has_token("expect", "100-continue") {
+        write_all(&client.stream, CONTINUE_100, config.timeout)
+            .await
+            .map_err(|e| client_io_error(e, "writing 100 Continue"))?;
+    }
+    let mut decoder = ChunkedDecoder::new(&config.limits);
+    let mut whole = BytesMut::new();
+    let mut ranges = Vec::new();
+    loop {
+        match kind {
+            BodyKind::Length(n) => {
+                let n = usize::try_from(n).map_err(|_| too_large())?;
+                if client.buf.len() >= n {
+                    return Ok(client.buf.split_to(n).freeze());
+                }
+            }
+            BodyKind::Chunked => {
+                ranges.clear();
+                let progress = decoder
+                    .advance(&client.buf, Some(&mut ranges))
+                    .map_err(|e| {
+                        ProxyError::new(e.request_kind(), format!("request chunked body: {e:?}"))
+                    })?;
+                for range in &ranges {
+                    whole.extend_from_slice(client.buf.get(range.clone()).unwrap_or_default());
+                }
+                client.buf.advance(progress.consumed);
+                if whole.len() > MAX_BUFFERED_REQUEST_BODY {
+                    return Err(too_large());
+                }
+                if progress.done {
+                    return Ok(whole.freeze());
+                }
+            }
+            BodyKind::Empty | BodyKind::UntilClose => return Ok(Bytes::new()),
+        }
+        match read_some(
+            &client.stream,
+            &mut client.buf,
+            config.client_recvbuf_size,
+            config.timeout,
+        )
+        .await
+        {
+            Ok(0) => return Err(closed_in_body()),
+            Ok(_) => {}
+            Err(e) => return Err(client_io_error(e, "reading a request body")),
+        }
     }
 }
 
