@@ -384,3 +384,50 @@ fn a_body_too_large_to_buffer_for_a_plugin_is_413() {
     resp.assert_error(413, "http_request_body_too_large");
     assert!(origin.requests().is_empty());
 }
+
+/// Panics on every request: the exchange must get a clean 500, the worker must live on.
+struct Panicky;
+
+impl proxy::plugin::Plugin for Panicky {
+    fn name(&self) -> &'static str {
+        "panicky"
+    }
+    fn on_request(
+        &mut self,
+        _cx: &proxy::plugin::RequestCx<'_>,
+        req: &mut proxy::http::RequestHead,
+        _target: &mut proxy::http::Target,
+    ) -> Result<proxy::plugin::Flow, proxy::plugin::PluginError> {
+        if req.header("x-boom").is_some() {
+            panic!("boom");
+        }
+        Ok(proxy::plugin::Flow::Continue)
+    }
+}
+
+struct PanickyFactory;
+
+impl proxy::plugin::PluginFactory for PanickyFactory {
+    fn name(&self) -> &'static str {
+        "panicky"
+    }
+    fn build(&self) -> Box<dyn proxy::plugin::Plugin> {
+        Box::new(Panicky)
+    }
+}
+
+#[test]
+fn a_panicking_plugin_costs_its_exchange_a_500_not_the_worker() {
+    let origin = Origin::fixed("fine");
+    let proxy = spawn_proxy_plugins(&[], |_| {}, vec![std::sync::Arc::new(PanickyFactory)]);
+    proxy.route("alpha.test", &origin);
+    request(proxy.addr, &get("http://alpha.test/", "X-Boom: 1\r\n"))
+        .assert_error(500, "proxy_internal_error");
+    // The one worker still serves new connections.
+    for _ in 0..3 {
+        assert_eq!(
+            request(proxy.addr, &get("http://alpha.test/", "")).text(),
+            "fine"
+        );
+    }
+}

@@ -203,10 +203,9 @@ impl Chain {
         target: &mut Target,
     ) -> Result<Flow, (&'static str, PluginError)> {
         for plugin in &mut self.plugins {
-            match plugin.on_request(cx, req, target) {
-                Ok(Flow::Continue) => {}
-                Ok(flow) => return Ok(flow),
-                Err(e) => return Err((plugin.name(), e)),
+            match guard(plugin.name(), || plugin.on_request(cx, req, target))? {
+                Flow::Continue => {}
+                flow => return Ok(flow),
             }
         }
         Ok(Flow::Continue)
@@ -219,10 +218,9 @@ impl Chain {
         res: &mut ResponseHead,
     ) -> Result<Flow, (&'static str, PluginError)> {
         for plugin in &mut self.plugins {
-            match plugin.on_response(cx, res) {
-                Ok(Flow::Continue) => {}
-                Ok(flow) => return Ok(flow),
-                Err(e) => return Err((plugin.name(), e)),
+            match guard(plugin.name(), || plugin.on_response(cx, res))? {
+                Flow::Continue => {}
+                flow => return Ok(flow),
             }
         }
         Ok(Flow::Continue)
@@ -241,9 +239,7 @@ impl Chain {
     ) -> Result<Bytes, (&'static str, PluginError)> {
         let mut data = body;
         for plugin in self.plugins.iter_mut().filter(|p| p.wants_request_body()) {
-            data = plugin
-                .on_request_body(cx, data)
-                .map_err(|e| (plugin.name(), e))?;
+            data = guard(plugin.name(), || plugin.on_request_body(cx, data))?;
         }
         Ok(data)
     }
@@ -264,9 +260,7 @@ impl Chain {
             if data.is_empty() {
                 break;
             }
-            data = plugin
-                .on_response_chunk(cx, data)
-                .map_err(|e| (plugin.name(), e))?;
+            data = guard(plugin.name(), || plugin.on_response_chunk(cx, data))?;
         }
         Ok(data)
     }
@@ -283,9 +277,9 @@ impl Chain {
             let passed = if carry.is_empty() {
                 Bytes::new()
             } else {
-                plugin.on_response_chunk(cx, carry).map_err(|e| (name, e))?
+                guard(name, || plugin.on_response_chunk(cx, carry))?
             };
-            let tail = plugin.on_response_end(cx).map_err(|e| (name, e))?;
+            let tail = guard(name, || plugin.on_response_end(cx))?;
             carry = match (passed.is_empty(), tail.is_empty()) {
                 (_, true) => passed,
                 (true, false) => tail,
@@ -298,7 +292,32 @@ impl Chain {
     /// Runs `on_complete` on every plugin.
     pub fn on_complete(&mut self, cx: &RequestCx<'_>, status: Option<u16>) {
         for plugin in &mut self.plugins {
-            plugin.on_complete(cx, status);
+            let name = plugin.name();
+            let _ = guard(name, || {
+                plugin.on_complete(cx, status);
+                Ok(())
+            });
+        }
+    }
+}
+
+/// Runs one hook; a panic in it becomes an error naming the plugin, so a buggy plugin
+/// costs its exchange a 500, never the worker or a silent close. (The plugin may be
+/// left half-updated: the connection ends after the error anyway.)
+fn guard<T>(
+    name: &'static str,
+    hook: impl FnOnce() -> Result<T, PluginError>,
+) -> Result<T, (&'static str, PluginError)> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err((name, e)),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            Err((name, PluginError(format!("panicked: {what}"))))
         }
     }
 }
