@@ -54,7 +54,10 @@ pub fn client_wants_keep_alive(head: &RequestHead) -> bool {
 
 /// Forwards one absolute-form request. Returns whether the client connection may
 /// carry another request.
-#[expect(clippy::too_many_arguments, reason = "one exchange's sockets, buffers and state; a struct would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one exchange's sockets, buffers and state; a struct would only rename them"
+)]
 pub async fn run(
     client: &mut Client,
     shared: &Shared,
@@ -331,7 +334,10 @@ fn is_idempotent(method: &[u8]) -> bool {
 }
 
 /// One request/response exchange on one upstream connection.
-#[expect(clippy::too_many_arguments, reason = "one exchange's sockets, buffers and state; a struct would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one exchange's sockets, buffers and state; a struct would only rename them"
+)]
 async fn exchange_once(
     client: &mut Client,
     config: &Config,
@@ -546,7 +552,10 @@ struct Hooks<'a, 'c> {
 }
 
 /// Reads the response (interim heads, final head, body) and relays it to the client.
-#[expect(clippy::too_many_arguments, reason = "one exchange's sockets, buffers and state; a struct would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one exchange's sockets, buffers and state; a struct would only rename them"
+)]
 async fn download(
     client: &TcpStream,
     upstream: &TcpStream,
@@ -875,7 +884,10 @@ async fn relay_body(
 /// raw bytes before a close otherwise). Memory stays bounded: one read buffer, plus
 /// whatever the plugins themselves choose to keep. Returns whether the upstream
 /// response ended cleanly with nothing after it.
-#[expect(clippy::too_many_arguments, reason = "one exchange's sockets, buffers and state; a struct would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one exchange's sockets, buffers and state; a struct would only rename them"
+)]
 async fn relay_transformed(
     client: &TcpStream,
     upstream: &TcpStream,
