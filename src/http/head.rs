@@ -348,6 +348,16 @@ impl RequestHead {
         self.target.of(self.fields.raw())
     }
 
+    /// Whether the client asks to keep the connection after this exchange
+    /// (RFC 9112 §9.3: HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with
+    /// `Connection: keep-alive`).
+    pub fn wants_keep_alive(&self) -> bool {
+        match self.version {
+            Version::Http11 => !self.has_token("connection", "close"),
+            Version::Http10 => self.has_token("connection", "keep-alive"),
+        }
+    }
+
     /// The request-target as received, as a zero-copy slice of the head.
     pub fn target_bytes(&self) -> Bytes {
         self.fields.raw().slice_ref(self.target())

@@ -61,6 +61,30 @@ impl Reply {
         }
     }
 
+    /// A reply to a request addressed to the proxy itself: the connection is kept as
+    /// the request asks (and only if it carried no body), and a HEAD gets the same
+    /// head with no body.
+    pub fn answering(
+        req: &RequestHead,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Self {
+        let no_body = matches!(http::request_body_kind(req), Ok(http::BodyKind::Empty));
+        let close = !(no_body && req.wants_keep_alive());
+        let bytes = http::response::simple_response(status, headers, body, close);
+        let bytes = if req.is_method("HEAD") {
+            bytes.slice(..bytes.len().saturating_sub(body.len()))
+        } else {
+            bytes
+        };
+        Reply {
+            status,
+            bytes,
+            close,
+        }
+    }
+
     /// A response given byte for byte (to match proxy.py's packets exactly).
     pub fn raw(status: u16, bytes: Bytes, close: bool) -> Self {
         Reply {
@@ -69,6 +93,16 @@ impl Reply {
             close,
         }
     }
+}
+
+/// The path (query excluded) of a GET or HEAD request addressed to the proxy itself
+/// (origin-form), the requests the local responders (PAC, web routes) answer.
+pub fn local_get_path<'a>(req: &'a RequestHead, target: &Target) -> Option<&'a [u8]> {
+    if !matches!(target, Target::Origin) || !(req.is_method("GET") || req.is_method("HEAD")) {
+        return None;
+    }
+    let raw = req.target();
+    raw.split(|&b| b == b'?').next()
 }
 
 /// What a hook may know about the exchange it runs in.

@@ -13,9 +13,9 @@
 use bytes::Bytes;
 
 use crate::config::Config;
-use crate::http::{request_body_kind, BodyKind, RequestHead, Target, Version};
+use crate::http::{RequestHead, Target};
 
-use super::{Flow, Plugin, PluginError, PluginFactory, Reply, RequestCx};
+use super::{local_get_path, Flow, Plugin, PluginError, PluginFactory, Reply, RequestCx};
 
 /// The plugin's proxy.py name.
 pub const NAME: &str = "proxy.http.server.HttpWebServerPacFilePlugin";
@@ -80,44 +80,16 @@ impl Plugin for PacFile {
         req: &mut RequestHead,
         target: &mut Target,
     ) -> Result<Flow, PluginError> {
-        if !matches!(target, Target::Origin) {
+        if local_get_path(req, target) != Some(self.url_path.as_ref()) {
             return Ok(Flow::Continue);
         }
-        let is_head = req.is_method("HEAD");
-        if !is_head && !req.is_method("GET") {
-            return Ok(Flow::Continue);
-        }
-        let raw = req.target();
-        let path = raw.split(|&b| b == b'?').next().unwrap_or(raw);
-        if path != self.url_path.as_ref() {
-            return Ok(Flow::Continue);
-        }
-        let close = !keeps_alive(req);
-        let bytes = crate::http::response::simple_response(
+        Ok(Flow::Respond(Reply::answering(
+            req,
             200,
             &[("Content-Type", CONTENT_TYPE)],
             &self.body,
-            close,
-        );
-        let bytes = if is_head {
-            // Same head (Content-Length of the file), no body.
-            bytes.slice(..bytes.len().saturating_sub(self.body.len()))
-        } else {
-            bytes
-        };
-        Ok(Flow::Respond(Reply::raw(200, bytes, close)))
+        )))
     }
-}
-
-/// Whether the client wants the connection kept after this request (RFC 9112 §9.3) and
-/// sent no body we would have to skip.
-fn keeps_alive(req: &RequestHead) -> bool {
-    let no_body = matches!(request_body_kind(req), Ok(BodyKind::Empty));
-    let persistent = match req.version() {
-        Version::Http11 => !req.has_token("Connection", "close"),
-        Version::Http10 => req.has_token("Connection", "keep-alive"),
-    };
-    no_body && persistent
 }
 
 #[cfg(test)]

@@ -17,9 +17,9 @@
 //!   method. Other requests fall through to the static server or the core's 404;
 //! - `Connection: close` is added when the client asked to close (or sent a body).
 
-use crate::http::{request_body_kind, BodyKind, RequestHead, Target, Version};
+use crate::http::{RequestHead, Target};
 
-use super::{Flow, Plugin, PluginError, PluginFactory, Reply, RequestCx};
+use super::{local_get_path, Flow, Plugin, PluginError, PluginFactory, Reply, RequestCx};
 
 /// The plugin's proxy.py name.
 pub const NAME: &str = "proxy.plugin.WebServerPlugin";
@@ -62,37 +62,19 @@ impl Plugin for WebServerPlugin {
         req: &mut RequestHead,
         target: &mut Target,
     ) -> Result<Flow, PluginError> {
-        if !cx.config.enable_web_server || !matches!(target, Target::Origin) {
+        if !cx.config.enable_web_server {
             return Ok(Flow::Continue);
         }
-        let is_head = req.is_method("HEAD");
-        if !is_head && !req.is_method("GET") {
+        if local_get_path(req, target) != Some(HTTP_ROUTE) {
             return Ok(Flow::Continue);
         }
-        let raw = req.target();
-        let path = raw.split(|&b| b == b'?').next().unwrap_or(raw);
-        if path != HTTP_ROUTE {
-            return Ok(Flow::Continue);
-        }
-        let close = !keeps_alive(req);
-        let bytes = crate::http::response::simple_response(200, &[], HTTP_ROUTE_BODY, close);
-        let bytes = if is_head {
-            bytes.slice(..bytes.len().saturating_sub(HTTP_ROUTE_BODY.len()))
-        } else {
-            bytes
-        };
-        Ok(Flow::Respond(Reply::raw(200, bytes, close)))
+        Ok(Flow::Respond(Reply::answering(
+            req,
+            200,
+            &[],
+            HTTP_ROUTE_BODY,
+        )))
     }
-}
-
-/// Whether the client wants the connection kept (RFC 9112 §9.3) and sent no body.
-fn keeps_alive(req: &RequestHead) -> bool {
-    let no_body = matches!(request_body_kind(req), Ok(BodyKind::Empty));
-    let persistent = match req.version() {
-        Version::Http11 => !req.has_token("Connection", "close"),
-        Version::Http10 => req.has_token("Connection", "keep-alive"),
-    };
-    no_body && persistent
 }
 
 #[cfg(test)]

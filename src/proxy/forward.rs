@@ -44,14 +44,6 @@ const HOP_BY_HOP: &[&str] = &[
 
 const HEAD_READ_CHUNK: usize = 16 * 1024;
 
-/// Whether the client asked to keep its connection open after this exchange.
-pub fn client_wants_keep_alive(head: &RequestHead) -> bool {
-    match head.version() {
-        Version::Http11 => !head.has_token("connection", "close"),
-        Version::Http10 => head.has_token("connection", "keep-alive"),
-    }
-}
-
 /// Forwards one absolute-form request. Returns whether the client connection may
 /// carry another request.
 #[expect(
@@ -94,7 +86,7 @@ pub async fn run(
         body = BodyKind::Empty;
     }
     let request = RequestFacts {
-        keep_alive: client_wants_keep_alive(&head),
+        keep_alive: head.wants_keep_alive(),
         version: head.version(),
         is_head: head.is_method("HEAD"),
         upgrade: prepare_request(&mut head, host, port, path, config),

@@ -311,8 +311,7 @@ async fn route(
             // Addressed to the proxy itself: the built-in web server will live here.
             // A body we are not going to read means the connection cannot be reused.
             let has_body = !matches!(http::request_body_kind(&head), Ok(http::BodyKind::Empty));
-            let keep_alive =
-                forward::client_wants_keep_alive(&head) && !has_body && !*shutdown.borrow();
+            let keep_alive = head.wants_keep_alive() && !has_body && !*shutdown.borrow();
             let reply = http::response::simple_response(
                 404,
                 &[("Content-Type", "text/plain; charset=utf-8")],
@@ -342,8 +341,7 @@ async fn send_reply(
     // DESIGN §3 rule 7: a body we did not read must not be taken for the next
     // request; we close rather than drain it.
     let has_body = !matches!(http::request_body_kind(head), Ok(http::BodyKind::Empty));
-    let keep_alive =
-        !reply.close && !has_body && forward::client_wants_keep_alive(head) && !*shutdown.borrow();
+    let keep_alive = !reply.close && !has_body && head.wants_keep_alive() && !*shutdown.borrow();
     exchange.set_status(reply.status);
     exchange.add_bytes(reply.bytes.len() as u64);
     io::write_all(&client.stream, &reply.bytes, config.timeout)

@@ -37,7 +37,6 @@ use tokio::net::TcpStream;
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::{response::simple_response, RequestHead};
-use crate::proxy::forward::client_wants_keep_alive;
 use crate::proxy::io::{write_all, IoFail};
 
 /// Bytes read from a file and written to the client at a time.
@@ -206,7 +205,7 @@ pub async fn serve(
     root: &Path,
     config: &Config,
 ) -> Result<StaticOutcome, StaticError> {
-    let keep_alive = client_wants_keep_alive(head);
+    let keep_alive = head.wants_keep_alive();
     let is_head = head.is_method("HEAD");
     if !is_head && !head.is_method("GET") {
         return reply(
