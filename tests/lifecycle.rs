@@ -9,7 +9,7 @@
 mod support;
 
 use std::io::{self, Read};
-use std::process::{Command, Stdio};
+
 use std::sync::mpsc;
 use std::sync::{Barrier, Mutex};
 use std::thread;
@@ -208,62 +208,13 @@ fn two_workers_serve_50_concurrent_connections() {
 #[test]
 fn binary_serves_then_exits_zero_on_sigterm() {
     let origin = Origin::fixed("via the binary");
-    let port_file = temp_path("bin-port-file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
-        .args([
-            "--port",
-            "0",
-            "--num-workers",
-            "1",
-            "--port-file",
-            port_file.to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-
-    // Readiness is the port file's appearance: poll for it (bounded).
-    let deadline = Instant::now() + WAIT;
-    let port: u16 = loop {
-        if let Some(port) = std::fs::read_to_string(&port_file)
-            .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
-        {
-            break port;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("proxy exited early: {status}");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("no port file after {WAIT:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-
+    let proxy = ProxyBinary::spawn(&[]);
     // An IP literal: the binary uses the system resolver, and tests look up no real names.
-    let resp = request(([127, 0, 0, 1], port).into(), &get(&origin.url("/bin"), ""));
+    let resp = request(proxy.addr, &get(&origin.url("/bin"), ""));
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "via the binary");
-
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("proxy did not exit after SIGTERM");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
+    let port_file = proxy.port_file.clone();
+    let status = proxy.terminate();
     assert_eq!(status.code(), Some(0), "{status}");
     assert!(!port_file.exists(), "port file left behind");
 }

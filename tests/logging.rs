@@ -10,92 +10,8 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
 
 use support::*;
-
-/// The binary, listening on 127.0.0.1:<ephemeral>, logging to `log_file`.
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Binary {
-    fn spawn(log_file: &Path, extra: &[&str]) -> Binary {
-        let port_file = temp_path("log-port-file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
-            .args([
-                "--port",
-                "0",
-                "--num-workers",
-                "1",
-                "--port-file",
-                port_file.to_str().unwrap(),
-                "--log-file",
-                log_file.to_str().unwrap(),
-            ])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        // Readiness is the port file's appearance: poll for it (bounded).
-        let deadline = Instant::now() + WAIT;
-        let port: u16 = loop {
-            if let Some(port) = std::fs::read_to_string(&port_file)
-                .ok()
-                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
-            {
-                break port;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("proxy exited early: {status}");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("no port file after {WAIT:?}");
-            }
-            thread::sleep(Duration::from_millis(10));
-        };
-        Binary {
-            child,
-            addr: ([127, 0, 0, 1], port).into(),
-        }
-    }
-
-    /// SIGTERM, then waits (bounded) for exit status 0.
-    fn terminate(mut self) {
-        let kill = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("proxy did not exit after SIGTERM");
-            }
-            thread::sleep(Duration::from_millis(10));
-        };
-        assert_eq!(status.code(), Some(0), "{status}");
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        // Only matters when a test failed before `terminate`.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One GET through the proxy; returns the response, its size on the wire and the
 /// client's own address.
@@ -113,14 +29,19 @@ fn json_access_lines_carry_every_field() {
     let origin = Origin::fixed("logged body");
     let refused = refused_addr();
     let log_file = temp_path("access-json.log");
-    let proxy = Binary::spawn(&log_file, &["--log-format", "json"]);
+    let proxy = ProxyBinary::spawn(&[
+        "--log-file",
+        log_file.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
 
     let (ok_resp, ok_size, ok_client) = get_through(proxy.addr, &origin.url("/logged?q=1"));
     assert_eq!(ok_resp.status, 200);
     let (bad_resp, bad_size, bad_client) =
         get_through(proxy.addr, &format!("http://{refused}/nowhere"));
     bad_resp.assert_error(502, "connection_refused");
-    proxy.terminate();
+    assert_eq!(proxy.terminate().code(), Some(0));
 
     let text = std::fs::read_to_string(&log_file).unwrap();
     let lines: Vec<serde_json::Value> = text
@@ -165,12 +86,12 @@ fn json_access_lines_carry_every_field() {
 fn default_template_access_line_has_proxy_py_shape() {
     let origin = Origin::fixed("template body");
     let log_file = temp_path("access-template.log");
-    let proxy = Binary::spawn(&log_file, &[]);
+    let proxy = ProxyBinary::spawn(&["--log-file", log_file.to_str().unwrap()]);
 
     let pid = proxy.child.id();
     let (resp, size, client) = get_through(proxy.addr, &origin.url("/index.html"));
     assert_eq!(resp.status, 200);
-    proxy.terminate();
+    assert_eq!(proxy.terminate().code(), Some(0));
 
     let text = std::fs::read_to_string(&log_file).unwrap();
     let wanted = format!("{client} - GET ");

@@ -914,3 +914,85 @@ impl Wire {
         read_response_inner(self, "GET")
     }
 }
+
+// === the binary ===
+
+/// The `proxy` binary, listening on 127.0.0.1:<ephemeral>; killed if dropped running.
+#[allow(dead_code)]
+pub struct ProxyBinary {
+    /// The running process.
+    pub child: std::process::Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The `--port-file` it wrote (removed on a clean exit).
+    pub port_file: PathBuf,
+}
+
+#[allow(dead_code)]
+impl ProxyBinary {
+    /// Starts the binary with `--port 0 --num-workers 1 --port-file <tmp>` plus `extra`,
+    /// and returns once the port file names its port (polled, bounded).
+    pub fn spawn(extra: &[&str]) -> ProxyBinary {
+        use std::process::{Command, Stdio};
+        let port_file = temp_path("bin-port-file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+            .args(["--port", "0", "--num-workers", "1", "--port-file"])
+            .arg(&port_file)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        let port: u16 = loop {
+            if let Some(port) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+            {
+                break port;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("proxy exited early: {status}");
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("no port file after {WAIT:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        ProxyBinary {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+            port_file,
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("proxy did not exit after SIGTERM");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ProxyBinary {
+    fn drop(&mut self) {
+        // Only matters when a test failed before `terminate`.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
