@@ -64,6 +64,12 @@ pub async fn run(
     let config = &shared.config;
     let ConnState { parts, chain } = conn;
     let cx = shared.plugin_cx(client.addr);
+    if names_framing_header(&head) {
+        return Err(ProxyError::new(
+            ErrorKind::HttpRequestError,
+            "Connection names a framing header",
+        ));
+    }
     let mut body = match request_body_kind(&head)
         .map_err(|e| ProxyError::new(e.request_kind(), format!("request framing: {e:?}")))?
     {
@@ -186,6 +192,21 @@ fn prepare_request(
     head.append("Via", VIA);
     head.set_target(path);
     upgrade
+}
+
+/// True when `Connection` names a framing header. RFC 9110 §7.6.1 says listed
+/// headers are removed before forwarding, but removing `Content-Length` or
+/// `Transfer-Encoding` after the framing was read from them would send a body with no
+/// framing, and the next hop would read it as a new message (request smuggling, or a
+/// response that swallows the next one). Such a message is refused.
+fn names_framing_header<H: Headers>(head: &H) -> bool {
+    head.values("connection").iter().any(|value| {
+        value.split(|&b| b == b',').any(|token| {
+            let token = trim_ows(token);
+            token.eq_ignore_ascii_case(b"content-length")
+                || token.eq_ignore_ascii_case(b"transfer-encoding")
+        })
+    })
 }
 
 /// Removes the headers a `Connection` header names (RFC 9110 §7.6.1). Allocates only
@@ -604,6 +625,12 @@ async fn download(
         }
     };
 
+    if names_framing_header(&head) {
+        return Err(Failure::Fatal(ProxyError::new(
+            ErrorKind::HttpProtocolError,
+            "response Connection names a framing header",
+        )));
+    }
     let body = response_body_kind(&head, request.is_head).map_err(|e| {
         Failure::Fatal(ProxyError::new(
             e.response_kind(),

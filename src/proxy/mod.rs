@@ -95,7 +95,9 @@ impl Shared {
     }
 
     /// True when `addr` is one of our listening sockets (or a wildcard one's port on loopback).
+    /// Addresses are compared in canonical form: `::ffff:127.0.0.1` is `127.0.0.1`.
     pub fn is_own_address(&self, addr: SocketAddr) -> bool {
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
         self.listen_addrs.iter().any(|own| {
             own.port() == addr.port()
                 && (own.ip() == addr.ip() || (own.ip().is_unspecified() && addr.ip().is_loopback()))
@@ -105,6 +107,8 @@ impl Shared {
     /// True when a connection from `local` to `peer` ends at one of our listeners:
     /// same port, and either a listener on that IP or a wildcard listener on this host.
     pub fn is_self_connection(&self, peer: SocketAddr, local: SocketAddr) -> bool {
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let local = SocketAddr::new(local.ip().to_canonical(), local.port());
         self.listen_addrs.iter().any(|own| {
             own.port() == peer.port()
                 && (own.ip() == peer.ip() || (own.ip().is_unspecified() && peer.ip() == local.ip()))
@@ -529,6 +533,10 @@ mod tests {
         ]);
         let shared = Shared::new(Arc::new(Config::default()), listen, Arc::from(vec![]), 0);
         assert!(shared.is_own_address("127.0.0.1:8899".parse().unwrap()));
+        assert!(
+            shared.is_own_address("[::ffff:127.0.0.1]:8899".parse().unwrap()),
+            "v4-mapped"
+        );
         assert!(!shared.is_own_address("127.0.0.2:8899".parse().unwrap()));
         assert!(
             shared.is_own_address("127.0.0.5:9000".parse().unwrap()),
