@@ -431,3 +431,25 @@ fn a_panicking_plugin_costs_its_exchange_a_500_not_the_worker() {
         );
     }
 }
+
+#[test]
+fn program_name_labels_local_clients_in_the_access_log() {
+    let origin = Origin::fixed("ok");
+    let log_file = temp_path("program-name-log");
+    let proxy = ProxyBinary::spawn(&[
+        "--plugins",
+        "ProgramNamePlugin",
+        "--log-file",
+        log_file.to_str().unwrap(),
+    ]);
+    let mut client = Wire::connect(proxy.addr);
+    let client_port = client.stream().local_addr().unwrap().port();
+    client.send(&get(&origin.url("/named"), ""));
+    assert_eq!(client.read_response().text(), "ok");
+    drop(client);
+    assert_eq!(proxy.terminate().code(), Some(0));
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    let me = std::fs::read_to_string("/proc/self/comm").unwrap();
+    let expected = format!("{}:{client_port} - GET ", me.trim_end());
+    assert!(log.contains(&expected), "expected {expected:?} in:\n{log}");
+}

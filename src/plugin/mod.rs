@@ -12,6 +12,7 @@ pub mod body_rewrite;
 pub mod filters;
 pub mod mock;
 pub mod pac;
+pub mod program_name;
 pub mod registry;
 pub mod rewrite;
 pub mod web_route;
@@ -200,6 +201,13 @@ pub trait Plugin {
     fn on_complete(&mut self, cx: &RequestCx<'_>, status: Option<u16>) {
         let _ = (cx, status);
     }
+
+    /// How the access log names the client instead of its IP address (proxy.py's
+    /// `on_access_log` rewriting `client_ip`); asked only when the access log is on.
+    fn client_label(&mut self, cx: &RequestCx<'_>) -> Option<String> {
+        let _ = cx;
+        None
+    }
 }
 
 /// Builds a plugin for each new client connection. Built once from `Config`.
@@ -321,6 +329,17 @@ impl Chain {
             };
         }
         Ok(carry)
+    }
+
+    /// The first client label a plugin gives, if any.
+    pub fn client_label(&mut self, cx: &RequestCx<'_>) -> Option<String> {
+        for plugin in &mut self.plugins {
+            let name = plugin.name();
+            if let Ok(Some(label)) = guard(name, || Ok(plugin.client_label(cx))) {
+                return Some(label);
+            }
+        }
+        None
     }
 
     /// Runs `on_complete` on every plugin.

@@ -22,6 +22,7 @@ use super::body_rewrite::{self, ModifyChunkResponseFactory, ModifyPostDataFactor
 use super::filters::{self, FilterByClientIpFactory, FilterByUpstreamHostFactory};
 use super::mock;
 use super::pac::{self, PacFileFactory};
+use super::program_name::{self, ProgramNameFactory};
 use super::rewrite::{
     self, ModifyRequestHeaderFactory, RedirectToCustomServerFactory, ShortLinkFactory,
 };
@@ -39,6 +40,7 @@ pub const BUILTIN: &[&str] = &[
     mock::MITM_NAME,
     body_rewrite::MODIFY_CHUNK_RESPONSE_NAME,
     body_rewrite::MODIFY_POST_DATA_NAME,
+    program_name::NAME,
     web_route::NAME,
     basic_auth::NAME,
     pac::NAME,
@@ -65,6 +67,10 @@ const MODULES: &[(&str, &str)] = &[
     (
         rewrite::MODIFY_REQUEST_HEADER_NAME,
         "proxy.plugin.modify_request_header.ModifyRequestHeaderPlugin",
+    ),
+    (
+        program_name::NAME,
+        "proxy.plugin.program_name.ProgramNamePlugin",
     ),
     (
         body_rewrite::MODIFY_POST_DATA_NAME,
@@ -144,6 +150,7 @@ pub fn factories(config: &Config) -> Result<Vec<Arc<dyn PluginFactory>>, String>
             rewrite::MODIFY_REQUEST_HEADER_NAME => Arc::new(ModifyRequestHeaderFactory),
             body_rewrite::MODIFY_CHUNK_RESPONSE_NAME => Arc::new(ModifyChunkResponseFactory),
             body_rewrite::MODIFY_POST_DATA_NAME => Arc::new(ModifyPostDataFactory),
+            program_name::NAME => Arc::new(ProgramNameFactory),
             mock::REST_API_NAME | mock::MITM_NAME => match mock::factory(dotted) {
                 Some(Ok(factory)) => factory,
                 Some(Err(e)) => return Err(format!("{dotted}: {e}")),

@@ -24,6 +24,7 @@ pub struct Exchange {
     status: Option<u16>,
     bytes: u64,
     response_started: bool,
+    client_label: Option<String>,
 }
 
 impl Exchange {
@@ -39,6 +40,7 @@ impl Exchange {
             status: None,
             bytes: 0,
             response_started: false,
+            client_label: None,
         }
     }
 
@@ -63,6 +65,16 @@ impl Exchange {
     /// Marks that bytes were sent to the client (an interim response, a tunnel's 200).
     pub fn mark_response_started(&mut self) {
         self.response_started = true;
+    }
+
+    /// Whether access-log lines are written at all (so costly labels can be skipped).
+    pub fn enabled() -> bool {
+        tracing::enabled!(target: "proxy::access", tracing::Level::INFO)
+    }
+
+    /// Names the client in the log line instead of its IP address (a plugin's label).
+    pub fn set_client_label(&mut self, label: Option<String>) {
+        self.client_label = label;
     }
 
     /// Counts bytes sent to the client.
@@ -111,7 +123,12 @@ impl Exchange {
         let code = err.map(|e| e.code()).unwrap_or("");
         let status = self.status.unwrap_or(0);
         let reason = self.status.map(reason_phrase).unwrap_or("-");
-        let (ip, cport) = (self.client.ip(), self.client.port());
+        let cport = self.client.port();
+        let client_ip = self.client.ip();
+        let ip: &dyn std::fmt::Display = match &self.client_label {
+            Some(label) => label,
+            None => &client_ip,
+        };
         // proxy.py writes `None:None` where no upstream was involved (its README FAQ).
         let (host, port): (&str, &dyn std::fmt::Display) = if self.host.is_empty() {
             ("None", &"None")

@@ -190,8 +190,11 @@ pub async fn serve_connection(
         )
         .await;
         if !conn.chain.is_empty() {
-            conn.chain
-                .on_complete(&shared.plugin_cx(client.addr), exchange.status());
+            let cx = shared.plugin_cx(client.addr);
+            conn.chain.on_complete(&cx, exchange.status());
+            if Exchange::enabled() {
+                exchange.set_client_label(conn.chain.client_label(&cx));
+            }
         }
         match result {
             Ok(keep_alive) => {
