@@ -155,16 +155,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::http::{parse_request, parse_target, Parsed};
-    use bytes::BytesMut;
 
     fn head(raw: &str) -> (RequestHead, Target) {
-        let mut buf = BytesMut::from(raw.as_bytes());
-        let Parsed::Complete(head) = parse_request(&mut buf, &Default::default()).unwrap() else {
-            panic!("partial head");
-        };
-        let target = parse_target(&head.target_bytes(), head.is_method("CONNECT")).unwrap();
-        (head, target)
+        crate::plugin::testing::request(raw)
     }
 
     fn run(factory: &BasicAuthFactory, raw: &str) -> Flow {

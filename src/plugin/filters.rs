@@ -188,8 +188,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::http::{parse_request, parse_target, Parsed};
-    use bytes::BytesMut;
     use std::net::SocketAddr;
 
     fn run(factory: &dyn PluginFactory, client: &str, raw: &str) -> Flow {
@@ -200,12 +198,7 @@ mod tests {
             config: &config,
             listen_addrs: &config.listen,
         };
-        let mut buf = BytesMut::from(raw.as_bytes());
-        let Parsed::Complete(mut req) = parse_request(&mut buf, &Default::default()).unwrap()
-        else {
-            panic!("partial head");
-        };
-        let mut target = parse_target(&req.target_bytes(), req.is_method("CONNECT")).unwrap();
+        let (mut req, mut target) = crate::plugin::testing::request(raw);
         factory
             .build()
             .on_request(&cx, &mut req, &mut target)

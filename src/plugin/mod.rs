@@ -375,6 +375,26 @@ fn guard<T>(
     }
 }
 
+/// Helpers for the plugins' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Parses `raw` into a request head and its target, as the proxy does.
+    pub fn request(raw: &str) -> (RequestHead, Target) {
+        let mut buf = bytes::BytesMut::from(raw.as_bytes());
+        let Ok(http::Parsed::Complete(head)) =
+            http::parse_request(&mut buf, &crate::config::Limits::default())
+        else {
+            panic!("not a complete request head: {raw:?}")
+        };
+        let Ok(target) = http::parse_target(&head.target_bytes(), head.is_method("CONNECT")) else {
+            panic!("bad request target: {raw:?}")
+        };
+        (head, target)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,15 +447,7 @@ mod tests {
     }
 
     fn request() -> (RequestHead, Target) {
-        let mut buf =
-            bytes::BytesMut::from(&b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n"[..]);
-        let http::Parsed::Complete(head) =
-            http::parse_request(&mut buf, &crate::config::Limits::default()).unwrap()
-        else {
-            panic!("partial")
-        };
-        let target = http::parse_target(&head.target_bytes(), false).unwrap();
-        (head, target)
+        testing::request("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n")
     }
 
     fn cx(config: &Config) -> RequestCx<'_> {

@@ -97,8 +97,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::http::{parse_request, parse_target, Parsed};
-    use bytes::BytesMut;
 
     const PAC: &[u8] = b"function FindProxyForURL(url, host) { return \"PROXY 127.0.0.1:8899\"; }";
 
@@ -109,12 +107,7 @@ mod tests {
             config: &config,
             listen_addrs: &config.listen,
         };
-        let mut buf = BytesMut::from(raw.as_bytes());
-        let Parsed::Complete(mut req) = parse_request(&mut buf, &Default::default()).unwrap()
-        else {
-            panic!("partial head");
-        };
-        let mut target = parse_target(&req.target_bytes(), req.is_method("CONNECT")).unwrap();
+        let (mut req, mut target) = crate::plugin::testing::request(raw);
         PacFileFactory::with(Bytes::from_static(PAC), path)
             .build()
             .on_request(&cx, &mut req, &mut target)

@@ -83,8 +83,6 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::http::{parse_request, parse_target, Parsed};
-    use bytes::BytesMut;
 
     fn run(enabled: bool, raw: &str) -> Flow {
         let config = Config {
@@ -96,12 +94,7 @@ mod tests {
             config: &config,
             listen_addrs: &config.listen,
         };
-        let mut buf = BytesMut::from(raw.as_bytes());
-        let Parsed::Complete(mut req) = parse_request(&mut buf, &Default::default()).unwrap()
-        else {
-            panic!("partial head");
-        };
-        let mut target = parse_target(&req.target_bytes(), req.is_method("CONNECT")).unwrap();
+        let (mut req, mut target) = crate::plugin::testing::request(raw);
         WebServerFactory
             .build()
             .on_request(&cx, &mut req, &mut target)

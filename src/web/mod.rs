@@ -14,7 +14,7 @@
 //! `--disable-http-proxy` makes `route` refuse absolute-form and CONNECT requests (400), so
 //! only the above answers.
 //!
-//! Differences from proxy.py: no gzip (`--min-compression-length` is not implemented), no
+//! Differences from proxy.py: no gzip (there is no `--min-compression-length`), no
 //! TLS listener routes, no websocket routes, no reverse proxy; replies keep the connection
 //! open when the client asked for it (proxy.py closes after every static file and 404);
 //! path traversal is refused (proxy.py serves `/../../etc/hostname`).
