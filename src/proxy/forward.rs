@@ -200,37 +200,44 @@ fn prepare_request(
 /// framing, and the next hop would read it as a new message (request smuggling, or a
 /// response that swallows the next one). Such a message is refused.
 fn names_framing_header<H: Headers>(head: &H) -> bool {
-    head.values("connection").iter().any(|value| {
-        value.split(|&b| b == b',').any(|token| {
-            let token = trim_ows(token);
-            token.eq_ignore_ascii_case(b"content-length")
-                || token.eq_ignore_ascii_case(b"transfer-encoding")
-        })
-    })
+    let mut found = false;
+    each_connection_token(head, &mut |token| {
+        found |= token.eq_ignore_ascii_case(b"content-length")
+            || token.eq_ignore_ascii_case(b"transfer-encoding");
+    });
+    found
 }
 
 /// Removes the headers a `Connection` header names (RFC 9110 §7.6.1). Allocates only
 /// when it names something other than the usual `close`/`keep-alive`/`upgrade`.
 fn remove_connection_listed<H: Headers>(head: &mut H, keep_upgrade: bool) {
     let mut listed: Vec<String> = Vec::new();
-    for value in head.values("connection") {
-        for token in value.split(|&b| b == b',') {
-            let token = trim_ows(token);
-            if token.is_empty()
-                || token.eq_ignore_ascii_case(b"close")
-                || token.eq_ignore_ascii_case(b"keep-alive")
-                || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade"))
-            {
-                continue;
-            }
+    each_connection_token(head, &mut |token| {
+        let usual = token.eq_ignore_ascii_case(b"close")
+            || token.eq_ignore_ascii_case(b"keep-alive")
+            || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade"));
+        if !usual {
             if let Ok(name) = std::str::from_utf8(token) {
                 listed.push(name.to_ascii_lowercase());
             }
         }
-    }
+    });
     for name in &listed {
         head.remove_all(name);
     }
+}
+
+/// Calls `f` with every non-empty, OWS-trimmed token of every `Connection` header,
+/// without allocating (this runs on every exchange, twice per side).
+fn each_connection_token<H: Headers>(head: &H, f: &mut dyn FnMut(&[u8])) {
+    head.each_value("connection", &mut |value| {
+        for token in value.split(|&b| b == b',') {
+            let token = trim_ows(token);
+            if !token.is_empty() {
+                f(token);
+            }
+        }
+    });
 }
 
 fn trim_ows(mut s: &[u8]) -> &[u8] {
@@ -245,13 +252,13 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 
 /// The two head types seen through what connection-header cleanup needs.
 trait Headers {
-    fn values<'a>(&'a self, name: &'a str) -> Vec<&'a [u8]>;
+    fn each_value(&self, name: &str, f: &mut dyn FnMut(&[u8]));
     fn remove_all(&mut self, name: &str);
 }
 
 impl Headers for RequestHead {
-    fn values<'a>(&'a self, name: &'a str) -> Vec<&'a [u8]> {
-        self.headers_named(name).collect()
+    fn each_value(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+        self.headers_named(name).for_each(f);
     }
     fn remove_all(&mut self, name: &str) {
         self.remove(name);
@@ -259,8 +266,8 @@ impl Headers for RequestHead {
 }
 
 impl Headers for ResponseHead {
-    fn values<'a>(&'a self, name: &'a str) -> Vec<&'a [u8]> {
-        self.headers_named(name).collect()
+    fn each_value(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+        self.headers_named(name).for_each(f);
     }
     fn remove_all(&mut self, name: &str) {
         self.remove(name);
