@@ -398,6 +398,7 @@ async fn exchange_once(
             config,
             request,
             exchange,
+            parts,
             Hooks { chain, cx },
             &upload_done,
             shutdown
@@ -582,13 +583,13 @@ async fn download(
     config: &Config,
     request: &RequestFacts,
     exchange: &mut Exchange,
+    parts: &mut Vec<Bytes>,
     hooks: Hooks<'_, '_>,
     upload_done: &Cell<bool>,
     shutdown: &watch::Receiver<bool>,
 ) -> std::result::Result<Downloaded, Failure> {
     let mut buf = BytesMut::new();
     let mut received_any = false;
-    let mut parts: Vec<Bytes> = Vec::new();
     let mut head = loop {
         let head = read_response_head(upstream, &mut buf, config, &mut received_any).await?;
         if !head.is_informational() {
@@ -610,9 +611,9 @@ async fn download(
                 }
             }
             head.append("Connection", b"upgrade");
-            head.encode_with_version(Version::Http11, &mut parts);
+            head.encode_with_version(Version::Http11, parts);
             let len: usize = parts.iter().map(Bytes::len).sum();
-            write_parts(client, &mut parts, config.timeout)
+            write_parts(client, parts, config.timeout)
                 .await
                 .map_err(|e| Failure::Fatal(client_io_error(e, "writing a 101")))?;
             exchange.set_status(101);
@@ -623,9 +624,9 @@ async fn download(
         if request.version == Version::Http11 {
             let mut head = head;
             strip_hop_by_hop(&mut head);
-            head.encode_with_version(Version::Http11, &mut parts);
+            head.encode_with_version(Version::Http11, parts);
             let len: usize = parts.iter().map(Bytes::len).sum();
-            write_parts(client, &mut parts, config.timeout)
+            write_parts(client, parts, config.timeout)
                 .await
                 .map_err(|e| Failure::Fatal(client_io_error(e, "writing an interim response")))?;
             exchange.add_bytes(len as u64);
@@ -711,7 +712,7 @@ async fn download(
     } else if request.version == Version::Http10 {
         head.append("Connection", b"keep-alive");
     }
-    head.encode_with_version(Version::Http11, &mut parts);
+    head.encode_with_version(Version::Http11, parts);
     // Body bytes that came with the head leave in the same write (one syscall for a
     // small response instead of two).
     let body = match body {
@@ -723,7 +724,7 @@ async fn download(
         other => other,
     };
     let sent: usize = parts.iter().map(Bytes::len).sum();
-    write_parts(client, &mut parts, config.timeout)
+    write_parts(client, parts, config.timeout)
         .await
         .map_err(|e| Failure::Fatal(client_io_error(e, "writing a response head")))?;
     exchange.set_status(head.status());
