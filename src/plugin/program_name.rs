@@ -107,12 +107,14 @@ pub fn program_of(client: SocketAddr) -> Option<String> {
     None
 }
 
-/// The inode of a `/proc/net/tcp{,6}` line whose local address is `addr`.
+/// The inode of a `/proc/net/tcp{,6}` line whose local address is `addr`. Rows with
+/// inode 0 are skipped: they are sockets no process holds any more (TIME_WAIT), and an
+/// earlier connection from the same ephemeral port can still be listed that way.
 fn socket_inode(line: &str, addr: SocketAddr) -> Option<u64> {
     let fields: Vec<&str> = line.split_whitespace().collect();
     let local = fields.get(1)?;
-    let inode = fields.get(9)?.parse().ok()?;
-    (parse_proc_addr(local)? == addr).then_some(inode)
+    let inode: u64 = fields.get(9)?.parse().ok()?;
+    (inode != 0 && parse_proc_addr(local)? == addr).then_some(inode)
 }
 
 /// Parses `0100007F:1F90` (IPv4) or 32 hex digits `:port` (IPv6): the address is in
@@ -163,6 +165,11 @@ mod tests {
                 Some(424242)
             );
             assert_eq!(socket_inode(line, "127.0.0.1:8081".parse().unwrap()), None);
+            let time_wait = line.replace(" 424242 ", " 0 ");
+            assert_eq!(
+                socket_inode(&time_wait, "127.0.0.1:8080".parse().unwrap()),
+                None
+            );
         }
     }
 
