@@ -146,8 +146,8 @@ fn plugin_order_decides_between_filter_and_redirect() {
         request(proxy.addr, &get("http://facebook.com/", "")).status,
         418
     );
-    // Redirect first: the host is rewritten before the filter runs, so the filter never
-    // matches (the request now targets this proxy itself, which refuses loops: 508).
+    // Redirect first: the request is handed to this proxy's own web server before the
+    // filter runs, so the filter never matches; the web server answers (here its 404).
     let proxy = spawn_proxy(&[
         "--plugins",
         "RedirectToCustomServerPlugin",
@@ -157,7 +157,50 @@ fn plugin_order_decides_between_filter_and_redirect() {
         filtered[1],
     ]);
     let resp = request(proxy.addr, &get("http://facebook.com/", ""));
-    assert_ne!(resp.status, 418);
+    assert_eq!(resp.status, 404, "{}", resp.text());
+}
+
+#[test]
+fn redirect_to_custom_server_is_answered_by_the_built_in_web_server() {
+    let origin = Origin::fixed("origin");
+    let proxy = spawn_proxy(&[
+        "--enable-web-server",
+        "--plugins",
+        "RedirectToCustomServerPlugin,WebServerPlugin",
+        "--pac-file",
+        "function FindProxyForURL(url, host) { return 'DIRECT'; }",
+        "--pac-file-url-path",
+        "/proxy.pac",
+    ]);
+    proxy.route("origin.test", &origin);
+    // The web route and the PAC file (placed before the redirect in the chain) answer
+    // by path, whatever the host was; the origin is never contacted.
+    let route = request(
+        proxy.addr,
+        &get("http://origin.test/http-route-example", ""),
+    );
+    assert_eq!(
+        (route.status, route.text().as_str()),
+        (200, "HTTP route response")
+    );
+    let pac = request(proxy.addr, &get("http://origin.test/proxy.pac", ""));
+    assert_eq!(pac.status, 200);
+    assert!(pac.text().contains("FindProxyForURL"));
+    assert_eq!(
+        request(proxy.addr, &get("http://origin.test/elsewhere", "")).status,
+        404
+    );
+    assert_eq!(origin.accepted(), 0);
+    // CONNECT is not redirected.
+    let mut client = proxy.connect();
+    client.send(b"CONNECT origin.test:80 HTTP/1.1\r\nHost: origin.test:80\r\n\r\n");
+    let established: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+    assert_eq!(
+        client.read_exact_vec(established.len()).unwrap(),
+        established
+    );
+    client.send(&get("/", ""));
+    assert_eq!(client.read_response().text(), "origin");
 }
 
 #[test]

@@ -368,6 +368,14 @@ impl RequestHead {
         self.new_target.as_deref().unwrap_or_else(|| self.target())
     }
 
+    /// `effective_target` as a `Bytes` (a slice of the head when it was not replaced).
+    pub fn effective_target_bytes(&self) -> Bytes {
+        match &self.new_target {
+            Some(target) => target.clone(),
+            None => self.target_bytes(),
+        }
+    }
+
     /// The request's HTTP version.
     pub fn version(&self) -> Version {
         self.version

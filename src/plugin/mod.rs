@@ -97,12 +97,13 @@ impl Reply {
 }
 
 /// The path (query excluded) of a GET or HEAD request addressed to the proxy itself
-/// (origin-form), the requests the local responders (PAC, web routes) answer.
+/// (origin-form, or made so by a plugin such as RedirectToCustomServerPlugin), the
+/// requests the local responders (PAC, web routes) answer.
 pub fn local_get_path<'a>(req: &'a RequestHead, target: &Target) -> Option<&'a [u8]> {
     if !matches!(target, Target::Origin) || !(req.is_method("GET") || req.is_method("HEAD")) {
         return None;
     }
-    let raw = req.target();
+    let raw = req.effective_target();
     raw.split(|&b| b == b'?').next()
 }
 
@@ -238,16 +239,36 @@ impl Chain {
     }
 
     /// Runs `on_request` in order; the first non-`Continue` wins.
+    ///
+    /// A plugin that turns a proxied request into one addressed to this server
+    /// (`Target::Origin`, as RedirectToCustomServerPlugin does) hands it to the built-in
+    /// web server. proxy.py does that over a connection to itself, where the request
+    /// meets its web-server plugins afresh; here the plugins placed before the one that
+    /// redirected run once more on the redirected request, so that every plugin sees it
+    /// once as addressed to this server (the PAC file and the web routes can answer it).
     pub fn on_request(
         &mut self,
         cx: &RequestCx<'_>,
         req: &mut RequestHead,
         target: &mut Target,
     ) -> Result<Flow, (&'static str, PluginError)> {
-        for plugin in &mut self.plugins {
+        let mut redirected_at = None;
+        for (i, plugin) in self.plugins.iter_mut().enumerate() {
+            let was_local = matches!(target, Target::Origin);
             match guard(plugin.name(), || plugin.on_request(cx, req, target))? {
                 Flow::Continue => {}
                 flow => return Ok(flow),
+            }
+            if !was_local && matches!(target, Target::Origin) && redirected_at.is_none() {
+                redirected_at = Some(i);
+            }
+        }
+        if let Some(end) = redirected_at {
+            for plugin in &mut self.plugins[..end] {
+                match guard(plugin.name(), || plugin.on_request(cx, req, target))? {
+                    Flow::Continue => {}
+                    flow => return Ok(flow),
+                }
             }
         }
         Ok(Flow::Continue)
@@ -520,6 +541,49 @@ mod tests {
             *log.borrow(),
             ["complete:a:Some(403)", "complete:b:Some(403)"]
         );
+    }
+
+    /// Turns any proxied request into one addressed to this server, as
+    /// RedirectToCustomServerPlugin does, and logs what it saw.
+    struct Redirect(Rc<RefCell<Vec<String>>>);
+
+    impl Plugin for Redirect {
+        fn name(&self) -> &'static str {
+            "redirect"
+        }
+        fn on_request(
+            &mut self,
+            _: &RequestCx<'_>,
+            _: &mut RequestHead,
+            target: &mut Target,
+        ) -> Result<Flow, PluginError> {
+            self.0.borrow_mut().push("request:redirect".into());
+            *target = Target::Origin;
+            Ok(Flow::Continue)
+        }
+    }
+
+    #[test]
+    fn plugins_before_a_redirect_to_this_server_see_the_redirected_request_again() {
+        let config = Config::default();
+        let (mut chain, log) = chain(&[("a", go), ("b", go)]);
+        chain.plugins.insert(1, Box::new(Redirect(Rc::clone(&log))));
+        let (mut head, mut target) = request();
+        let flow = chain
+            .on_request(&cx(&config), &mut head, &mut target)
+            .unwrap();
+        assert!(matches!(flow, Flow::Continue));
+        assert_eq!(target, Target::Origin);
+        assert_eq!(
+            *log.borrow(),
+            ["request:a", "request:redirect", "request:b", "request:a"],
+            "a saw it proxied, then addressed to us; b only addressed to us"
+        );
+        // A request that was addressed to us from the start runs the chain once.
+        log.borrow_mut().clear();
+        let (mut head, mut target) = testing::request("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let _ = chain.on_request(&cx(&config), &mut head, &mut target);
+        assert_eq!(log.borrow().len(), 3);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::http::{RequestHead, Scheme, Target};
+use crate::http::{RequestHead, Target};
 
 use super::{Flow, Plugin, PluginError, PluginFactory, Reply, RequestCx};
 
@@ -124,13 +124,18 @@ impl PluginFactory for RedirectToCustomServerFactory {
 }
 
 /// `proxy.plugin.RedirectToCustomServerPlugin`: every absolute-form request (`http://`
-/// or `https://`) is sent to `http://localhost:<port>` instead, where `<port>` is the
-/// port this proxy listens on (the first listen address); the core rewrites the request
-/// line and `Host` (`localhost:<port>`). CONNECT is untouched.
+/// or `https://`) is answered by this proxy's built-in web server instead of its
+/// origin, as if sent to `http://localhost:<port><path>`: the request line becomes
+/// origin-form (`GET <path>`), `Host` becomes `localhost:<port>` (`<port>` is the port
+/// this proxy listens on), and the request then meets the PAC file, the web routes
+/// (`--enable-web-server`), the static server (`--enable-static-server`) or the web
+/// server's 404, in that order (see [`Chain::on_request`](super::Chain::on_request) for
+/// which plugins see it). CONNECT is untouched.
 ///
-/// Differences from proxy.py: proxy.py hard-codes `http://localhost:8899/`, which only
-/// reaches itself on the default port (elsewhere it is a 502); and it replaces the whole
-/// URL with `/`, while the original path and query are kept here.
+/// Differences from proxy.py: proxy.py hard-codes `http://localhost:8899/` and opens a
+/// connection to it, which reaches itself only on the default port (elsewhere it is a
+/// 502, or whatever listens there); here the request never leaves the process. proxy.py
+/// also replaces the whole URL with `/`, while the original path and query are kept.
 #[derive(Debug, Default)]
 pub struct RedirectToCustomServer;
 
@@ -142,16 +147,18 @@ impl Plugin for RedirectToCustomServer {
     fn on_request(
         &mut self,
         cx: &RequestCx<'_>,
-        _req: &mut RequestHead,
+        req: &mut RequestHead,
         target: &mut Target,
     ) -> Result<Flow, PluginError> {
         if let Target::Absolute { path, .. } = target {
-            *target = Target::Absolute {
-                scheme: Scheme::Http,
-                host: "localhost".to_owned(),
-                port: our_port(cx),
-                path: path.clone(),
+            let path = if path.is_empty() {
+                Bytes::from_static(b"/")
+            } else {
+                path.clone()
             };
+            req.set_target(path);
+            req.set("Host", format!("localhost:{}", our_port(cx)).as_bytes());
+            *target = Target::Origin;
         }
         Ok(Flow::Continue)
     }
@@ -177,7 +184,7 @@ impl PluginFactory for ModifyRequestHeaderFactory {
 pub const VERSION_HEADER: &str = "x-proxy-py-version";
 
 /// `proxy.plugin.ModifyRequestHeaderPlugin`: appends `x-proxy-py-version: <version>` to
-/// every request head. The version is this crate's (proxy.py sends its own, 2.4.10).
+/// every request head sent upstream (requests addressed to this server are left alone). The version is this crate's (proxy.py sends its own, 2.4.10).
 /// A CONNECT head is never forwarded, so there the header goes nowhere (as in proxy.py
 /// without TLS interception).
 #[derive(Debug, Default)]
@@ -192,8 +199,11 @@ impl Plugin for ModifyRequestHeader {
         &mut self,
         _cx: &RequestCx<'_>,
         req: &mut RequestHead,
-        _target: &mut Target,
+        target: &mut Target,
     ) -> Result<Flow, PluginError> {
+        if matches!(target, Target::Origin | Target::Asterisk) {
+            return Ok(Flow::Continue);
+        }
         req.append(VERSION_HEADER, env!("CARGO_PKG_VERSION").as_bytes());
         Ok(Flow::Continue)
     }
@@ -343,21 +353,24 @@ mod tests {
     #[test]
     fn redirect_rewrites_absolute_targets_to_our_port() {
         let listen: Vec<SocketAddr> = vec!["127.0.0.1:3128".parse().unwrap()];
-        let (flow, _, target) = run_on(
+        let (flow, req, target) = run_on(
             &RedirectToCustomServerFactory,
             &listen,
             "GET https://example.com:8443/a/b?c=1 HTTP/1.1\r\nHost: example.com\r\n\r\n",
         );
         assert!(matches!(flow, Flow::Continue));
+        assert_eq!(target, Target::Origin);
+        let mut out = Vec::new();
+        req.encode(Version::Http11, &mut out);
         assert_eq!(
-            target,
-            Target::Absolute {
-                scheme: Scheme::Http,
-                host: "localhost".to_owned(),
-                port: 3128,
-                path: Bytes::from_static(b"/a/b?c=1"),
-            }
+            out.concat(),
+            b"GET /a/b?c=1 HTTP/1.1\r\nHost: localhost:3128\r\n\r\n".to_vec()
         );
+        let (_, req, _) = run(
+            &RedirectToCustomServerFactory,
+            "GET http://example.com HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        );
+        assert_eq!(req.effective_target(), b"/", "an empty path becomes /");
     }
 
     #[test]
@@ -370,6 +383,16 @@ mod tests {
             assert!(matches!(flow, Flow::Continue));
             assert_eq!(target, parse(raw).1);
         }
+    }
+
+    #[test]
+    fn modify_request_header_leaves_requests_to_us_alone() {
+        let (flow, req, _) = run(
+            &ModifyRequestHeaderFactory,
+            "GET /x HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        assert!(matches!(flow, Flow::Continue));
+        assert_eq!(req.header(VERSION_HEADER), None);
     }
 
     #[test]

@@ -265,7 +265,7 @@ async fn route(
             Flow::Continue => {}
             Flow::Close => return Ok(false),
             Flow::Respond(reply) => {
-                let request_target = head.target_bytes();
+                let request_target = head.effective_target_bytes();
                 exchange.set_target("", 0, &request_target);
                 return send_reply(client, &head, reply, exchange, &shared.config, shutdown).await;
             }
@@ -307,7 +307,7 @@ async fn route(
             "https:// absolute-form needs CONNECT (TLS to origins is not supported yet)",
         )),
         Target::Origin | Target::Asterisk => {
-            exchange.set_target("", 0, &head.target_bytes());
+            exchange.set_target("", 0, &head.effective_target_bytes());
             // [web server, spot A] --enable-static-server: files under --static-server-dir
             // (status, bytes and errors recorded in `exchange` by `web::serve_static`).
             if shared.config.enable_static_server {

@@ -218,7 +218,7 @@ pub async fn serve(
         )
         .await;
     }
-    let rel = match relative_path(head.target()) {
+    let rel = match relative_path(head.effective_target()) {
         Ok(rel) => rel,
         Err(PathError::BadRequest) => {
             return reply(stream, 400, &[], is_head, keep_alive, config).await
