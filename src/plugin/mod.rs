@@ -9,6 +9,7 @@
 
 pub mod basic_auth;
 pub mod body_rewrite;
+pub mod dns_resolver;
 pub mod filters;
 pub mod mock;
 pub mod pac;
@@ -17,7 +18,11 @@ pub mod registry;
 pub mod rewrite;
 pub mod web_route;
 
-use std::net::SocketAddr;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
@@ -118,6 +123,21 @@ pub struct RequestCx<'a> {
     pub listen_addrs: &'a [SocketAddr],
 }
 
+/// Where a resolve hook says an upstream host is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The addresses to try, in order, ports included.
+    pub addrs: Vec<SocketAddr>,
+    /// The local address to connect from (the outgoing interface), if it matters; the
+    /// port is chosen by the system. Only addresses of the same family are tried.
+    pub bind: Option<IpAddr>,
+}
+
+/// A resolve hook's pending answer. `Ok(None)` leaves the name to the proxy's own
+/// resolver; an error is answered `502 dns_error`. It runs on the worker's thread
+/// (it need not be `Send`) and is bounded by `--connect-timeout` (else `dns_timeout`).
+pub type ResolveFuture = Pin<Box<dyn Future<Output = io::Result<Option<Resolved>>>>>;
+
 /// Why a plugin could not do its job. Logged once with the plugin's name and answered
 /// with a 500 `proxy_internal_error`; the worker carries on.
 #[derive(Debug)]
@@ -196,6 +216,17 @@ pub trait Plugin {
     fn on_response_end(&mut self, cx: &RequestCx<'_>) -> Result<Bytes, PluginError> {
         let _ = cx;
         Ok(Bytes::new())
+    }
+
+    /// A new upstream connection to `host:port` is about to be opened (a pooled one is
+    /// reused without asking): return a future to decide where it goes (proxy.py's
+    /// `resolve_dns`), or `None` to let the next plugin, then the proxy, resolve it.
+    /// IP literals are asked too. The answer is not cached by the proxy. An upstream
+    /// connection opened from a `bind` address is never pooled, so it serves only the
+    /// client connection that asked.
+    fn resolve_dns(&mut self, cx: &RequestCx<'_>, host: &str, port: u16) -> Option<ResolveFuture> {
+        let _ = (cx, host, port);
+        None
     }
 
     /// The exchange is over (whatever its outcome); `status` is what the client got.
@@ -352,6 +383,24 @@ impl Chain {
         Ok(carry)
     }
 
+    /// The first plugin's answer to where `host:port` is, if any plugin gives one. The
+    /// returned future turns a panic into an error naming the plugin.
+    pub fn resolve_dns(
+        &mut self,
+        cx: &RequestCx<'_>,
+        host: &str,
+        port: u16,
+    ) -> Result<Option<(&'static str, ResolveFuture)>, (&'static str, PluginError)> {
+        for plugin in &mut self.plugins {
+            let name = plugin.name();
+            if let Some(future) = guard(name, || Ok(plugin.resolve_dns(cx, host, port)))? {
+                let guarded: ResolveFuture = Box::pin(CatchPanic(future));
+                return Ok(Some((name, guarded)));
+            }
+        }
+        Ok(None)
+    }
+
     /// The first client label a plugin gives, if any.
     pub fn client_label(&mut self, cx: &RequestCx<'_>) -> Option<String> {
         for plugin in &mut self.plugins {
@@ -392,6 +441,22 @@ fn guard<T>(
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic".to_owned());
             Err((name, PluginError(format!("panicked: {what}"))))
+        }
+    }
+}
+
+/// A resolve future whose panic becomes an `io::Error` (the connection's task would
+/// otherwise end without a reply).
+struct CatchPanic(ResolveFuture);
+
+impl Future for CatchPanic {
+    type Output = io::Result<Option<Resolved>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => Poll::Ready(Err(io::Error::other("the resolve hook panicked"))),
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::config::Config;
 
 use super::basic_auth::{self, BasicAuthFactory};
 use super::body_rewrite::{self, ModifyChunkResponseFactory, ModifyPostDataFactory};
+use super::dns_resolver::{self, CustomDnsResolverFactory};
 use super::filters::{self, FilterByClientIpFactory, FilterByUpstreamHostFactory};
 use super::mock;
 use super::pac::{self, PacFileFactory};
@@ -41,6 +42,7 @@ pub const BUILTIN: &[&str] = &[
     body_rewrite::MODIFY_CHUNK_RESPONSE_NAME,
     body_rewrite::MODIFY_POST_DATA_NAME,
     program_name::NAME,
+    dns_resolver::NAME,
     web_route::NAME,
     basic_auth::NAME,
     pac::NAME,
@@ -88,6 +90,7 @@ const MODULES: &[(&str, &str)] = &[
         mock::MITM_NAME,
         "proxy.plugin.man_in_the_middle.ManInTheMiddlePlugin",
     ),
+    (dns_resolver::NAME, dns_resolver::MODULE_NAME),
     (web_route::NAME, web_route::MODULE_NAME),
     (
         pac::NAME,
@@ -151,6 +154,7 @@ pub fn factories(config: &Config) -> Result<Vec<Arc<dyn PluginFactory>>, String>
             body_rewrite::MODIFY_CHUNK_RESPONSE_NAME => Arc::new(ModifyChunkResponseFactory),
             body_rewrite::MODIFY_POST_DATA_NAME => Arc::new(ModifyPostDataFactory),
             program_name::NAME => Arc::new(ProgramNameFactory),
+            dns_resolver::NAME => Arc::new(CustomDnsResolverFactory),
             mock::REST_API_NAME | mock::MITM_NAME => match mock::factory(dotted) {
                 Some(Ok(factory)) => factory,
                 Some(Err(e)) => return Err(format!("{dotted}: {e}")),

@@ -111,9 +111,13 @@ pub async fn run(
             None
         };
         let reused = pooled.is_some();
-        let upstream = match pooled {
-            Some(stream) => stream,
-            None => upstream::connect(shared, host, port).await?,
+        let (upstream, poolable) = match pooled {
+            Some(stream) => (stream, true),
+            None => {
+                let plugin = upstream::resolve_hook(chain, &cx, host, port)?;
+                let connected = upstream::connect(shared, host, port, plugin).await?;
+                (connected.stream, connected.poolable)
+            }
         };
         let outcome = exchange_once(
             client, config, &upstream, parts, &request, exchange, chain, &cx, shutdown,
@@ -128,7 +132,7 @@ pub async fn run(
             }
             Err(Failure::BeforeResponse(err)) | Err(Failure::Fatal(err)) => return Err(err),
             Ok(end) => {
-                if end.upstream_reusable {
+                if end.upstream_reusable && poolable {
                     shared.pool.put(host, port, upstream);
                 }
                 return Ok(end.client_keep_alive);

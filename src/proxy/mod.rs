@@ -284,7 +284,16 @@ async fn route(
     match target {
         Target::Authority { host, port } => {
             exchange.set_target(&host, port, &Bytes::new());
-            tunnel::run(client, shared, &head, &host, port, exchange).await?;
+            tunnel::run(
+                client,
+                shared,
+                &head,
+                &host,
+                port,
+                exchange,
+                &mut conn.chain,
+            )
+            .await?;
             Ok(false)
         }
         Target::Absolute {

@@ -18,6 +18,7 @@ use super::io::{shutdown_write, write_all, IoFail};
 use super::{client_io_error, upstream, Client, Shared};
 use crate::error::{ErrorKind, ProxyError, Result};
 use crate::http::{self, response::CONNECT_ESTABLISHED, BodyKind, RequestHead};
+use crate::plugin::Chain;
 
 /// Runs a CONNECT exchange to its end; the client connection is finished afterwards.
 pub async fn run(
@@ -27,6 +28,7 @@ pub async fn run(
     host: &str,
     port: u16,
     exchange: &mut Exchange,
+    chain: &mut Chain,
 ) -> Result<()> {
     let config = &shared.config;
     // A CONNECT request has no content (RFC 9110 §9.3.6); framing headers on it are
@@ -40,7 +42,9 @@ pub async fn run(
             ))
         }
     }
-    let upstream = upstream::connect(shared, host, port).await?;
+    let cx = shared.plugin_cx(client.addr);
+    let plugin = upstream::resolve_hook(chain, &cx, host, port)?;
+    let upstream = upstream::connect(shared, host, port, plugin).await?.stream;
     write_all(&client.stream, CONNECT_ESTABLISHED, config.timeout)
         .await
         .map_err(|e| client_io_error(e, "writing the CONNECT reply"))?;

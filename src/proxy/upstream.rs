@@ -3,31 +3,88 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout_at, Instant};
 
 use super::Shared;
 use crate::error::{ErrorKind, ProxyError, Result};
+use crate::plugin::{Chain, RequestCx, ResolveFuture};
+
+/// A new upstream connection.
+pub struct Connected {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Whether it may go back to the shared pool afterwards (not when a plugin chose
+    /// the local address it connects from: that choice belongs to one client).
+    pub poolable: bool,
+}
 
 /// Opens a new TCP connection to `host:port` within the connect timeout
-/// (resolution included), trying each resolved address in order.
+/// (resolution included), trying each resolved address in order. `plugin` is a resolve
+/// hook's answer (see `Plugin::resolve_dns`), which takes precedence over the proxy's
+/// resolver and its cache.
 ///
 /// # Errors
 /// `dns_error`, `dns_timeout`, `connection_refused`, `destination_unavailable`,
 /// `connection_timeout`, or `proxy_loop_detected` when the address is this proxy.
-pub async fn connect(shared: &Shared, host: &str, port: u16) -> Result<TcpStream> {
+pub async fn connect(
+    shared: &Shared,
+    host: &str,
+    port: u16,
+    plugin: Option<(&'static str, ResolveFuture)>,
+) -> Result<Connected> {
     let config = &shared.config;
     let deadline = Instant::now() + config.connect_timeout;
+    let mut bind = None;
+    let mut from_plugin = None;
+    if let Some((name, future)) = plugin {
+        match timeout_at(deadline, future).await {
+            Err(_) => {
+                return Err(ProxyError::new(
+                    ErrorKind::DnsTimeout,
+                    format!("plugin {name} resolving {host}"),
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err(ProxyError::new(
+                    ErrorKind::DnsError,
+                    format!("plugin {name} resolving {host}"),
+                )
+                .with_source(e))
+            }
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(resolved))) => {
+                bind = resolved.bind;
+                let addrs: Vec<SocketAddr> = match bind {
+                    Some(local) => resolved
+                        .addrs
+                        .into_iter()
+                        .filter(|a| a.is_ipv4() == local.is_ipv4())
+                        .collect(),
+                    None => resolved.addrs,
+                };
+                if addrs.is_empty() {
+                    return Err(ProxyError::new(
+                        ErrorKind::DnsError,
+                        format!("plugin {name} gave no usable address for {host}"),
+                    ));
+                }
+                from_plugin = Some(addrs);
+            }
+        }
+    }
     let literal = host.parse::<IpAddr>().ok();
-    let cached = if literal.is_none() {
+    let cached = if literal.is_none() && from_plugin.is_none() {
         shared.dns.get(host, port)
     } else {
         None
     };
-    let addrs: Vec<SocketAddr> = match (literal, cached) {
-        (Some(ip), _) => vec![SocketAddr::new(ip, port)],
-        (None, Some(addrs)) => addrs,
-        (None, None) => match timeout_at(deadline, config.resolver.resolve(host, port)).await {
+    let addrs: Vec<SocketAddr> = match (from_plugin, literal, cached) {
+        (Some(addrs), _, _) => addrs,
+        (None, Some(ip), _) => vec![SocketAddr::new(ip, port)],
+        (None, None, Some(addrs)) => addrs,
+        (None, None, None) => match timeout_at(deadline, config.resolver.resolve(host, port)).await
+        {
             Err(_) => {
                 return Err(ProxyError::new(
                     ErrorKind::DnsTimeout,
@@ -59,7 +116,7 @@ pub async fn connect(shared: &Shared, host: &str, port: u16) -> Result<TcpStream
     }
     let mut last_err: Option<io::Error> = None;
     for addr in &addrs {
-        match timeout_at(deadline, TcpStream::connect(addr)).await {
+        match timeout_at(deadline, open(*addr, bind)).await {
             Err(_) => {
                 return Err(ProxyError::new(
                     ErrorKind::ConnectionTimeout,
@@ -76,7 +133,10 @@ pub async fn connect(shared: &Shared, host: &str, port: u16) -> Result<TcpStream
                 }
                 // Small heads and responses must not wait on Nagle.
                 let _ = stream.set_nodelay(true);
-                return Ok(stream);
+                return Ok(Connected {
+                    stream,
+                    poolable: bind.is_none(),
+                });
             }
             Ok(Err(e)) => last_err = Some(e),
         }
@@ -89,6 +149,35 @@ pub async fn connect(shared: &Shared, host: &str, port: u16) -> Result<TcpStream
         format!("connecting to {host}:{port}"),
     )
     .with_source(err))
+}
+
+/// The first plugin's resolve hook for a new upstream connection to `host:port`.
+pub fn resolve_hook(
+    chain: &mut Chain,
+    cx: &RequestCx<'_>,
+    host: &str,
+    port: u16,
+) -> Result<Option<(&'static str, ResolveFuture)>> {
+    if chain.is_empty() {
+        return Ok(None);
+    }
+    chain.resolve_dns(cx, host, port).map_err(|(name, e)| {
+        ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
+    })
+}
+
+/// Connects to `addr`, from `bind` when given.
+async fn open(addr: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(local) = bind else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(local, 0))?;
+    socket.connect(addr).await
 }
 
 fn loop_error(host: &str, port: u16) -> ProxyError {
