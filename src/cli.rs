@@ -190,6 +190,11 @@ pub struct Cli {
     #[arg(long, value_name = "IPS", default_value = "127.0.0.1,::1", value_parser = parse_ip_list)]
     pub filtered_client_ips: IpList,
 
+    /// FilterByURLRegexPlugin: a JSON file of rules, `[{"regex": "...", "notes": "..."}]`;
+    /// a request whose `host` + `path` (no scheme, no port) matches one gets `404 Blocked`.
+    #[arg(long, value_name = "FILE", default_value = "")]
+    pub filtered_url_regex_config: String,
+
     /// Print the version and exit.
     #[arg(short = 'v', long, action = ArgAction::Version)]
     pub version: Option<bool>,

@@ -4,7 +4,7 @@
 //! error here is printed once and the process exits 64 before a socket is bound.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,6 +118,9 @@ pub struct Config {
     pub filtered_client_ips_mode: ClientIpMode,
     /// Client addresses for `FilterByClientIpPlugin` (`--filtered-client-ips`).
     pub filtered_client_ips: Vec<IpAddr>,
+    /// The rules of `FilterByURLRegexPlugin`, in file order (`--filtered-url-regex-config`):
+    /// regular expressions searched for in each request's `host` + `path`.
+    pub filtered_url_regexes: Vec<String>,
     /// Answer origin-form requests with the built-in web server's routes
     /// (`--enable-web-server`; also set by `--enable-static-server`).
     pub enable_web_server: bool,
@@ -179,6 +182,7 @@ impl Default for Config {
             ],
             enable_web_server: false,
             enable_static_server: false,
+            filtered_url_regexes: Vec::new(),
             static_server_dir: PathBuf::from("./public"),
             disable_http_proxy: false,
             limits: Limits::default(),
@@ -274,6 +278,17 @@ impl Config {
             }
         }
 
+        let filtered_url_regexes = if cli.filtered_url_regex_config.is_empty() {
+            Vec::new()
+        } else {
+            read_url_regex_config(Path::new(&cli.filtered_url_regex_config)).map_err(|why| {
+                CliError::usage(format_args!(
+                    "--filtered-url-regex-config: {}: {why}",
+                    cli.filtered_url_regex_config
+                ))
+            })?
+        };
+
         // The static root is resolved once, so that every request is checked against
         // the same canonical directory (and a typo fails now, not on the first request).
         let static_server_dir = if cli.enable_static_server {
@@ -314,6 +329,7 @@ impl Config {
             filtered_upstream_hosts,
             filtered_client_ips_mode: cli.filtered_client_ips_mode,
             filtered_client_ips: cli.filtered_client_ips.0,
+            filtered_url_regexes,
             enable_web_server: cli.enable_web_server || cli.enable_static_server,
             enable_static_server: cli.enable_static_server,
             static_server_dir,
@@ -361,6 +377,27 @@ fn parse_header_list(list: &str) -> Result<Vec<String>, String> {
 
 /// `--pac-file`: a readable file's bytes; a value naming nothing on disk is the PAC text
 /// itself (proxy.py). A path that exists but cannot be read is an error, not PAC text.
+/// Reads FilterByURLRegexPlugin's rules: a JSON array of objects, each with a string
+/// `regex` (other keys, such as proxy.py's `notes`, are ignored).
+fn read_url_regex_config(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read(path).map_err(|e| e.to_string())?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format!("not JSON: {e}"))?;
+    let rules = value
+        .as_array()
+        .ok_or("expected a JSON array of {\"regex\": ...} objects")?;
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            rule.get("regex")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| format!("rule {} has no string \"regex\"", i + 1))
+        })
+        .collect()
+}
+
 fn read_pac_file(value: &str) -> Result<Vec<u8>, String> {
     if value.is_empty() {
         return Err("--pac-file: empty value".to_owned());

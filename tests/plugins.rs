@@ -294,6 +294,66 @@ fn modify_request_header_adds_its_header_upstream() {
 }
 
 #[test]
+fn filter_by_url_regex_blocks_matching_urls_with_proxy_py_bytes() {
+    let origin = Origin::echo_target();
+    let rules = temp_path("url-rules.json");
+    std::fs::write(
+        &rules,
+        r#"[{"regex": "alpha.test/ads/.*", "notes": "ads"},
+            {"regex": "^beta\\.test$", "notes": "the whole of beta, CONNECT included"}]"#,
+    )
+    .unwrap();
+    let proxy = spawn_proxy(&[
+        "--plugins",
+        "FilterByURLRegexPlugin",
+        "--filtered-url-regex-config",
+        rules.to_str().unwrap(),
+    ]);
+    proxy.route("alpha.test", &origin);
+    proxy.route("beta.test", &origin);
+    let blocked = b"HTTP/1.1 404 Blocked\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_eq!(
+        raw_exchange(proxy.addr, &get("http://alpha.test/ads/banner.png", "")),
+        blocked
+    );
+    assert_eq!(
+        raw_exchange(
+            proxy.addr,
+            b"CONNECT beta.test:443 HTTP/1.1\r\nHost: beta.test:443\r\n\r\n"
+        ),
+        blocked
+    );
+    // No rule matches these: the port is not part of the URL, and the second rule
+    // wants the bare host.
+    let resp = request(proxy.addr, &get("http://alpha.test:80/news/ads/", ""));
+    assert_eq!(resp.text(), "/news/ads/");
+    let resp = request(proxy.addr, &get("http://beta.test/", ""));
+    assert_eq!(resp.text(), "/");
+    assert_eq!(origin.requests().len(), 2);
+}
+
+#[test]
+fn bad_url_regex_configs_exit_64_naming_the_problem() {
+    let rules = temp_path("bad-url-rules.json");
+    for (text, want) in [
+        ("not json", "not JSON"),
+        (r#"[{"notes": "no regex"}]"#, "rule 1"),
+        (r#"[{"regex": "ok"}, {"regex": "(?<=x)y"}]"#, "rule 2"),
+    ] {
+        std::fs::write(&rules, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxy"))
+            .args(["--port", "0", "--plugins", "FilterByURLRegexPlugin"])
+            .arg("--filtered-url-regex-config")
+            .arg(&rules)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{text}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(want), "{text}: {stderr}");
+    }
+}
+
+#[test]
 fn unknown_plugin_name_exits_64_listing_the_valid_ones() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxy"))
         .args(["--port", "0", "--plugins", "proxy.plugin.NoSuchPlugin"])

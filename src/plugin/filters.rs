@@ -1,6 +1,7 @@
-//! Refuse requests by destination host or by client address, with proxy.py's 418 packet.
+//! Refuse requests by destination host, by client address (both with proxy.py's 418
+//! packet) or by URL pattern (proxy.py's `404 Blocked`).
 //!
-//! Both answer `HTTP/1.1 418 I'm a tea pot\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`
+//! The first two answer `HTTP/1.1 418 I'm a tea pot\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`
 //! (byte for byte proxy.py's `HttpRequestRejected(418, b"I'm a tea pot")`) and close.
 
 use std::net::IpAddr;
@@ -17,6 +18,8 @@ use super::{Flow, Plugin, PluginError, PluginFactory, Reply, RequestCx};
 pub const UPSTREAM_HOST_NAME: &str = "proxy.plugin.FilterByUpstreamHostPlugin";
 /// proxy.py's name for [`FilterByClientIp`].
 pub const CLIENT_IP_NAME: &str = "proxy.plugin.FilterByClientIpPlugin";
+/// proxy.py's name for [`FilterByUrlRegex`].
+pub const URL_REGEX_NAME: &str = "proxy.plugin.FilterByURLRegexPlugin";
 
 /// The exact bytes proxy.py sends when a filter refuses a request.
 pub const TEAPOT: &[u8] =
@@ -183,6 +186,108 @@ impl Plugin for FilterByClientIp {
     }
 }
 
+// === FilterByURLRegexPlugin ===
+
+/// The exact bytes proxy.py sends when a URL rule matches.
+pub const BLOCKED: &[u8] =
+    b"HTTP/1.1 404 Blocked\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// Builds [`FilterByUrlRegex`]; holds the compiled `--filtered-url-regex-config` rules.
+#[derive(Debug)]
+pub struct FilterByUrlRegexFactory {
+    rules: Arc<regex::RegexSet>,
+}
+
+impl FilterByUrlRegexFactory {
+    /// Compiles `config.filtered_url_regexes`.
+    ///
+    /// # Errors
+    /// The first rule that is not a valid regular expression, by number (from 1).
+    pub fn new(config: &Config) -> Result<Self, String> {
+        for (i, rule) in config.filtered_url_regexes.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(rule) {
+                return Err(format!("--filtered-url-regex-config rule {}: {e}", i + 1));
+            }
+        }
+        let rules = regex::RegexSet::new(&config.filtered_url_regexes)
+            .map_err(|e| format!("--filtered-url-regex-config: {e}"))?;
+        Ok(FilterByUrlRegexFactory {
+            rules: Arc::new(rules),
+        })
+    }
+}
+
+impl PluginFactory for FilterByUrlRegexFactory {
+    fn name(&self) -> &'static str {
+        URL_REGEX_NAME
+    }
+
+    fn build(&self) -> Box<dyn Plugin> {
+        Box::new(FilterByUrlRegex {
+            rules: Arc::clone(&self.rules),
+            url: String::new(),
+        })
+    }
+}
+
+/// `proxy.plugin.FilterByURLRegexPlugin`: a request whose URL, written as proxy.py does
+/// (`host` + `path`, no scheme and no port: `www.facebook.com/tr/?id=1`), contains a
+/// match for one of the `--filtered-url-regex-config` rules gets proxy.py's
+/// `HTTP/1.1 404 Blocked` (`Content-Length: 0`, `Connection: close`) and an INFO log
+/// line naming the URL and the rule's number (from 1). All rules are matched in one
+/// pass (a `RegexSet`); the lowest-numbered match is reported, as proxy.py's first match.
+///
+/// Differences from proxy.py: rules are Rust `regex` syntax, which is Python's `re` for
+/// the usual patterns but has no look-around or back-references (such a rule is refused
+/// at start-up, naming its number, rather than failing per request); a CONNECT request
+/// is matched by its host alone (proxy.py fails on it, having no path); the rules are
+/// read once at start-up, not on every connection; requests addressed to the proxy
+/// itself (origin-form) are not filtered.
+#[derive(Debug)]
+pub struct FilterByUrlRegex {
+    rules: Arc<regex::RegexSet>,
+    /// Reused for every request's URL.
+    url: String,
+}
+
+impl Plugin for FilterByUrlRegex {
+    fn name(&self) -> &'static str {
+        URL_REGEX_NAME
+    }
+
+    fn on_request(
+        &mut self,
+        _cx: &RequestCx<'_>,
+        _req: &mut RequestHead,
+        target: &mut Target,
+    ) -> Result<Flow, PluginError> {
+        let (host, path): (&str, &[u8]) = match target {
+            Target::Absolute { host, path, .. } => (host, path),
+            Target::Authority { host, .. } => (host, b""),
+            Target::Origin | Target::Asterisk => return Ok(Flow::Continue),
+        };
+        if self.rules.is_empty() {
+            return Ok(Flow::Continue);
+        }
+        self.url.clear();
+        self.url.push_str(host);
+        self.url.push_str(&String::from_utf8_lossy(path));
+        let Some(rule) = self.rules.matches(&self.url).iter().next() else {
+            return Ok(Flow::Continue);
+        };
+        tracing::info!(
+            "Blocked: {:?} with status_code '404' by rule number '{}'",
+            self.url,
+            rule + 1
+        );
+        Ok(Flow::Respond(Reply::raw(
+            404,
+            Bytes::from_static(BLOCKED),
+            true,
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -293,5 +398,72 @@ mod tests {
         assert!(is_teapot(run(&f, "127.0.0.1:5000", GET)));
         let empty = FilterByClientIpFactory::with(ClientIpMode::Whitelist, []);
         assert!(is_teapot(run(&empty, CLIENT, GET)));
+    }
+
+    fn url_filter(rules: &[&str]) -> Result<FilterByUrlRegexFactory, String> {
+        let config = Config {
+            filtered_url_regexes: rules.iter().map(|r| (*r).to_owned()).collect(),
+            ..Config::default()
+        };
+        FilterByUrlRegexFactory::new(&config)
+    }
+
+    fn blocked(flow: Flow) -> bool {
+        match flow {
+            Flow::Respond(reply) => {
+                assert_eq!(
+                    (reply.status, &reply.bytes[..], reply.close),
+                    (404, BLOCKED, true)
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn url_regex_searches_host_and_path_without_scheme_or_port() {
+        // Rules from proxy.py's adblock.json, plus one anchored on an address.
+        let f = url_filter(&[
+            "(www){0,1}.facebook.com/tr/.*",
+            r"pagead\d+.googlesyndication.com/.*",
+            r"^127\.0\.0\.1/blocked/",
+            r"^evil\.test$",
+        ])
+        .unwrap();
+        let get = |url: &str| format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n");
+        for url in [
+            "http://www.facebook.com/tr/?id=1",
+            "http://pagead2.googlesyndication.com/pagead/js",
+            "http://127.0.0.1:8080/blocked/x",
+        ] {
+            assert!(blocked(run(&f, CLIENT, &get(url))), "{url}");
+        }
+        for url in [
+            "http://www.facebook.com/",
+            "http://pagead.googlesyndication.com/x",
+            "http://127.0.0.1:8080/fine/blocked/",
+        ] {
+            assert!(!blocked(run(&f, CLIENT, &get(url))), "{url}");
+        }
+        // CONNECT is matched by its host alone.
+        let connect = |a: &str| format!("CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n");
+        assert!(blocked(run(&f, CLIENT, &connect("evil.test:443"))));
+        assert!(!blocked(run(&f, CLIENT, &connect("www.facebook.com:443"))));
+        // Requests to the proxy itself are not filtered.
+        let local = "GET /blocked/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+        assert!(!blocked(run(&f, CLIENT, local)));
+        // No rules, nothing blocked.
+        assert!(!blocked(run(
+            &url_filter(&[]).unwrap(),
+            CLIENT,
+            &get("http://a/")
+        )));
+    }
+
+    #[test]
+    fn url_regex_refuses_rules_rust_regex_cannot_compile() {
+        let err = url_filter(&["fine", "(?=look-ahead)"]).unwrap_err();
+        assert!(err.contains("rule 2"), "{err}");
     }
 }

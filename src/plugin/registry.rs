@@ -20,7 +20,9 @@ use crate::config::Config;
 use super::basic_auth::{self, BasicAuthFactory};
 use super::body_rewrite::{self, ModifyChunkResponseFactory, ModifyPostDataFactory};
 use super::dns_resolver::{self, CustomDnsResolverFactory};
-use super::filters::{self, FilterByClientIpFactory, FilterByUpstreamHostFactory};
+use super::filters::{
+    self, FilterByClientIpFactory, FilterByUpstreamHostFactory, FilterByUrlRegexFactory,
+};
 use super::mock;
 use super::pac::{self, PacFileFactory};
 use super::program_name::{self, ProgramNameFactory};
@@ -34,6 +36,7 @@ use super::PluginFactory;
 pub const BUILTIN: &[&str] = &[
     filters::UPSTREAM_HOST_NAME,
     filters::CLIENT_IP_NAME,
+    filters::URL_REGEX_NAME,
     rewrite::SHORT_LINK_NAME,
     rewrite::REDIRECT_NAME,
     rewrite::MODIFY_REQUEST_HEADER_NAME,
@@ -57,6 +60,10 @@ const MODULES: &[(&str, &str)] = &[
     (
         filters::CLIENT_IP_NAME,
         "proxy.plugin.filter_by_client_ip.FilterByClientIpPlugin",
+    ),
+    (
+        filters::URL_REGEX_NAME,
+        "proxy.plugin.filter_by_url_regex.FilterByURLRegexPlugin",
     ),
     (
         rewrite::SHORT_LINK_NAME,
@@ -148,6 +155,7 @@ pub fn factories(config: &Config) -> Result<Vec<Arc<dyn PluginFactory>>, String>
         let factory: Arc<dyn PluginFactory> = match dotted {
             filters::UPSTREAM_HOST_NAME => Arc::new(FilterByUpstreamHostFactory::new(config)),
             filters::CLIENT_IP_NAME => Arc::new(FilterByClientIpFactory::new(config)),
+            filters::URL_REGEX_NAME => Arc::new(FilterByUrlRegexFactory::new(config)?),
             rewrite::SHORT_LINK_NAME => Arc::new(ShortLinkFactory),
             rewrite::REDIRECT_NAME => Arc::new(RedirectToCustomServerFactory),
             rewrite::MODIFY_REQUEST_HEADER_NAME => Arc::new(ModifyRequestHeaderFactory),
