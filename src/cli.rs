@@ -195,6 +195,21 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", default_value = "")]
     pub filtered_url_regex_config: String,
 
+    /// CacheResponsesPlugin: where the recordings go (`responses/`, `requests/`,
+    /// `content/` below it; created at start-up when the plugin is enabled). `~` is the
+    /// home directory.
+    #[arg(long, value_name = "DIR", default_value = "~/.proxy/cache")]
+    pub cache_dir: String,
+
+    /// CacheResponsesPlugin: also record each request as sent upstream, in `requests/`.
+    #[arg(long)]
+    pub cache_requests: bool,
+
+    /// CacheResponsesPlugin: also write each response's decoded body to
+    /// `content/<name>.<ext>`, the extension from its Content-Type (e.g. `video.mp4`).
+    #[arg(long)]
+    pub cache_by_content_type: bool,
+
     /// Print the version and exit.
     #[arg(short = 'v', long, action = ArgAction::Version)]
     pub version: Option<bool>,

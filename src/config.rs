@@ -121,6 +121,12 @@ pub struct Config {
     /// The rules of `FilterByURLRegexPlugin`, in file order (`--filtered-url-regex-config`):
     /// regular expressions searched for in each request's `host` + `path`.
     pub filtered_url_regexes: Vec<String>,
+    /// CacheResponsesPlugin's directory (`--cache-dir`, `~` expanded).
+    pub cache_dir: PathBuf,
+    /// CacheResponsesPlugin: record requests too (`--cache-requests`).
+    pub cache_requests: bool,
+    /// CacheResponsesPlugin: extract decoded bodies by content type (`--cache-by-content-type`).
+    pub cache_by_content_type: bool,
     /// Answer origin-form requests with the built-in web server's routes
     /// (`--enable-web-server`; also set by `--enable-static-server`).
     pub enable_web_server: bool,
@@ -183,6 +189,9 @@ impl Default for Config {
             enable_web_server: false,
             enable_static_server: false,
             filtered_url_regexes: Vec::new(),
+            cache_dir: expand_home("~/.proxy/cache"),
+            cache_requests: false,
+            cache_by_content_type: false,
             static_server_dir: PathBuf::from("./public"),
             disable_http_proxy: false,
             limits: Limits::default(),
@@ -330,6 +339,9 @@ impl Config {
             filtered_client_ips_mode: cli.filtered_client_ips_mode,
             filtered_client_ips: cli.filtered_client_ips.0,
             filtered_url_regexes,
+            cache_dir: expand_home(&cli.cache_dir),
+            cache_requests: cli.cache_requests,
+            cache_by_content_type: cli.cache_by_content_type,
             enable_web_server: cli.enable_web_server || cli.enable_static_server,
             enable_static_server: cli.enable_static_server,
             static_server_dir,
@@ -377,6 +389,16 @@ fn parse_header_list(list: &str) -> Result<Vec<String>, String> {
 
 /// `--pac-file`: a readable file's bytes; a value naming nothing on disk is the PAC text
 /// itself (proxy.py). A path that exists but cannot be read is an error, not PAC text.
+/// `~` or `~/rest` → the home directory (`$HOME`), as a shell would; other paths as given.
+fn expand_home(path: &str) -> PathBuf {
+    let home = || std::env::var_os("HOME").map(PathBuf::from);
+    match (path, path.strip_prefix("~/")) {
+        ("~", _) => home().unwrap_or_else(|| PathBuf::from(path)),
+        (_, Some(rest)) => home().map_or_else(|| PathBuf::from(path), |h| h.join(rest)),
+        _ => PathBuf::from(path),
+    }
+}
+
 /// Reads FilterByURLRegexPlugin's rules: a JSON array of objects, each with a string
 /// `regex` (other keys, such as proxy.py's `notes`, are ignored).
 fn read_url_regex_config(path: &Path) -> Result<Vec<String>, String> {

@@ -9,6 +9,7 @@
 
 pub mod basic_auth;
 pub mod body_rewrite;
+pub mod cache;
 pub mod dns_resolver;
 pub mod filters;
 pub mod mock;
@@ -138,6 +139,33 @@ pub struct Resolved {
 /// (it need not be `Send`) and is bounded by `--connect-timeout` (else `dns_timeout`).
 pub type ResolveFuture = Pin<Box<dyn Future<Output = io::Result<Option<Resolved>>>>>;
 
+/// Receives a copy of the bytes exchanged with an origin, exactly as they crossed the
+/// wire (see [`Plugin::tap`]). Called on the worker thread, in order; a sink that does
+/// slow work (disk, network) hands the bytes to another thread.
+pub trait WireSink {
+    /// The next bytes.
+    fn bytes(&mut self, bytes: &[u8]);
+
+    /// The exchange is over: `complete` when the message was relayed whole.
+    fn end(&mut self, complete: bool) {
+        let _ = complete;
+    }
+}
+
+/// What a plugin records of one exchange with an origin.
+#[derive(Default)]
+pub struct WireTap {
+    /// The request as sent upstream: the head as the proxy rewrote it, then the body as
+    /// framed on the wire.
+    pub sent: Option<Box<dyn WireSink>>,
+    /// The response as received: interim and final heads as the origin sent them, then
+    /// the body with its framing (chunk sizes and trailers included), up to its end.
+    pub received: Option<Box<dyn WireSink>>,
+}
+
+/// The wire sinks of one direction of an exchange, from every plugin that taps it.
+pub type Sinks = Vec<Box<dyn WireSink>>;
+
 /// Why a plugin could not do its job. Logged once with the plugin's name and answered
 /// with a 500 `proxy_internal_error`; the worker carries on.
 #[derive(Debug)]
@@ -226,6 +254,21 @@ pub trait Plugin {
     /// client connection that asked.
     fn resolve_dns(&mut self, cx: &RequestCx<'_>, host: &str, port: u16) -> Option<ResolveFuture> {
         let _ = (cx, host, port);
+        None
+    }
+
+    /// A request is about to be forwarded to `host:port` (after `on_request` and the
+    /// request-body hooks): return sinks to get a copy of the bytes sent and received
+    /// (proxy.py's `handle_upstream_chunk`, observing only). Taps never change what is
+    /// relayed, and bodies keep their copy-free path. CONNECT tunnels are not tapped.
+    fn tap(
+        &mut self,
+        cx: &RequestCx<'_>,
+        req: &RequestHead,
+        host: &str,
+        port: u16,
+    ) -> Option<WireTap> {
+        let _ = (cx, req, host, port);
         None
     }
 
@@ -399,6 +442,25 @@ impl Chain {
             }
         }
         Ok(None)
+    }
+
+    /// Every plugin's wire taps for an exchange about to be forwarded: (sent, received).
+    pub fn taps(
+        &mut self,
+        cx: &RequestCx<'_>,
+        req: &RequestHead,
+        host: &str,
+        port: u16,
+    ) -> Result<(Sinks, Sinks), (&'static str, PluginError)> {
+        let (mut sent, mut received) = (Vec::new(), Vec::new());
+        for plugin in &mut self.plugins {
+            let name = plugin.name();
+            if let Some(tap) = guard(name, || Ok(plugin.tap(cx, req, host, port)))? {
+                sent.extend(tap.sent);
+                received.extend(tap.received);
+            }
+        }
+        Ok((sent, received))
     }
 
     /// The first client label a plugin gives, if any.

@@ -19,6 +19,7 @@ use crate::config::Config;
 
 use super::basic_auth::{self, BasicAuthFactory};
 use super::body_rewrite::{self, ModifyChunkResponseFactory, ModifyPostDataFactory};
+use super::cache::{self, CacheResponsesFactory};
 use super::dns_resolver::{self, CustomDnsResolverFactory};
 use super::filters::{
     self, FilterByClientIpFactory, FilterByUpstreamHostFactory, FilterByUrlRegexFactory,
@@ -42,6 +43,7 @@ pub const BUILTIN: &[&str] = &[
     rewrite::MODIFY_REQUEST_HEADER_NAME,
     mock::REST_API_NAME,
     mock::MITM_NAME,
+    cache::NAME,
     body_rewrite::MODIFY_CHUNK_RESPONSE_NAME,
     body_rewrite::MODIFY_POST_DATA_NAME,
     program_name::NAME,
@@ -98,6 +100,7 @@ const MODULES: &[(&str, &str)] = &[
         "proxy.plugin.man_in_the_middle.ManInTheMiddlePlugin",
     ),
     (dns_resolver::NAME, dns_resolver::MODULE_NAME),
+    (cache::NAME, cache::MODULE_NAME),
     (web_route::NAME, web_route::MODULE_NAME),
     (
         pac::NAME,
@@ -163,6 +166,7 @@ pub fn factories(config: &Config) -> Result<Vec<Arc<dyn PluginFactory>>, String>
             body_rewrite::MODIFY_POST_DATA_NAME => Arc::new(ModifyPostDataFactory),
             program_name::NAME => Arc::new(ProgramNameFactory),
             dns_resolver::NAME => Arc::new(CustomDnsResolverFactory),
+            cache::NAME => Arc::new(CacheResponsesFactory::new(config)?),
             mock::REST_API_NAME | mock::MITM_NAME => match mock::factory(dotted) {
                 Some(Ok(factory)) => factory,
                 Some(Err(e)) => return Err(format!("{dotted}: {e}")),

@@ -26,7 +26,7 @@ use crate::http::{
     parse_response, request_body_kind, response_body_kind, BodyKind, ChunkedDecoder, Parsed,
     RequestHead, ResponseHead, Scheme, Version,
 };
-use crate::plugin::{Chain, Flow, PluginError, RequestCx, MAX_BUFFERED_REQUEST_BODY};
+use crate::plugin::{Chain, Flow, PluginError, RequestCx, WireSink, MAX_BUFFERED_REQUEST_BODY};
 
 /// Our `Via` entry (RFC 9110 §7.6.3): protocol version and pseudonym.
 const VIA: &[u8] = b"1.1 proxy";
@@ -100,6 +100,14 @@ pub async fn run(
     };
     head.encode(Version::Http11, parts);
     parts.extend(rewritten.iter().cloned());
+    let (mut sent, mut received) = if chain.is_empty() {
+        (Recorders::default(), Recorders::default())
+    } else {
+        let (s, r) = chain.taps(&cx, &head, host, port).map_err(|(name, e)| {
+            ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
+        })?;
+        (Recorders::new(s), Recorders::new(r))
+    };
     // Only a request that can be sent again unchanged (no body, idempotent) is retried.
     let retryable = body == BodyKind::Empty && rewritten.is_none() && is_idempotent(head.method());
 
@@ -119,8 +127,24 @@ pub async fn run(
                 (connected.stream, connected.poolable)
             }
         };
+        if attempt == 0 {
+            // What is sent upstream is recorded once the connection exists (a retry
+            // sends the same bytes again).
+            for part in parts.iter() {
+                sent.record(part);
+            }
+        }
         let outcome = exchange_once(
-            client, config, &upstream, parts, &request, exchange, chain, &cx, shutdown,
+            client,
+            config,
+            &upstream,
+            parts,
+            &request,
+            exchange,
+            chain,
+            &cx,
+            shutdown,
+            (&mut sent, &mut received),
         )
         .await;
         match outcome {
@@ -132,12 +156,60 @@ pub async fn run(
             }
             Err(Failure::BeforeResponse(err)) | Err(Failure::Fatal(err)) => return Err(err),
             Ok(end) => {
+                sent.end(true);
+                received.end(true);
                 if end.upstream_reusable && poolable {
                     shared.pool.put(host, port, upstream);
                 }
                 return Ok(end.client_keep_alive);
             }
         }
+    }
+}
+
+/// The plugins' copies of one direction of an exchange (see `Plugin::tap`): empty, and
+/// free, when no plugin records. A sink that panics is dropped (and logged); the
+/// exchange goes on. Sinks not ended by then are ended as incomplete when dropped.
+#[derive(Default)]
+struct Recorders {
+    sinks: Vec<Box<dyn WireSink>>,
+}
+
+impl Recorders {
+    fn new(sinks: Vec<Box<dyn WireSink>>) -> Self {
+        Recorders { sinks }
+    }
+
+    fn record(&mut self, bytes: &[u8]) {
+        if !self.sinks.is_empty() && !bytes.is_empty() {
+            self.each(|sink| sink.bytes(bytes));
+        }
+    }
+
+    fn end(&mut self, complete: bool) {
+        if !self.sinks.is_empty() {
+            self.each(|sink| sink.end(complete));
+            self.sinks.clear();
+        }
+    }
+
+    fn each(&mut self, mut call: impl FnMut(&mut dyn WireSink)) {
+        self.sinks.retain_mut(|sink| {
+            let run = std::panic::AssertUnwindSafe(|| call(sink.as_mut()));
+            let ok = std::panic::catch_unwind(run).is_ok();
+            if !ok {
+                tracing::error!(
+                    "a plugin's wire tap panicked; it records no more of this exchange"
+                );
+            }
+            ok
+        });
+    }
+}
+
+impl Drop for Recorders {
+    fn drop(&mut self) {
+        self.end(false);
     }
 }
 
@@ -372,6 +444,7 @@ async fn exchange_once(
     chain: &mut Chain,
     cx: &RequestCx<'_>,
     shutdown: &watch::Receiver<bool>,
+    (sent, received): (&mut Recorders, &mut Recorders),
 ) -> std::result::Result<End, Failure> {
     if let Err(e) = write_parts(upstream, parts, config.timeout).await {
         return Err(Failure::BeforeResponse(upstream_error(
@@ -394,7 +467,8 @@ async fn exchange_once(
             upstream,
             request.body,
             config,
-            &upload_done
+            &upload_done,
+            sent
         ));
         let mut download = pin!(download(
             client_stream,
@@ -405,7 +479,8 @@ async fn exchange_once(
             parts,
             Hooks { chain, cx },
             &upload_done,
-            shutdown
+            shutdown,
+            received
         ));
         let mut upload_result: Option<std::result::Result<(), UploadFail>> = None;
         let downloaded = loop {
@@ -493,6 +568,7 @@ async fn upload(
     kind: BodyKind,
     config: &Config,
     done: &Cell<bool>,
+    sent: &mut Recorders,
 ) -> std::result::Result<(), UploadFail> {
     let chunk = config.client_recvbuf_size;
     match kind {
@@ -503,6 +579,7 @@ async fn upload(
                     .unwrap_or(usize::MAX)
                     .min(buf.len());
                 let piece = buf.split_to(take);
+                sent.record(&piece);
                 write_all(dst, &piece, config.timeout)
                     .await
                     .map_err(|_| UploadFail::Upstream)?;
@@ -533,6 +610,7 @@ async fn upload(
                         ))
                     })?;
                     let piece = buf.split_to(progress.consumed);
+                    sent.record(&piece);
                     write_all(dst, &piece, config.timeout)
                         .await
                         .map_err(|_| UploadFail::Upstream)?;
@@ -591,11 +669,13 @@ async fn download(
     hooks: Hooks<'_, '_>,
     upload_done: &Cell<bool>,
     shutdown: &watch::Receiver<bool>,
+    received: &mut Recorders,
 ) -> std::result::Result<Downloaded, Failure> {
     let mut buf = BytesMut::new();
     let mut received_any = false;
     let mut head = loop {
         let head = read_response_head(upstream, &mut buf, config, &mut received_any).await?;
+        received.record(head.raw());
         if !head.is_informational() {
             break head;
         }
@@ -722,7 +802,9 @@ async fn download(
     let body = match body {
         BodyKind::Length(n) if !buf.is_empty() && !transform => {
             let take = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
-            parts.push(buf.split_to(take).freeze());
+            let piece = buf.split_to(take).freeze();
+            received.record(&piece);
+            parts.push(piece);
             BodyKind::Length(n - take as u64)
         }
         other => other,
@@ -738,11 +820,14 @@ async fn download(
         let chunked = request.version == Version::Http11;
         let mut hooks = hooks;
         relay_transformed(
-            client, upstream, &mut buf, body, chunked, config, exchange, &mut hooks,
+            client, upstream, &mut buf, body, chunked, config, exchange, &mut hooks, received,
         )
         .await?
     } else {
-        relay_body(client, upstream, &mut buf, body, dechunk, config, exchange).await?
+        relay_body(
+            client, upstream, &mut buf, body, dechunk, config, exchange, received,
+        )
+        .await?
     };
     Ok(Downloaded::Done(End {
         client_keep_alive: !close_client,
@@ -809,6 +894,10 @@ async fn read_response_head(
 
 /// Relays a response body as framed. Returns whether it ended cleanly with no stray
 /// bytes after it (the upstream connection may then be reused).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one exchange's sockets, buffers and state; a struct would only rename them"
+)]
 async fn relay_body(
     client: &TcpStream,
     upstream: &TcpStream,
@@ -817,6 +906,7 @@ async fn relay_body(
     dechunk: bool,
     config: &Config,
     exchange: &mut Exchange,
+    received: &mut Recorders,
 ) -> std::result::Result<bool, Failure> {
     let chunk = config.server_recvbuf_size;
     let incomplete = || {
@@ -834,6 +924,7 @@ async fn relay_body(
                 let take = usize::try_from(remaining)
                     .unwrap_or(usize::MAX)
                     .min(buf.len());
+                received.record(&buf[..take]);
                 write_all(client, &buf[..take], config.timeout)
                     .await
                     .map_err(to_client)?;
@@ -867,6 +958,7 @@ async fn relay_body(
                             ))
                         })?;
                     let piece = buf.split_to(progress.consumed).freeze();
+                    received.record(&piece);
                     if dechunk {
                         parts.extend(ranges.iter().map(|r| piece.slice(r.clone())));
                         let n: usize = parts.iter().map(Bytes::len).sum();
@@ -895,6 +987,7 @@ async fn relay_body(
         }
         BodyKind::UntilClose => loop {
             if !buf.is_empty() {
+                received.record(buf);
                 write_all(client, buf, config.timeout)
                     .await
                     .map_err(to_client)?;
@@ -928,6 +1021,7 @@ async fn relay_transformed(
     config: &Config,
     exchange: &mut Exchange,
     hooks: &mut Hooks<'_, '_>,
+    received: &mut Recorders,
 ) -> std::result::Result<bool, Failure> {
     let plugin_failed = |(name, e): (&'static str, PluginError)| {
         Failure::Fatal(ProxyError::new(
@@ -951,7 +1045,9 @@ async fn relay_transformed(
                     let take = usize::try_from(remaining)
                         .unwrap_or(usize::MAX)
                         .min(buf.len());
-                    pieces.push(buf.split_to(take).freeze());
+                    let piece = buf.split_to(take).freeze();
+                    received.record(&piece);
+                    pieces.push(piece);
                     remaining -= take as u64;
                     done = remaining == 0;
                 }
@@ -964,10 +1060,15 @@ async fn relay_transformed(
                         ))
                     })?;
                     let piece = buf.split_to(progress.consumed).freeze();
+                    received.record(&piece);
                     pieces.extend(ranges.iter().map(|r| piece.slice(r.clone())));
                     done = progress.done;
                 }
-                BodyKind::UntilClose => pieces.push(buf.split().freeze()),
+                BodyKind::UntilClose => {
+                    let piece = buf.split().freeze();
+                    received.record(&piece);
+                    pieces.push(piece);
+                }
                 BodyKind::Empty => done = true,
             }
         }
