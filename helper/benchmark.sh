@@ -15,6 +15,7 @@ RSS_MODE=open
 ONLY=""
 TARGETS_WANTED=""
 PROXY_BIN="$ROOT/target/release/proxy"
+BASE_BIN=""
 BENCH_USER=bench
 BENCH_PASS=bench
 OUT_DIR="$ROOT/target/bench"
@@ -26,7 +27,7 @@ LOAD_CORE=1
 RELAY_CORE=0
 
 ALL_SCENARIOS="ka newconn 1m connect rss"
-ALL_TARGETS="direct relay proxy proxy-2w proxy-plugins proxy.py tinyproxy squid"
+ALL_TARGETS="direct relay proxy proxy-base proxy-2w proxy-plugins proxy.py tinyproxy squid"
 
 usage() {
   cat <<EOF
@@ -42,6 +43,8 @@ Targets:   $ALL_TARGETS
   relay      the client talks to an nginx 'stream' relay as if it were the origin
   proxy      target/release/proxy, 1 worker, pinned to core $PROXY_CORE
   proxy-2w   target/release/proxy, 2 workers, not pinned
+  proxy-base as proxy, with the --base-bin binary (e.g. a build of an earlier commit),
+             for a before/after comparison in one interleaved run; only with --base-bin
   proxy-plugins  as proxy, plus --basic-auth and FilterByUpstreamHostPlugin (the chain's cost)
   proxy.py   proxy.py 2.4.10 (--num-acceptors 1 --num-workers 1), pinned to core $PROXY_CORE
   tinyproxy  tinyproxy (MaxClients 2000, logging off), pinned to core $PROXY_CORE
@@ -64,6 +67,7 @@ Options:
   --only LIST         comma-separated scenarios to run  [all]
   --targets LIST      comma-separated targets to run  [all that are available]
   --proxy-bin PATH    our proxy binary  [target/release/proxy]
+  --base-bin PATH     the proxy-base target's binary  [none: target skipped]
   --proxypy-bin PATH  proxy.py's 'proxy' script  [target/bench/venv-proxypy/bin/proxy]
   --idle-conns N      idle connections for the rss scenario  [$IDLE_CONNS]
   --rss-mode M        open: connect and send nothing; request: one keep-alive GET, then idle  [$RSS_MODE]
@@ -91,6 +95,7 @@ while [ $# -gt 0 ]; do
     --only) ONLY=${2//,/ }; shift 2 ;;
     --targets) TARGETS_WANTED=${2//,/ }; shift 2 ;;
     --proxy-bin) PROXY_BIN=$2; shift 2 ;;
+    --base-bin) BASE_BIN=$2; shift 2 ;;
     --proxypy-bin) PROXYPY_BIN=$2; shift 2 ;;
     --idle-conns) IDLE_CONNS=$2; shift 2 ;;
     --rss-mode) RSS_MODE=$2; shift 2 ;;
@@ -325,10 +330,14 @@ start_target() { # name -> 0 if started (PORT[name] set)
   case "$t" in
     direct) return 0 ;;
     relay) start_relay ;;
-    proxy|proxy-2w|proxy-plugins)
+    proxy|proxy-base|proxy-2w|proxy-plugins)
       [ -x "$PROXY_BIN" ] || return 1
+      if [ "$t" = proxy-base ] && { [ -z "$BASE_BIN" ] || [ ! -x "$BASE_BIN" ]; }; then return 1; fi
       rm -f "$TMP/$t.port"
-      if [ "$t" = proxy ]; then
+      if [ "$t" = proxy-base ]; then
+        spawn "$t" "${PIN_PROXY[@]}" "$BASE_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
+          --num-workers 1 --log-file /dev/null --log-level e
+      elif [ "$t" = proxy ]; then
         spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
           --num-workers 1 --log-file /dev/null --log-level e
       elif [ "$t" = proxy-plugins ]; then
