@@ -556,3 +556,64 @@ fn program_name_labels_local_clients_in_the_access_log() {
     let expected = format!("{}:{client_port} - GET ", me.trim_end());
     assert!(log.contains(&expected), "expected {expected:?} in:\n{log}");
 }
+
+/// Records the hooks it sees, in order.
+struct Lifecycle(std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+impl proxy::plugin::Plugin for Lifecycle {
+    fn name(&self) -> &'static str {
+        "test.Lifecycle"
+    }
+    fn on_request(
+        &mut self,
+        _: &proxy::plugin::RequestCx<'_>,
+        _: &mut proxy::http::RequestHead,
+        _: &mut proxy::http::Target,
+    ) -> Result<proxy::plugin::Flow, proxy::plugin::PluginError> {
+        self.0.lock().unwrap().push("request");
+        Ok(proxy::plugin::Flow::Continue)
+    }
+    fn on_complete(&mut self, _: &proxy::plugin::RequestCx<'_>, _: Option<u16>) {
+        self.0.lock().unwrap().push("complete");
+    }
+    fn on_close(&mut self, _: &proxy::plugin::RequestCx<'_>) {
+        self.0.lock().unwrap().push("close");
+    }
+}
+
+struct LifecycleFactory(std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+impl proxy::plugin::PluginFactory for LifecycleFactory {
+    fn name(&self) -> &'static str {
+        "test.Lifecycle"
+    }
+    fn build(&self) -> Box<dyn proxy::plugin::Plugin> {
+        Box::new(Lifecycle(std::sync::Arc::clone(&self.0)))
+    }
+}
+
+#[test]
+fn on_close_follows_the_last_exchange_of_a_connection_once() {
+    let origin = Origin::fixed("fine");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut proxy = spawn_proxy_plugins(
+        &[],
+        |_| {},
+        vec![std::sync::Arc::new(LifecycleFactory(
+            std::sync::Arc::clone(&log),
+        ))],
+    );
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    for _ in 0..2 {
+        client.send(&get("http://alpha.test/", ""));
+        assert_eq!(client.read_response().text(), "fine");
+    }
+    drop(client);
+    // Stopping waits for every connection to end, so the close has been seen by then.
+    proxy.take_handle().stop();
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["request", "complete", "request", "complete", "close"]
+    );
+}

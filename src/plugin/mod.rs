@@ -277,6 +277,13 @@ pub trait Plugin {
         let _ = (cx, status);
     }
 
+    /// The client connection has ended (after its last exchange's `on_complete`), however
+    /// it ended: proxy.py's `on_client_connection_close`. Called once; dropping the
+    /// plugin follows.
+    fn on_close(&mut self, cx: &RequestCx<'_>) {
+        let _ = cx;
+    }
+
     /// How the access log names the client instead of its IP address (proxy.py's
     /// `on_access_log` rewriting `client_ip`); asked only when the access log is on.
     fn client_label(&mut self, cx: &RequestCx<'_>) -> Option<String> {
@@ -472,6 +479,17 @@ impl Chain {
             }
         }
         None
+    }
+
+    /// Runs `on_close` on every plugin.
+    pub fn on_close(&mut self, cx: &RequestCx<'_>) {
+        for plugin in &mut self.plugins {
+            let name = plugin.name();
+            let _ = guard(name, || {
+                plugin.on_close(cx);
+                Ok(())
+            });
+        }
     }
 
     /// Runs `on_complete` on every plugin.

@@ -167,12 +167,12 @@ pub async fn serve_connection(
     loop {
         let head = match read_head(&mut client, &shared.config, &mut shutdown).await {
             Ok(HeadRead::Head(head)) => head,
-            Ok(HeadRead::Done) => return,
+            Ok(HeadRead::Done) => break,
             Err(err) => {
                 let mut exchange = Exchange::new(&client, Instant::now());
                 boxed_reply_error(&mut client, &mut exchange, &err, &shared.config).await;
                 exchange.log(&err, conn_id, shared.worker);
-                return;
+                break;
             }
         };
         let mut exchange = Exchange::new(&client, Instant::now());
@@ -200,7 +200,7 @@ pub async fn serve_connection(
             Ok(keep_alive) => {
                 exchange.log_ok(conn_id, shared.worker);
                 if !keep_alive || *shutdown.borrow() {
-                    return;
+                    break;
                 }
             }
             Err(err) => {
@@ -208,9 +208,12 @@ pub async fn serve_connection(
                     boxed_reply_error(&mut client, &mut exchange, &err, &shared.config).await;
                 }
                 exchange.log(&err, conn_id, shared.worker);
-                return;
+                break;
             }
         }
+    }
+    if !conn.chain.is_empty() {
+        conn.chain.on_close(&shared.plugin_cx(client.addr));
     }
 }
 
