@@ -193,12 +193,7 @@ fn redirect_to_custom_server_is_answered_by_the_built_in_web_server() {
     assert_eq!(origin.accepted(), 0);
     // CONNECT is not redirected.
     let mut client = proxy.connect();
-    client.send(b"CONNECT origin.test:80 HTTP/1.1\r\nHost: origin.test:80\r\n\r\n");
-    let established: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
-    assert_eq!(
-        client.read_exact_vec(established.len()).unwrap(),
-        established
-    );
+    client.open_tunnel("origin.test:80");
     client.send(&get("/", ""));
     assert_eq!(client.read_response().text(), "origin");
 }

@@ -913,6 +913,16 @@ impl Wire {
     pub fn try_read_response(&mut self) -> io::Result<Response> {
         read_response_inner(self, "GET")
     }
+
+    /// Sends `CONNECT <authority>` and asserts the proxy's exact `200 Connection
+    /// established`; the wire is then a tunnel.
+    #[allow(dead_code)]
+    #[track_caller]
+    pub fn open_tunnel(&mut self, authority: &str) {
+        const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+        self.send(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes());
+        assert_eq!(self.read_exact_vec(ESTABLISHED.len()).unwrap(), ESTABLISHED);
+    }
 }
 
 // === the binary ===
