@@ -37,9 +37,9 @@ impl Plugin for BlockHosts {
         _req: &mut RequestHead,
         target: &mut Target,
     ) -> Result<Flow, PluginError> {
-        let host = match target {
-            Target::Absolute { host, .. } | Target::Authority { host, .. } => host.as_str(),
-            Target::Origin | Target::Asterisk => return Ok(Flow::Continue),
+        // Requests addressed to the proxy itself (origin-form) have no upstream host.
+        let Some(host) = target.upstream_host() else {
+            return Ok(Flow::Continue);
         };
         if BLOCKED.contains(&host) {
             let body = format!("403 Forbidden: {host} is blocked by this proxy\n");

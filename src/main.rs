@@ -13,11 +13,15 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(err) => return exit_with(&err),
     };
-    // Unknown `--plugins` names are a usage error, reported before anything starts.
-    if let Err(msg) = proxy::plugin::registry::factories(&config) {
-        eprintln!("proxy: error: {msg}");
-        return ExitCode::from(64);
-    }
+    // Unknown `--plugins` names (and plugin flags that fail) are a usage error, reported
+    // before anything starts; the factories built here are the ones the proxy runs.
+    let factories = match proxy::plugin::registry::factories(&config) {
+        Ok(factories) => factories,
+        Err(msg) => {
+            eprintln!("proxy: error: {msg}");
+            return ExitCode::from(64);
+        }
+    };
     let _log_guard = match proxy::logging::init(&config.log) {
         Ok(guard) => guard,
         Err(err) => return exit_with(&err),
@@ -30,7 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let code = run(config);
+    let code = run(config, factories);
     if let Some(path) = &pid_file {
         let _ = std::fs::remove_file(path);
     }
@@ -38,7 +42,10 @@ fn main() -> ExitCode {
 }
 
 /// Starts the proxy and blocks until a signal has stopped it.
-fn run(config: proxy::Config) -> ExitCode {
+fn run(
+    config: proxy::Config,
+    factories: Vec<std::sync::Arc<dyn proxy::plugin::PluginFactory>>,
+) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build();
@@ -56,7 +63,7 @@ fn run(config: proxy::Config) -> ExitCode {
         }
     };
     let grace = config.grace_period;
-    let handle = match proxy::start(config) {
+    let handle = match proxy::server::start_with_factories(config, factories) {
         Ok(handle) => handle,
         Err(e) => {
             tracing::error!("{e}");

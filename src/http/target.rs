@@ -54,6 +54,17 @@ pub enum Target {
     Asterisk,
 }
 
+impl Target {
+    /// The host a proxied request goes to (absolute-form or CONNECT); `None` for a
+    /// request addressed to this server (origin-form, `*`).
+    pub fn upstream_host(&self) -> Option<&str> {
+        match self {
+            Target::Absolute { host, .. } | Target::Authority { host, .. } => Some(host),
+            Target::Origin | Target::Asterisk => None,
+        }
+    }
+}
+
 /// Classifies and parses a request-target; `is_connect` selects authority-form (RFC 9112 §3.2.3).
 pub fn parse_target(raw: &Bytes, is_connect: bool) -> Result<Target, ParseError> {
     // RFC 9112 §3.2: a fragment is never part of a request-target.

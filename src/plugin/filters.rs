@@ -101,11 +101,10 @@ impl Plugin for FilterByUpstreamHost {
         _req: &mut RequestHead,
         target: &mut Target,
     ) -> Result<Flow, PluginError> {
-        let host = match target {
-            Target::Absolute { host, .. } | Target::Authority { host, .. } => host,
-            Target::Origin | Target::Asterisk => return Ok(Flow::Continue),
+        let Some(host) = target.upstream_host() else {
+            return Ok(Flow::Continue);
         };
-        if self.hosts.iter().any(|h| h.as_str() == host.as_str()) {
+        if self.hosts.iter().any(|h| h == host) {
             return Ok(teapot());
         }
         Ok(Flow::Continue)

@@ -97,7 +97,6 @@ impl Plugin for ShortLink {
                 }
             }
         };
-        let path: &[u8] = if path.is_empty() { b"/" } else { path };
         let mut out = Vec::with_capacity(96 + site.len() + path.len());
         out.extend_from_slice(b"HTTP/1.1 303 See Other\r\nLocation: http://");
         out.extend_from_slice(site.as_bytes());
@@ -151,12 +150,7 @@ impl Plugin for RedirectToCustomServer {
         target: &mut Target,
     ) -> Result<Flow, PluginError> {
         if let Target::Absolute { path, .. } = target {
-            let path = if path.is_empty() {
-                Bytes::from_static(b"/")
-            } else {
-                path.clone()
-            };
-            req.set_target(path);
+            req.set_target(path.clone());
             req.set("Host", format!("localhost:{}", our_port(cx)).as_bytes());
             *target = Target::Origin;
         }

@@ -45,6 +45,20 @@ pub fn start_with(config: Config, extra: Vec<Arc<dyn PluginFactory>>) -> Result<
     let config_err = |context: String| ProxyError::new(ErrorKind::ProxyConfigurationError, context);
     let mut factories = crate::plugin::registry::factories(&config).map_err(config_err)?;
     factories.extend(extra);
+    start_with_factories(config, factories)
+}
+
+/// Like [`start`], with exactly these plugin factories, in chain order (the ones the
+/// configuration selects are not added): for a caller that has built them already,
+/// e.g. with `plugin::registry::factories`, so that they are built once.
+///
+/// # Errors
+/// As [`start`].
+pub fn start_with_factories(
+    config: Config,
+    factories: Vec<Arc<dyn PluginFactory>>,
+) -> Result<ProxyHandle> {
+    let config_err = |context: String| ProxyError::new(ErrorKind::ProxyConfigurationError, context);
     let factories: Arc<[Arc<dyn PluginFactory>]> = factories.into();
     if config.listen.is_empty() {
         return Err(config_err("no address to listen on".into()));
