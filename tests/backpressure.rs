@@ -212,3 +212,135 @@ fn slow_origin_stalls_the_upload_instead_of_it_being_buffered() {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "all 50 MiB arrived intact");
 }
+
+// === slow but steady: `--timeout` bounds inactivity, not a transfer's length ===
+//
+// A peer that keeps taking bytes, however slowly, is never cut. The kernel reports a
+// socket writable again only once much of its send buffer has drained, which for a slow
+// reader takes longer than the (here, short) timeout although bytes move all the time.
+
+const STEADY_TOTAL: usize = 6 * 1024 * 1024;
+const STEADY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Reads exactly `total` bytes in `chunk` pieces, pausing after each (about 1.6 MB/s),
+/// checking them against `body`.
+fn read_steadily(body: &Cyclic, already: &[u8], mut stream: impl Read, total: usize) {
+    let mut offset = already.len();
+    body.check(0, already);
+    let mut buf = vec![0u8; 32 * 1024];
+    while offset < total {
+        let want = buf.len().min(total - offset);
+        let n = stream
+            .read(&mut buf[..want])
+            .unwrap_or_else(|e| panic!("reading at {offset} of {total}: {e}"));
+        assert!(n > 0, "closed after {offset} of {total} bytes");
+        body.check(offset, &buf[..n]);
+        offset += n;
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A client socket with a small receive buffer, so that the proxy's send buffer fills.
+fn small_window_client(addr: std::net::SocketAddr) -> Wire {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(32 * 1024).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_write_timeout(Some(WAIT)).unwrap();
+    Wire::new(stream)
+}
+
+/// An origin that answers one request with `STEADY_TOTAL` bytes of the cyclic body.
+fn steady_body_origin(body: Arc<Cyclic>) -> Origin {
+    Origin::raw(move |mut conn| {
+        let Some(_request) = conn.read_request() else {
+            return;
+        };
+        conn.send(format!("HTTP/1.1 200 OK\r\nContent-Length: {STEADY_TOTAL}\r\n\r\n").as_bytes());
+        let mut stream = conn.wire.stream().try_clone().unwrap();
+        for piece in body.pieces(0, STEADY_TOTAL) {
+            if stream.write_all(piece).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[test]
+fn slow_steady_reader_gets_the_whole_download() {
+    let body = Arc::new(Cyclic::new());
+    let origin = steady_body_origin(body.clone());
+    let proxy = spawn_proxy_with(&[], |config| config.timeout = STEADY_TIMEOUT);
+    proxy.route("alpha.test", &origin);
+
+    let mut client = small_window_client(proxy.handle().local_addr());
+    client.send(&get("http://alpha.test/big", ""));
+    let head = parse_head(&client.read_head().unwrap().unwrap());
+    assert_eq!(head.start[1], "200");
+    let already = client.buffered().to_vec();
+    read_steadily(&body, &already, client.stream(), STEADY_TOTAL);
+}
+
+#[test]
+fn slow_steady_reader_gets_the_whole_tunnel_stream() {
+    let body = Arc::new(Cyclic::new());
+    let origin = steady_body_origin(body.clone());
+    let proxy = spawn_proxy_with(&[], |config| config.timeout = STEADY_TIMEOUT);
+
+    let mut client = small_window_client(proxy.handle().local_addr());
+    client.open_tunnel(&origin.addr.to_string());
+    client.send(&get("/big", ""));
+    let head = parse_head(&client.read_head().unwrap().unwrap());
+    assert_eq!(head.start[1], "200");
+    let already = client.buffered().to_vec();
+    read_steadily(&body, &already, client.stream(), STEADY_TOTAL);
+}
+
+#[test]
+fn slow_steady_origin_gets_the_whole_upload_and_answers() {
+    let body = Arc::new(Cyclic::new());
+    // An origin with a small receive window that reads steadily: the proxy's send
+    // buffer, not the origin's, holds what is in flight, as over a real network.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(32 * 1024).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    socket.listen(8).unwrap();
+    let listener: std::net::TcpListener = socket.into();
+    let origin_addr = listener.local_addr().unwrap();
+    let origin = {
+        let body = body.clone();
+        thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            stream.set_read_timeout(Some(WAIT)).unwrap();
+            let mut conn = Wire::new(stream);
+            let head = parse_head(&conn.read_head().unwrap().unwrap());
+            assert_eq!(
+                head.headers.get("content-length"),
+                Some(STEADY_TOTAL.to_string().as_str())
+            );
+            let already = conn.buffered().to_vec();
+            read_steadily(&body, &already, conn.stream(), STEADY_TOTAL);
+            conn.send(&ok("all of it, slowly"));
+        })
+    };
+    let proxy = spawn_proxy_with(&[], |config| config.timeout = STEADY_TIMEOUT);
+
+    let mut client = proxy.connect();
+    client.send(
+        format!(
+            "POST http://{origin_addr}/upload HTTP/1.1\r\nHost: {origin_addr}\r\nContent-Length: {STEADY_TOTAL}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let mut stream = client.stream().try_clone().unwrap();
+    for piece in body.pieces(0, STEADY_TOTAL) {
+        stream.write_all(piece).unwrap();
+    }
+    let resp = client.read_response();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "all of it, slowly");
+    origin.join().unwrap();
+}

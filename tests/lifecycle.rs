@@ -218,3 +218,22 @@ fn binary_serves_then_exits_zero_on_sigterm() {
     assert_eq!(status.code(), Some(0), "{status}");
     assert!(!port_file.exists(), "port file left behind");
 }
+
+/// SIGTERM closes connections with no exchange in flight at once: one that never sent a
+/// byte and one idle after a complete exchange. The timeouts are far longer than the
+/// test's wait for the exit, so waiting for either of them fails the test.
+#[test]
+fn sigterm_closes_silent_and_idle_connections_at_once() {
+    let origin = Origin::fixed("done");
+    let proxy = ProxyBinary::spawn(&["--timeout", "60", "--header-timeout", "60"]);
+    let mut silent = Wire::connect(proxy.addr);
+    let mut idle = Wire::connect(proxy.addr);
+    idle.send(&get(&origin.url("/once"), ""));
+    assert_eq!(idle.read_response().status, 200);
+    // The silent connection has been accepted once the idle one's exchange is done
+    // (one worker, accepting in order).
+    let status = proxy.terminate();
+    assert_eq!(status.code(), Some(0), "{status}");
+    silent.expect_eof();
+    idle.expect_eof();
+}

@@ -10,6 +10,7 @@
 
 use std::cell::Cell;
 use std::pin::pin;
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -452,7 +453,12 @@ async fn exchange_once(
             "sending the request head",
         )));
     }
-    let upload_done = Cell::new(request.body == BodyKind::Empty);
+    let progress = UploadProgress {
+        done: Cell::new(request.body == BodyKind::Empty),
+        running: Cell::new(request.body != BodyKind::Empty),
+        ended: Cell::new(None),
+        unacknowledged: Cell::new(None),
+    };
     // Both halves run until the download ends; the futures (and their borrows of the
     // client) are gone once this block ends.
     let downloaded = {
@@ -467,7 +473,7 @@ async fn exchange_once(
             upstream,
             request.body,
             config,
-            &upload_done,
+            &progress.done,
             sent
         ));
         let mut download = pin!(download(
@@ -478,7 +484,7 @@ async fn exchange_once(
             exchange,
             parts,
             Hooks { chain, cx },
-            &upload_done,
+            &progress,
             shutdown,
             received
         ));
@@ -487,18 +493,21 @@ async fn exchange_once(
             tokio::select! {
                 biased;
                 d = &mut download => break d,
-                u = &mut upload, if upload_result.is_none() => match u {
+                u = &mut upload, if upload_result.is_none() => {
+                    progress.running.set(false);
+                    progress.ended.set(Some(Instant::now()));
+                    match u {
                     // The client vanished or sent a broken body: the exchange is over.
                     Err(UploadFail::Client(err)) => return Err(Failure::Fatal(err)),
                     // Ok, or the origin stopped reading: its response may still come.
                     other => upload_result = Some(other),
-                },
+                }},
             }
         };
         downloaded
     };
-    // `upload_done` starts true for bodiless requests and is set when a body is complete.
-    let upload_ok = upload_done.get();
+    // `done` starts true for bodiless requests and is set when a body is complete.
+    let upload_ok = progress.done.get();
     let end = match downloaded? {
         Downloaded::Done(end) => end,
         Downloaded::Upgraded(upstream_leftover) => {
@@ -551,6 +560,36 @@ async fn relay_upgraded(
         client_keep_alive: false,
         upstream_reusable: false,
     })
+}
+
+/// What the download half knows of the upload half.
+struct UploadProgress {
+    /// Set once the whole body has been sent (true from the start for bodiless requests).
+    done: Cell<bool>,
+    /// True while the body is being sent.
+    running: Cell<bool>,
+    /// When the upload ended (well or not).
+    ended: Cell<Option<Instant>>,
+    /// What the upstream had not acknowledged at the last check, once the upload ended.
+    unacknowledged: Cell<Option<usize>>,
+}
+
+impl UploadProgress {
+    /// True while the upload runs, ended less than `idle` ago, or its last bytes are
+    /// still draining from our send buffer to the origin (less is unacknowledged than
+    /// at the previous check, one `idle` ago). Bodiless requests never wait longer.
+    fn still_moving(&self, upstream: &TcpStream, idle: std::time::Duration) -> bool {
+        let Some(ended) = self.ended.get() else {
+            return self.running.get();
+        };
+        if ended.elapsed() < idle {
+            return true;
+        }
+        let now = super::io::unacknowledged(upstream);
+        let before = self.unacknowledged.replace(now);
+        matches!((before, now), (None, Some(n)) if n > 0)
+            || matches!((before, now), (Some(b), Some(n)) if n < b)
+    }
 }
 
 enum UploadFail {
@@ -667,14 +706,15 @@ async fn download(
     exchange: &mut Exchange,
     parts: &mut Vec<Bytes>,
     hooks: Hooks<'_, '_>,
-    upload_done: &Cell<bool>,
+    upload: &UploadProgress,
     shutdown: &watch::Receiver<bool>,
     received: &mut Recorders,
 ) -> std::result::Result<Downloaded, Failure> {
     let mut buf = BytesMut::new();
     let mut received_any = false;
     let mut head = loop {
-        let head = read_response_head(upstream, &mut buf, config, &mut received_any).await?;
+        let head =
+            read_response_head(upstream, &mut buf, config, &mut received_any, upload).await?;
         received.record(head.raw());
         if !head.is_informational() {
             break head;
@@ -737,7 +777,7 @@ async fn download(
     let close_client = !request.keep_alive
         || body == BodyKind::UntilClose
         || dechunk
-        || !upload_done.get()
+        || !upload.done.get()
         || *shutdown.borrow();
     strip_hop_by_hop(&mut head);
     // Plugins see the origin's framing; the edits that re-frame for the client follow.
@@ -849,6 +889,7 @@ async fn read_response_head(
     buf: &mut BytesMut,
     config: &Config,
     received_any: &mut bool,
+    upload: &UploadProgress,
 ) -> std::result::Result<ResponseHead, Failure> {
     loop {
         if !buf.is_empty() {
@@ -878,6 +919,10 @@ async fn read_response_head(
                 )))
             }
             Ok(_) => {}
+            // The origin may answer only once it has the whole body: while the upload moves
+            // (it has its own inactivity bounds) and for `--timeout` after it ended, the
+            // wait goes on.
+            Err(IoFail::Timeout) if upload.still_moving(upstream, config.timeout) => {}
             Err(IoFail::Io(e)) if !*received_any => {
                 return Err(Failure::BeforeResponse(
                     ProxyError::new(

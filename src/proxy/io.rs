@@ -88,15 +88,17 @@ pub async fn read_some_idle(
 }
 
 /// Writes all of `data` (tried first; the timer is armed only to wait).
+///
+/// `idle` bounds the time without progress, not the whole write: a slow but steady
+/// reader is never cut (see [`wait_for_room`]).
 pub async fn write_all(stream: &TcpStream, mut data: &[u8], idle: Duration) -> Result<(), IoFail> {
     while !data.is_empty() {
         match stream.try_write(data) {
             Ok(0) => return Err(IoFail::Closed),
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                timeout(idle, stream.writable())
-                    .await
-                    .map_err(|_| IoFail::Timeout)??;
+                let n = wait_for_room(stream, &[IoSlice::new(data)], idle).await?;
+                data = &data[n..];
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(IoFail::Io(e)),
@@ -106,7 +108,7 @@ pub async fn write_all(stream: &TcpStream, mut data: &[u8], idle: Duration) -> R
 }
 
 /// Writes all `parts` with vectored writes (a head made of untouched spans and edits).
-/// `parts` is consumed: on return it is empty.
+/// `parts` is consumed: on return it is empty. `idle` bounds the time without progress.
 pub async fn write_parts(
     stream: &TcpStream,
     parts: &mut Vec<Bytes>,
@@ -121,34 +123,90 @@ pub async fn write_parts(
             *slot = IoSlice::new(part);
             count += 1;
         }
-        match stream.try_write_vectored(&slices[..count]) {
+        let written = match stream.try_write_vectored(&slices[..count]) {
             Ok(0) => return Err(IoFail::Closed),
-            Ok(mut n) => {
-                while n > 0 && first < parts.len() {
-                    let len = parts[first].len();
-                    if n >= len {
-                        n -= len;
-                        first += 1;
-                    } else {
-                        parts[first].advance(n);
-                        n = 0;
-                    }
-                }
-                while first < parts.len() && parts[first].is_empty() {
-                    first += 1;
-                }
-            }
+            Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                timeout(idle, stream.writable())
-                    .await
-                    .map_err(|_| IoFail::Timeout)??;
+                wait_for_room(stream, &slices[..count], idle).await?
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(IoFail::Io(e)),
+        };
+        let mut n = written;
+        while n > 0 && first < parts.len() {
+            let len = parts[first].len();
+            if n >= len {
+                n -= len;
+                first += 1;
+            } else {
+                parts[first].advance(n);
+                n = 0;
+            }
+        }
+        while first < parts.len() && parts[first].is_empty() {
+            first += 1;
         }
     }
     parts.clear();
     Ok(())
+}
+
+/// Waits until `stream` takes more bytes, for as long as its peer keeps taking them.
+/// Returns how many bytes of `data` were sent while waiting (0: writable again, the
+/// caller retries). Fails with `Timeout` only after `idle` without any progress.
+///
+/// The kernel reports a TCP socket writable only once a large share of its send buffer
+/// is free again, which for a slow reader (tens of KB/s against a send buffer of a few
+/// MB) can take far longer than `--timeout` although bytes move all the time. So the wait
+/// is cut in ticks, and each tick ends with a direct send attempt (which succeeds as soon
+/// as any room is free): a byte taken is progress and restarts the inactivity bound.
+async fn wait_for_room(
+    stream: &TcpStream,
+    data: &[IoSlice<'_>],
+    idle: Duration,
+) -> Result<usize, IoFail> {
+    let tick = (idle / 8).clamp(Duration::from_millis(5), Duration::from_secs(1));
+    let deadline = tokio::time::Instant::now() + idle;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(IoFail::Timeout);
+        }
+        let wake = (now + tick).min(deadline);
+        if let Ok(ready) = tokio::time::timeout_at(wake, stream.writable()).await {
+            ready?;
+            return Ok(0);
+        }
+        // Bypasses tokio's readiness cache, which says "not writable" until the kernel's
+        // wake-up threshold: this is a real non-blocking send.
+        match socket2::SockRef::from(stream).send_vectored(data) {
+            Ok(0) => return Err(IoFail::Closed),
+            Ok(n) => return Ok(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(IoFail::Io(e)),
+        }
+    }
+}
+
+/// Bytes written to `stream` that its peer has not acknowledged yet (Linux `SIOCOUTQ`),
+/// or `None` where that cannot be asked. A count that goes down shows a transfer still
+/// moving after the last write returned.
+#[allow(unsafe_code)]
+pub fn unacknowledged(stream: &TcpStream) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ for sockets) writes one `int` through the pointer, which
+    // points at a live local `c_int`; the descriptor is borrowed from a live socket.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    if rc == 0 {
+        usize::try_from(queued).ok()
+    } else {
+        None
+    }
 }
 
 /// Shuts down the write side (sends FIN) without closing the read side.

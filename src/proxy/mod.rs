@@ -395,27 +395,34 @@ async fn read_head(
             }
         }
         if client.buf.is_empty() {
-            // Idle between requests: hold no buffer, and leave at once on shutdown.
+            // Idle between requests: hold no buffer, and leave at once on shutdown. The
+            // wait lasts until a byte arrives: a readiness report alone (tokio gives one for
+            // a fresh socket, and a stale one after an exchange) is not a request yet, so
+            // the header timeout only starts with the first byte.
             client.buf = BytesMut::new();
             head_deadline = None;
             if *shutdown.borrow() {
                 return Ok(HeadRead::Done);
             }
-            let idle = tokio::time::timeout(config.timeout, client.stream.readable());
-            tokio::select! {
-                res = idle => match res {
-                    Err(_) | Ok(Err(_)) => return Ok(HeadRead::Done),
-                    Ok(Ok(())) => {}
-                },
+            let first = tokio::select! {
+                biased;
                 _ = shutdown.changed() => return Ok(HeadRead::Done),
+                res = io::read_some_idle(&client.stream, &mut client.buf, HEAD_READ_CHUNK, config.timeout) => res,
+            };
+            match first {
+                Ok(0) | Err(IoFail::Timeout | IoFail::Closed) => return Ok(HeadRead::Done),
+                Ok(_) => continue,
+                Err(IoFail::Io(e)) => {
+                    tracing::debug!(error = %e, "client read failed between requests");
+                    return Ok(HeadRead::Done);
+                }
             }
         }
         let deadline = *head_deadline
             .get_or_insert_with(|| tokio::time::Instant::now() + config.header_timeout);
-        let was_empty = client.buf.is_empty();
         let read = timeout_at(
             deadline,
-            io::read_some_idle(
+            io::read_some(
                 &client.stream,
                 &mut client.buf,
                 HEAD_READ_CHUNK,
@@ -430,7 +437,6 @@ async fn read_head(
                     "request head not received in time",
                 ))
             }
-            Ok(Ok(0)) if was_empty => return Ok(HeadRead::Done),
             Ok(Ok(0)) | Ok(Err(IoFail::Closed)) => {
                 return Err(ProxyError::new(
                     ErrorKind::ClientClosed,
@@ -438,16 +444,11 @@ async fn read_head(
                 ))
             }
             Ok(Ok(_)) => {}
-            Ok(Err(IoFail::Timeout)) if was_empty => return Ok(HeadRead::Done),
             Ok(Err(IoFail::Timeout)) => {
                 return Err(ProxyError::new(
                     ErrorKind::RequestHeaderTimeout,
                     "client went quiet inside a request head",
                 ))
-            }
-            Ok(Err(IoFail::Io(e))) if was_empty => {
-                tracing::debug!(error = %e, "client read failed between requests");
-                return Ok(HeadRead::Done);
             }
             Ok(Err(IoFail::Io(e))) => {
                 return Err(

@@ -80,14 +80,18 @@ pub struct Relayed {
 }
 
 /// Relays bytes between `client` and `upstream` until both directions end, either
-/// fails, or nothing moves for `idle`.
+/// fails, or nothing moves for `idle`. A write in progress counts as moving: it has its
+/// own bound on time without progress, so a slow but steady reader is never cut.
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     chunk: usize,
     idle: Duration,
 ) -> Relayed {
-    let activity = Cell::new(Instant::now());
+    let activity = Activity {
+        last: Cell::new(Instant::now()),
+        writing: Cell::new(0),
+    };
     let up_bytes = Cell::new(0u64);
     let down_bytes = Cell::new(0u64);
     let up = pump(client, upstream, chunk, idle, &activity, &up_bytes);
@@ -102,10 +106,13 @@ pub async fn relay(
     };
     let watchdog = async {
         loop {
-            let deadline = activity.get() + idle;
+            let deadline = activity.last.get() + idle;
             tokio::time::sleep_until(deadline).await;
-            if activity.get() + idle <= Instant::now() {
+            if activity.writing.get() == 0 && activity.last.get() + idle <= Instant::now() {
                 return;
+            }
+            if activity.writing.get() > 0 {
+                activity.last.set(Instant::now());
             }
         }
     };
@@ -118,6 +125,12 @@ pub async fn relay(
         to_upstream: up_bytes.get(),
         result,
     }
+}
+
+/// When the tunnel last moved, and how many writes are under way.
+struct Activity {
+    last: Cell<Instant>,
+    writing: Cell<u8>,
 }
 
 #[derive(Clone, Copy)]
@@ -163,7 +176,7 @@ async fn pump(
     dst: &TcpStream,
     chunk: usize,
     idle: Duration,
-    activity: &Cell<Instant>,
+    activity: &Activity,
     total: &Cell<u64>,
 ) -> std::result::Result<(), PumpFail> {
     loop {
@@ -177,9 +190,11 @@ async fn pump(
                     return Ok(());
                 }
                 Ok(n) => {
-                    activity.set(Instant::now());
-                    write_all(dst, &buf, idle).await.map_err(PumpFail::Write)?;
-                    activity.set(Instant::now());
+                    activity.writing.set(activity.writing.get() + 1);
+                    let written = write_all(dst, &buf, idle).await;
+                    activity.writing.set(activity.writing.get() - 1);
+                    written.map_err(PumpFail::Write)?;
+                    activity.last.set(Instant::now());
                     total.set(total.get() + n as u64);
                     buf.clear();
                 }
