@@ -610,3 +610,36 @@ fn transfer_encoding_on_an_http10_request_is_400() {
     assert!(rest.is_empty(), "bytes after the 400: {rest:?}");
     assert!(origin.requests().is_empty(), "forwarded anyway");
 }
+
+/// A chunked body whose framing is broken in the bytes that came with the head is
+/// refused before any upstream is contacted: the origin never sees the request.
+#[test]
+fn malformed_chunked_body_buffered_with_the_head_never_reaches_the_origin() {
+    let origin = Origin::fixed("must not be reached");
+    let proxy = spawn_proxy(&[]);
+    proxy.route("alpha.test", &origin);
+    let cases: &[(&str, &str)] = &[
+        (
+            "size over 16 hex digits",
+            "11111111111111111\r\nx\r\n0\r\n\r\n",
+        ),
+        ("negative size", "-5\r\nhello\r\n0\r\n\r\n"),
+        ("0x prefix", "0x10\r\n0123456789abcdef\r\n0\r\n\r\n"),
+        ("bare LF after the size", "5\nhello\r\n0\r\n\r\n"),
+        ("data without its CRLF", "5\r\nhelloXX0\r\n\r\n"),
+        (
+            "last chunk without its final CRLF, a request behind it",
+            "0\r\nGET http://alpha.test/ HTTP/1.1\r\n\r\n",
+        ),
+        ("last chunk with a bare CR at the end", "0\r\n\rX"),
+    ];
+    for (what, body) in cases {
+        let mut client = proxy.connect();
+        let mut bytes = b"POST http://alpha.test/upload HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        bytes.extend_from_slice(body.as_bytes());
+        client.send(&bytes);
+        let resp = client.read_response();
+        assert_eq!(resp.status, 400, "{what}");
+        assert_eq!(origin.accepted(), 0, "{what}: the origin was contacted");
+    }
+}

@@ -78,6 +78,15 @@ pub async fn run(
         BodyKind::Length(0) => BodyKind::Empty,
         body => body,
     };
+    // Chunked framing already buffered with the head is checked before any upstream is
+    // contacted: a broken body is refused without the origin seeing its head.
+    if body == BodyKind::Chunked && !client.buf.is_empty() {
+        ChunkedDecoder::new(&config.limits)
+            .advance(&client.buf, None)
+            .map_err(|e| {
+                ProxyError::new(e.request_kind(), format!("request chunked body: {e:?}"))
+            })?;
+    }
     // A body a plugin asked for is read whole now, rewritten, and sent right behind the
     // head with an exact length; nothing is left to upload from the client afterwards.
     let mut rewritten: Option<Bytes> = None;
