@@ -16,7 +16,21 @@ use std::time::Duration;
 use clap::error::{ContextKind, ContextValue, ErrorKind as ClapKind};
 use clap::{ArgAction, Parser};
 
-use crate::config::{ClientIpMode, DEFAULT_LOG_FORMAT};
+use crate::destination::{DenyList, PortRanges};
+
+/// How `FilterByClientIpPlugin` reads `--filtered-client-ips` (`--filtered-client-ips-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientIpMode {
+    /// Refuse the listed clients (proxy.py's default).
+    #[default]
+    Blacklist,
+    /// Refuse every client not listed.
+    Whitelist,
+}
+
+/// proxy.py's default `--log-format`.
+pub const DEFAULT_LOG_FORMAT: &str =
+    "%(asctime)s - pid:%(process)d [%(levelname)-.1s] %(module)s.%(funcName)s:%(lineno)d - %(message)s";
 
 /// Exit status for a bad flag value (`EX_USAGE` from sysexits.h).
 pub const EX_USAGE: i32 = 64;
@@ -89,6 +103,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value = "0", value_parser = parse_workers, allow_negative_numbers = true)]
     pub num_workers: usize,
 
+    /// Accepted for proxy.py compatibility and ignored: here every worker accepts on its
+    /// own SO_REUSEPORT listener, so there are no separate acceptors (see --num-workers).
+    #[arg(long, value_name = "N", value_parser = parse_u64, allow_negative_numbers = true)]
+    pub num_acceptors: Option<u64>,
+
     /// Raise the soft limit on open files (RLIMIT_NOFILE) to N, if the hard limit allows.
     #[arg(long, value_name = "N", default_value = "1024", value_parser = parse_u64, allow_negative_numbers = true)]
     pub open_file_limit: u64,
@@ -142,6 +161,18 @@ pub struct Cli {
     /// [default: none]
     #[arg(long, value_name = "USER:PASS", action = ArgAction::Append, value_parser = parse_basic_auth)]
     pub basic_auth: Vec<String>,
+
+    /// Ports a CONNECT may reach: a list of ports and low-high ranges (443,563,8000-8100);
+    /// others get 403. Not in proxy.py. At the edge, 443 is the usual choice [default: any]
+    #[arg(long, value_name = "PORTS", value_parser = parse_port_ranges)]
+    pub connect_ports: Option<PortRanges>,
+
+    /// Refuse requests and CONNECTs to these addresses with 403: CIDRs, addresses, and
+    /// `private` (loopback, RFC 1918, link-local with the cloud metadata address, CGNAT,
+    /// IPv6 ULA and link-local, ::1, and their IPv4-mapped forms). Checked on the address
+    /// connected to, after DNS. Not in proxy.py [default: none]
+    #[arg(long, value_name = "LIST", value_parser = parse_deny_list)]
+    pub deny_destinations: Option<DenyList>,
 
     /// Serve this PAC file (or, if no such file exists, this literal PAC text) to
     /// origin-form GET/HEAD requests for --pac-file-url-path [default: none]
@@ -337,6 +368,14 @@ fn parse_u64(s: &str) -> Result<u64, String> {
     s.trim()
         .parse::<u64>()
         .map_err(|_| "expected a non-negative integer".to_owned())
+}
+
+fn parse_port_ranges(s: &str) -> Result<PortRanges, String> {
+    PortRanges::parse(s)
+}
+
+fn parse_deny_list(s: &str) -> Result<DenyList, String> {
+    DenyList::parse(s)
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+// The values of two flags are defined with the flags (this module is built from `cli`,
+// never the other way round).
+pub use crate::cli::{ClientIpMode, DEFAULT_LOG_FORMAT};
+use crate::destination::{DenyList, PortRanges};
 use crate::dns::{Resolve, SystemResolver};
 
 /// Size limits on HTTP heads (RFC 9112 leaves them to us; these match common servers).
@@ -58,16 +62,6 @@ pub struct LogConfig {
     pub file: Option<PathBuf>,
     /// Line format.
     pub format: LogFormat,
-}
-
-/// How `FilterByClientIpPlugin` reads `--filtered-client-ips` (`--filtered-client-ips-mode`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ClientIpMode {
-    /// Refuse the listed clients (proxy.py's default).
-    #[default]
-    Blacklist,
-    /// Refuse every client not listed.
-    Whitelist,
 }
 
 /// Everything a worker needs, validated. Shared as `Arc<Config>`.
@@ -137,6 +131,14 @@ pub struct Config {
     pub static_server_dir: PathBuf,
     /// Refuse absolute-form and CONNECT requests: web server only (`--disable-http-proxy`).
     pub disable_http_proxy: bool,
+    /// Ports a CONNECT may reach (`--connect-ports`); `None`: any.
+    pub connect_ports: Option<PortRanges>,
+    /// Addresses no request may be connected to (`--deny-destinations`); empty: none.
+    pub deny_destinations: DenyList,
+    /// `--num-acceptors`, accepted for proxy.py compatibility and otherwise ignored.
+    pub num_acceptors: Option<u64>,
+    /// `--pac-file` named no existing file and is served as literal PAC text.
+    pub pac_file_is_literal: bool,
     /// Head size limits.
     pub limits: Limits,
     /// Logging (applied by the binary).
@@ -194,6 +196,10 @@ impl Default for Config {
             cache_by_content_type: false,
             static_server_dir: PathBuf::from("./public"),
             disable_http_proxy: false,
+            connect_ports: None,
+            deny_destinations: DenyList::default(),
+            num_acceptors: None,
+            pac_file_is_literal: false,
             limits: Limits::default(),
             log: LogConfig {
                 level: tracing::Level::INFO,
@@ -204,10 +210,6 @@ impl Default for Config {
         }
     }
 }
-
-/// proxy.py's default `--log-format`.
-pub const DEFAULT_LOG_FORMAT: &str =
-    "%(asctime)s - pid:%(process)d [%(levelname)-.1s] %(module)s.%(funcName)s:%(lineno)d - %(message)s";
 
 // === impl Config (from the command line) ===
 
@@ -255,9 +257,12 @@ impl Config {
             }
         }
 
-        let pac_file = match &cli.pac_file {
-            Some(value) => Some(read_pac_file(value).map_err(CliError::usage)?),
-            None => None,
+        let (pac_file, pac_file_is_literal) = match &cli.pac_file {
+            Some(value) => {
+                let (text, literal) = read_pac_file(value).map_err(CliError::usage)?;
+                (Some(text), literal)
+            }
+            None => (None, false),
         };
 
         let plugins: Vec<String> = cli
@@ -346,6 +351,10 @@ impl Config {
             enable_static_server: cli.enable_static_server,
             static_server_dir,
             disable_http_proxy: cli.disable_http_proxy,
+            connect_ports: cli.connect_ports,
+            deny_destinations: cli.deny_destinations.unwrap_or_default(),
+            num_acceptors: cli.num_acceptors,
+            pac_file_is_literal,
             log: LogConfig {
                 level: cli.log_level,
                 file: cli.log_file,
@@ -420,14 +429,18 @@ fn read_url_regex_config(path: &Path) -> Result<Vec<String>, String> {
         .collect()
 }
 
-fn read_pac_file(value: &str) -> Result<Vec<u8>, String> {
+/// The PAC file's bytes, or (when no such file exists) the value itself as PAC text;
+/// the flag says which.
+fn read_pac_file(value: &str) -> Result<(Vec<u8>, bool), String> {
     if value.is_empty() {
         return Err("--pac-file: empty value".to_owned());
     }
     match std::fs::metadata(value) {
         Ok(meta) if meta.is_dir() => Err(format!("--pac-file: {value}: is a directory")),
-        Ok(_) => std::fs::read(value).map_err(|e| format!("--pac-file: {value}: {e}")),
-        Err(_) => Ok(value.as_bytes().to_vec()),
+        Ok(_) => std::fs::read(value)
+            .map(|text| (text, false))
+            .map_err(|e| format!("--pac-file: {value}: {e}")),
+        Err(_) => Ok((value.as_bytes().to_vec(), true)),
     }
 }
 

@@ -44,6 +44,8 @@ pub enum ErrorKind {
     ProxyLoopDetected,
     /// A plugin or policy refused the request.
     HttpRequestDenied,
+    /// The request's destination address is one `--deny-destinations` lists.
+    DestinationIpProhibited,
 
     // --- upstream side ---
     /// Name resolution failed (NXDOMAIN, SERVFAIL, no addresses).
@@ -93,6 +95,7 @@ impl ErrorKind {
             UnsupportedRequest => "http_request_unsupported",
             ProxyLoopDetected => "proxy_loop_detected",
             HttpRequestDenied => "http_request_denied",
+            DestinationIpProhibited => "destination_ip_prohibited",
             DnsError => "dns_error",
             DnsTimeout => "dns_timeout",
             ConnectionRefused => "connection_refused",
@@ -124,7 +127,7 @@ impl ErrorKind {
             ClientTimeout | ClientClosed => None,
             UnsupportedRequest => Some(400),
             ProxyLoopDetected => Some(508),
-            HttpRequestDenied => Some(403),
+            HttpRequestDenied | DestinationIpProhibited => Some(403),
             DnsTimeout | ConnectionTimeout | ConnectionReadTimeout => Some(504),
             DnsError
             | ConnectionRefused
@@ -152,7 +155,8 @@ impl ErrorKind {
             | ClientClosed
             | UnsupportedRequest
             | ProxyLoopDetected
-            | HttpRequestDenied => Side::Client,
+            | HttpRequestDenied
+            | DestinationIpProhibited => Side::Client,
             DnsError
             | DnsTimeout
             | ConnectionRefused
@@ -285,6 +289,7 @@ mod tests {
             UnsupportedRequest,
             ProxyLoopDetected,
             HttpRequestDenied,
+            DestinationIpProhibited,
             DnsError,
             DnsTimeout,
             ConnectionRefused,

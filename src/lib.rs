@@ -4,6 +4,7 @@
 //! - [`cli`]: clap flags under proxy.py's names and defaults; argv → `Cli`.
 //! - [`config`]: validated `Config` built from `Cli`, shared read-only by workers.
 //! - [`error`]: `ProxyError` and `ErrorKind` (stable codes, status, side).
+//! - [`destination`]: the destination policy (`--connect-ports`, `--deny-destinations`).
 //! - [`dns`]: the `Resolve` trait and the system resolver.
 //! - [`http`]: HTTP/1.x heads as spans of one buffer, framing, synthetic replies. No I/O.
 //! - [`plugin`]: the ordered plugin chain (`Plugin`, `Flow`) and proxy.py's built-in plugins.
@@ -15,6 +16,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod destination;
 pub mod dns;
 pub mod error;
 pub mod http;

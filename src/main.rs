@@ -63,6 +63,8 @@ fn run(
         }
     };
     let grace = config.grace_period;
+    let workers = config.num_workers;
+    announce(&config);
     let handle = match proxy::server::start_with_factories(config, factories) {
         Ok(handle) => handle,
         Err(e) => {
@@ -70,6 +72,17 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
+    let addrs: Vec<String> = handle
+        .local_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    tracing::info!(
+        "proxy v{} listening on {} with {workers} worker{}",
+        env!("CARGO_PKG_VERSION"),
+        addrs.join(", "),
+        if workers == 1 { "" } else { "s" }
+    );
     let name = rt.block_on(async {
         tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM" }
     });
@@ -88,6 +101,18 @@ fn run(
     } else {
         tracing::warn!("second signal: exiting without waiting for in-flight requests");
         ExitCode::FAILURE
+    }
+}
+
+/// Start-up notes on settings a newcomer may not expect (logged before listening).
+fn announce(config: &proxy::Config) {
+    if config.pac_file_is_literal {
+        tracing::warn!("--pac-file names no existing file: serving its value as literal PAC text");
+    }
+    if let Some(n) = config.num_acceptors {
+        tracing::info!(
+            "--num-acceptors {n} ignored: every worker accepts for itself (--num-workers)"
+        );
     }
 }
 

@@ -165,3 +165,64 @@ fn abbreviated_flags_start_the_proxy_and_sigterm_stops_it() {
     assert!(!pid_file.exists(), "pid file left behind");
     let _ = std::fs::remove_file(&port_file);
 }
+
+/// A newcomer sees at once that the proxy started and where: the version, every bound
+/// address and the worker count at INFO; a warning when `--pac-file` is served as literal
+/// text; `--num-acceptors` (proxy.py's) is accepted and said to be ignored.
+#[test]
+fn start_is_announced_on_stdout() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+        .args(["--port", "0", "--ports", "0", "--num-workers", "2"])
+        .args(["--num-acceptors", "4", "--pac-file", "not/a/file.pac"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let done = line.contains("listening on");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let all = lines.join("\n");
+    let listening = lines.last().unwrap();
+    assert!(
+        listening.contains(&format!("proxy v{}", env!("CARGO_PKG_VERSION")))
+            && listening.contains("[I]")
+            && listening.contains("with 2 workers")
+            && listening.contains("127.0.0.1:"),
+        "{all}"
+    );
+    assert!(
+        all.contains("[W]") && all.contains("literal PAC text"),
+        "{all}"
+    );
+    assert!(all.contains("--num-acceptors 4 ignored"), "{all}");
+}
+
+#[test]
+fn destination_policy_flags_are_checked() {
+    for args in [
+        &["--connect-ports", "https"][..],
+        &["--connect-ports", "0"],
+        &["--connect-ports", "90-80"],
+        &["--deny-destinations", "10.0.0.0/33"],
+        &["--deny-destinations", "intranet"],
+    ] {
+        let out = proxy(args);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).starts_with("proxy: error:"), "{args:?}");
+    }
+}

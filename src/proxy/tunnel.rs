@@ -42,6 +42,14 @@ pub async fn run(
             ))
         }
     }
+    if let Some(allowed) = &config.connect_ports {
+        if !allowed.contains(port) {
+            return Err(ProxyError::new(
+                ErrorKind::HttpRequestDenied,
+                format!("CONNECT to port {port} is not allowed (--connect-ports {allowed})"),
+            ));
+        }
+    }
     let cx = shared.plugin_cx(client.addr);
     let plugin = upstream::resolve_hook(chain, &cx, host, port)?;
     let upstream = upstream::connect(shared, host, port, plugin).await?.stream;

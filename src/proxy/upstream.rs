@@ -26,7 +26,8 @@ pub struct Connected {
 ///
 /// # Errors
 /// `dns_error`, `dns_timeout`, `connection_refused`, `destination_unavailable`,
-/// `connection_timeout`, or `proxy_loop_detected` when the address is this proxy.
+/// `connection_timeout`, `proxy_loop_detected` when the address is this proxy, or
+/// `destination_ip_prohibited` when every address is in `--deny-destinations`.
 pub async fn connect(
     shared: &Shared,
     host: &str,
@@ -112,6 +113,30 @@ pub async fn connect(
     for addr in &addrs {
         if shared.is_own_address(*addr) {
             return Err(loop_error(host, port));
+        }
+    }
+    // --deny-destinations, on the addresses about to be connected to (after DNS, so a
+    // name that resolves to a denied address is refused as the address itself would be).
+    let deny = &config.deny_destinations;
+    let mut addrs = addrs;
+    if !deny.is_empty() {
+        let before = addrs.len();
+        let mut denied = None;
+        addrs.retain(|addr| match deny.matching(addr.ip()) {
+            Some(net) => {
+                denied = Some((addr.ip(), *net));
+                false
+            }
+            None => true,
+        });
+        if let (true, Some((ip, net))) = (addrs.is_empty(), denied) {
+            return Err(ProxyError::new(
+                ErrorKind::DestinationIpProhibited,
+                format!("{host}:{port} is {ip}, in denied range {net}"),
+            ));
+        }
+        if addrs.len() < before {
+            tracing::debug!(host, port, "skipped denied addresses of {host}");
         }
     }
     let mut last_err: Option<io::Error> = None;
