@@ -9,6 +9,7 @@ use std::io::{self, IoSlice};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -45,7 +46,7 @@ pub async fn read_some(
         if buf.capacity() - buf.len() < chunk / 4 {
             buf.reserve(chunk);
         }
-        match stream.try_read_buf(buf) {
+        match try_read_draining(stream, buf) {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -54,6 +55,31 @@ pub async fn read_some(
         timeout(idle, stream.readable())
             .await
             .map_err(|_| IoFail::Timeout)??;
+    }
+}
+
+/// One non-blocking read into the spare room of `buf`.
+///
+/// A read that leaves room unfilled shows that the socket's receive queue was drained,
+/// so the readiness tokio cached for it is cleared at once, as tokio's own `poll_read`
+/// does: the next read waits for epoll instead of first trying a read that can only
+/// return `EAGAIN` (one system call per exchange and direction). Bytes that arrive
+/// after the read raise a new readiness event, which the clearing does not touch.
+pub fn try_read_draining(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut short = 0;
+    let read = stream.try_io(Interest::READABLE, || {
+        let n = stream.try_read_buf(buf)?;
+        if n > 0 && n < room {
+            short = n;
+            // Reported as "would block" so that tokio clears the readiness.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match read {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(short),
+        other => other,
     }
 }
 
@@ -74,7 +100,7 @@ pub async fn read_some_idle(
         if buf.capacity() - buf.len() < chunk / 4 {
             buf.reserve(chunk);
         }
-        match stream.try_read_buf(buf) {
+        match try_read_draining(stream, buf) {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if buf.is_empty() {
