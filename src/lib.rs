@@ -3,6 +3,8 @@
 //! Module map (imports run one way: server → proxy → plugin → http → config/error):
 //! - [`cli`]: clap flags under proxy.py's names and defaults; argv → `Cli`.
 //! - [`config`]: validated `Config` built from `Cli`, shared read-only by workers.
+//! - [`conn`]: one client connection's socket and buffer (`Client`) and socket I/O with
+//!   inactivity bounds (`io`), shared by `proxy` and `web`.
 //! - [`error`]: `ProxyError` and `ErrorKind` (stable codes, status, side).
 //! - [`destination`]: the destination policy (`--connect-ports`, `--deny-destinations`).
 //! - [`dns`]: the `Resolve` trait and the system resolver.
@@ -10,12 +12,13 @@
 //! - [`plugin`]: the ordered plugin chain (`Plugin`, `Flow`) and proxy.py's built-in plugins.
 //! - [`proxy`]: one client connection's lifecycle: forwarding, CONNECT tunnels, upstream pool.
 //! - [`web`]: the built-in web server for origin-form requests: static files
-//!   (`--enable-static-server`, no traversal); called by `proxy`'s routing, writes with `proxy::io`.
+//!   (`--enable-static-server`, no traversal); called by `proxy`'s routing, writes with `conn::io`.
 //! - [`server`]: worker threads, `SO_REUSEPORT` listeners, graceful shutdown, the embedding handle.
 //! - [`logging`]: tracing subscriber with proxy.py's line format or JSON (used by the binary).
 
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod destination;
 pub mod dns;
 pub mod error;

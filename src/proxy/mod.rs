@@ -3,12 +3,11 @@
 //! `serve_connection` is the loop; each phase lives in its own file:
 //! [`forward`] (absolute-form HTTP through the upstream pool), [`tunnel`] (CONNECT),
 //! [`upstream`] (resolve + connect), [`pool`] (idle upstream connections),
-//! [`io`] (socket waits with inactivity bounds), [`access`] (the per-exchange log line).
+//! [`access`] (the per-exchange log line). Socket waits live below, in [`crate::conn`].
 
 pub mod access;
 pub mod dns_cache;
 pub mod forward;
-pub mod io;
 pub mod pool;
 pub mod tunnel;
 pub mod upstream;
@@ -26,6 +25,7 @@ use tokio::sync::watch;
 use tokio::time::timeout_at;
 
 use crate::config::Config;
+use crate::conn::{io, Client};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::{self, parse_request, parse_target, Parsed, RequestHead, Target};
 use crate::plugin::{Chain, Flow, PluginFactory, Reply, RequestCx};
@@ -122,19 +122,6 @@ pub struct ConnState {
     pub parts: Vec<Bytes>,
     /// This connection's plugins.
     pub chain: Chain,
-}
-
-/// The client side of a connection: the socket and its read buffer.
-///
-/// The buffer is released whenever it is empty and the connection waits for a new
-/// request, so an idle keep-alive connection holds no read buffer.
-pub struct Client {
-    /// The client's socket.
-    pub stream: TcpStream,
-    /// Bytes read but not yet consumed (the rest of a body, pipelined requests).
-    pub buf: BytesMut,
-    /// The client's address.
-    pub addr: SocketAddr,
 }
 
 /// What ended an attempt to read a request head.

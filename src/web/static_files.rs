@@ -35,9 +35,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::config::Config;
+use crate::conn::io::{write_all, IoFail};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::{response::simple_response, RequestHead};
-use crate::proxy::io::{write_all, IoFail};
 
 /// Bytes read from a file and written to the client at a time.
 pub const CHUNK: usize = 64 * 1024;
