@@ -377,7 +377,11 @@ impl ChunkedDecoder {
         use FramingError::Malformed;
         self.state = match self.state {
             State::Size { size, digits } => {
-                self.count_line_byte()?;
+                // The CR that ends the line is not part of it: the limit is on the line without its CRLF, as in
+                // `Ext`, where the CR is not counted either.
+                if b != b'\r' {
+                    self.count_line_byte()?;
+                }
                 match (hex_value(b), b) {
                     (Some(_), _) if digits == MAX_SIZE_DIGITS => {
                         return Err(Malformed("chunk size over 16 hex digits"))
@@ -1056,6 +1060,35 @@ mod tests {
         );
         let ok = [b"1;".as_slice(), &[b'x'; 14], b"\r\nA\r\n0\r\n\r\n"].concat();
         assert!(decode_pieces(&ok, &[], &l).is_ok());
+    }
+
+    #[test]
+    fn chunk_line_limit_excludes_the_crlf() {
+        // Found by fuzz/fuzz_targets/chunked.rs: with max_chunk_line 1, "1\r\x11\n" was TooLarge at the CR (the
+        // CR after the size was counted, the one after an extension was not) instead of a bare CR at 0x11.
+        let l = Limits {
+            max_chunk_line: 1,
+            ..limits()
+        };
+        assert_eq!(
+            decode_pieces(b"1\r\x11\n", &[], &l).unwrap_err(),
+            FramingError::Malformed("bare CR in chunk size line")
+        );
+        assert_eq!(
+            decode_pieces(b"1\r\nA\r\n0\r\n\r\n", &[], &l).unwrap(),
+            (b"A".to_vec(), 11, true)
+        );
+        assert_eq!(
+            decode_pieces(b"10\r\n", &[], &l).unwrap_err(),
+            FramingError::TooLarge
+        );
+        // The same line length with an extension: "1;" is two bytes either way.
+        let two = Limits {
+            max_chunk_line: 2,
+            ..limits()
+        };
+        assert!(decode_pieces(b"1;\r\nA\r\n0\r\n\r\n", &[], &two).is_ok());
+        assert!(decode_pieces(b"10\r\n", &[], &two).is_ok());
     }
 
     #[test]
