@@ -282,7 +282,7 @@ pub struct ChunkedDecoder {
     state: State,
     /// Bytes of the current chunk-size line so far (CRLF excluded).
     line_len: usize,
-    /// Bytes of the trailer section so far (including CRLFs).
+    /// Bytes of the trailer section so far (its field lines with their CRLFs; the final CRLF is not counted).
     trailer_len: usize,
     max_chunk_line: usize,
     max_trailers: usize,
@@ -437,7 +437,10 @@ impl ChunkedDecoder {
             State::DataLf if b == b'\n' => State::Size { size: 0, digits: 0 },
             State::DataLf => return Err(Malformed("chunk data not followed by CRLF")),
             State::TrailerStart => {
-                self.count_trailer_byte()?;
+                // The final CRLF ends the body; it is not part of the trailer section (RFC 9112 §7.1).
+                if b != b'\r' {
+                    self.count_trailer_byte()?;
+                }
                 match b {
                     b'\r' => State::EndLf,
                     _ if is_tchar(b) => State::TrailerName,
@@ -1122,6 +1125,38 @@ mod tests {
         let body = [b"0\r\n".as_slice(), &b"X-A: 123456\r\n".repeat(4), b"\r\n"].concat();
         assert_eq!(
             decode_pieces(&body, &[], &l).unwrap_err(),
+            FramingError::TooLarge
+        );
+    }
+
+    #[test]
+    fn trailer_limit_excludes_the_final_crlf() {
+        // Found by fuzz/fuzz_targets/chunked.rs: with max_trailers 0, "0\r\n\r\n," (no trailers at all) was
+        // TooLarge: the CR of the final empty line was counted as a trailer byte.
+        let none = Limits {
+            max_trailers: 0,
+            ..limits()
+        };
+        assert_eq!(
+            decode_pieces(b"0\r\n\r\n,", &[], &none).unwrap(),
+            (Vec::new(), 5, true)
+        );
+        // "A: b\r\n" is 6 bytes of trailer section.
+        let body = b"0\r\nA: b\r\n\r\n";
+        let six = Limits {
+            max_trailers: 6,
+            ..limits()
+        };
+        assert_eq!(
+            decode_pieces(body, &[], &six).unwrap(),
+            (Vec::new(), 11, true)
+        );
+        let five = Limits {
+            max_trailers: 5,
+            ..limits()
+        };
+        assert_eq!(
+            decode_pieces(body, &[], &five).unwrap_err(),
             FramingError::TooLarge
         );
     }
