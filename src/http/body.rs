@@ -282,7 +282,7 @@ pub struct ChunkedDecoder {
     state: State,
     /// Bytes of the current chunk-size line so far (CRLF excluded).
     line_len: usize,
-    /// Bytes of the trailer section so far (including CRLFs).
+    /// Bytes of the trailer section so far (its field lines with their CRLFs; the final CRLF is not counted).
     trailer_len: usize,
     max_chunk_line: usize,
     max_trailers: usize,
@@ -377,7 +377,11 @@ impl ChunkedDecoder {
         use FramingError::Malformed;
         self.state = match self.state {
             State::Size { size, digits } => {
-                self.count_line_byte()?;
+                // The CR that ends the line is not part of it: the limit is on the line without its CRLF, as in
+                // `Ext`, where the CR is not counted either.
+                if b != b'\r' {
+                    self.count_line_byte()?;
+                }
                 match (hex_value(b), b) {
                     (Some(_), _) if digits == MAX_SIZE_DIGITS => {
                         return Err(Malformed("chunk size over 16 hex digits"))
@@ -433,7 +437,10 @@ impl ChunkedDecoder {
             State::DataLf if b == b'\n' => State::Size { size: 0, digits: 0 },
             State::DataLf => return Err(Malformed("chunk data not followed by CRLF")),
             State::TrailerStart => {
-                self.count_trailer_byte()?;
+                // The final CRLF ends the body; it is not part of the trailer section (RFC 9112 §7.1).
+                if b != b'\r' {
+                    self.count_trailer_byte()?;
+                }
                 match b {
                     b'\r' => State::EndLf,
                     _ if is_tchar(b) => State::TrailerName,
@@ -1059,6 +1066,35 @@ mod tests {
     }
 
     #[test]
+    fn chunk_line_limit_excludes_the_crlf() {
+        // Found by fuzz/fuzz_targets/chunked.rs: with max_chunk_line 1, "1\r\x11\n" was TooLarge at the CR (the
+        // CR after the size was counted, the one after an extension was not) instead of a bare CR at 0x11.
+        let l = Limits {
+            max_chunk_line: 1,
+            ..limits()
+        };
+        assert_eq!(
+            decode_pieces(b"1\r\x11\n", &[], &l).unwrap_err(),
+            FramingError::Malformed("bare CR in chunk size line")
+        );
+        assert_eq!(
+            decode_pieces(b"1\r\nA\r\n0\r\n\r\n", &[], &l).unwrap(),
+            (b"A".to_vec(), 11, true)
+        );
+        assert_eq!(
+            decode_pieces(b"10\r\n", &[], &l).unwrap_err(),
+            FramingError::TooLarge
+        );
+        // The same line length with an extension: "1;" is two bytes either way.
+        let two = Limits {
+            max_chunk_line: 2,
+            ..limits()
+        };
+        assert!(decode_pieces(b"1;\r\nA\r\n0\r\n\r\n", &[], &two).is_ok());
+        assert!(decode_pieces(b"10\r\n", &[], &two).is_ok());
+    }
+
+    #[test]
     fn trailer_rules() {
         assert!(decode(b"0\r\nA: b\r\nC:\r\n\r\n").unwrap().2);
         for bad in [
@@ -1089,6 +1125,38 @@ mod tests {
         let body = [b"0\r\n".as_slice(), &b"X-A: 123456\r\n".repeat(4), b"\r\n"].concat();
         assert_eq!(
             decode_pieces(&body, &[], &l).unwrap_err(),
+            FramingError::TooLarge
+        );
+    }
+
+    #[test]
+    fn trailer_limit_excludes_the_final_crlf() {
+        // Found by fuzz/fuzz_targets/chunked.rs: with max_trailers 0, "0\r\n\r\n," (no trailers at all) was
+        // TooLarge: the CR of the final empty line was counted as a trailer byte.
+        let none = Limits {
+            max_trailers: 0,
+            ..limits()
+        };
+        assert_eq!(
+            decode_pieces(b"0\r\n\r\n,", &[], &none).unwrap(),
+            (Vec::new(), 5, true)
+        );
+        // "A: b\r\n" is 6 bytes of trailer section.
+        let body = b"0\r\nA: b\r\n\r\n";
+        let six = Limits {
+            max_trailers: 6,
+            ..limits()
+        };
+        assert_eq!(
+            decode_pieces(body, &[], &six).unwrap(),
+            (Vec::new(), 11, true)
+        );
+        let five = Limits {
+            max_trailers: 5,
+            ..limits()
+        };
+        assert_eq!(
+            decode_pieces(body, &[], &five).unwrap_err(),
             FramingError::TooLarge
         );
     }

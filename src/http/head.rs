@@ -241,9 +241,15 @@ impl Fields {
     /// Renders `Name: value\r\n` into an owned line and returns its slot and spans.
     ///
     /// Never emits a line our own parser would reject: non-token name bytes become `-`, CR/LF/NUL/CTL in the
-    /// value become SP (so a plugin cannot split the head), and the value is OWS-trimmed.
+    /// value become SP (so a plugin cannot split the head), and the value is OWS-trimmed after that replacement
+    /// (a CTL at either end would otherwise leave whitespace that the next hop drops, and the value this head
+    /// reports would not be the one sent).
     fn render(&mut self, name: &str, value: &[u8]) -> (Slot, Span, Span) {
-        let value = trim_ows(value);
+        let kept = |b: &u8| is_field_byte(*b) && !matches!(b, b' ' | b'\t');
+        let value = match (value.iter().position(kept), value.iter().rposition(kept)) {
+            (Some(first), Some(last)) => value.get(first..=last).unwrap_or_default(),
+            _ => &[],
+        };
         let mut line = BytesMut::with_capacity(name.len() + value.len() + 4);
         line.extend(name.bytes().map(|b| if is_tchar(b) { b } else { b'-' }));
         if name.is_empty() {

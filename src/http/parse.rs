@@ -1083,6 +1083,28 @@ Accept: */*\r\nProxy-Connection: keep-alive\r\n\r\n";
     }
 
     #[test]
+    fn edited_values_are_trimmed_after_control_bytes_become_spaces() {
+        // Found by fuzz/fuzz_targets/request_head.rs: "\x01va\r\nlue\x7f\r" was sent as " va  lue  ", which
+        // the next hop reads as "va  lue" while the head reported the untrimmed value.
+        let mut head = req_ok(b"GET http://a/ HTTP/1.1\r\n\r\n");
+        head.append("X-Bad", b"\x01va\r\nlue\x7f\r");
+        head.append("X-Ctl", b"\r\n\x00");
+        assert_eq!(head.header("x-bad"), Some(&b"va  lue"[..]));
+        assert_eq!(head.header("x-ctl"), Some(&b""[..]));
+        let mut out = Vec::new();
+        head.encode(Version::Http11, &mut out);
+        let wire = joined(&out);
+        assert_eq!(
+            wire,
+            b"GET http://a/ HTTP/1.1\r\nX-Bad: va  lue\r\nX-Ctl: \r\n\r\n"
+        );
+        let again = req_ok(&wire);
+        let sent: Vec<_> = again.headers().collect();
+        let reported: Vec<_> = head.headers().collect();
+        assert_eq!(sent, reported);
+    }
+
+    #[test]
     fn response_encode_untouched_is_raw_and_edits_apply() {
         let mut head =
             res_ok(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n");
