@@ -1468,6 +1468,54 @@ fn push_digits(n: u32, out: &mut String) {
     out.push(char::from(b'0' + (n % 10) as u8));
 }
 
+/// Counts this thread's allocations, so tests can check a path allocates nothing.
+#[cfg(test)]
+pub(crate) mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static COUNT: Cell<u64> = const { Cell::new(0) };
+    }
+
+    struct Counting;
+
+    fn count() {
+        let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+    }
+
+    #[expect(
+        unsafe_code,
+        reason = "a GlobalAlloc is unsafe by definition; this one only counts, in test builds"
+    )]
+    // SAFETY: every call is passed on to `System` with the caller's own arguments.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count();
+            System.alloc(layout)
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            System.dealloc(ptr, layout)
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            count();
+            System.alloc_zeroed(layout)
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count();
+            System.realloc(ptr, layout, new_size)
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    /// Allocations (and reallocations) made by this thread so far.
+    pub(crate) fn allocations() -> u64 {
+        COUNT.with(Cell::get)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
