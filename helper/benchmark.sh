@@ -27,7 +27,7 @@ LOAD_CORE=1
 RELAY_CORE=0
 
 ALL_SCENARIOS="ka newconn 1m connect rss"
-ALL_TARGETS="direct relay proxy proxy-base proxy-2w proxy-plugins proxy.py tinyproxy squid"
+ALL_TARGETS="direct relay proxy proxy-log proxy-base proxy-2w proxy-plugins proxy.py tinyproxy squid"
 
 usage() {
   cat <<EOF
@@ -41,7 +41,12 @@ when installed, proxy.py 2.4.10, tinyproxy and squid. Everything listens on
 Targets:   $ALL_TARGETS
   direct     the client talks to the nginx origin itself
   relay      the client talks to an nginx 'stream' relay as if it were the origin
-  proxy      target/release/proxy, 1 worker, pinned to core $PROXY_CORE
+  proxy      target/release/proxy, 1 worker, pinned to core $PROXY_CORE; logging off
+             (--log-level e --log-file /dev/null)
+  proxy-log  as proxy, but logging as users run it: the default level (INFO: one
+             access-log line per request, proxy.py's format) to a --log-file in the
+             temporary directory (emptied before each run); proxy-log/proxy is the
+             access log's cost
   proxy-2w   target/release/proxy, 2 workers, not pinned
   proxy-base as proxy, with the --base-bin binary (e.g. a build of an earlier commit),
              for a before/after comparison in one interleaved run; only with --base-bin
@@ -78,7 +83,7 @@ Options:
                       target/bench/venv-proxypy; then run. Nothing is installed without it.
   -h, --help          this text
 
-Default run: 5 scenarios x 7 targets x 3 rounds x 5 s, about 10 minutes.
+Default run: 5 scenarios x 8 targets x 3 rounds x 5 s, about 11 minutes.
 Quick check: helper/benchmark.sh --duration 3s --rounds 1 --only ka
 EOF
 }
@@ -330,7 +335,7 @@ start_target() { # name -> 0 if started (PORT[name] set)
   case "$t" in
     direct) return 0 ;;
     relay) start_relay ;;
-    proxy|proxy-base|proxy-2w|proxy-plugins)
+    proxy|proxy-log|proxy-base|proxy-2w|proxy-plugins)
       [ -x "$PROXY_BIN" ] || return 1
       if [ "$t" = proxy-base ] && { [ -z "$BASE_BIN" ] || [ ! -x "$BASE_BIN" ]; }; then return 1; fi
       rm -f "$TMP/$t.port"
@@ -340,6 +345,10 @@ start_target() { # name -> 0 if started (PORT[name] set)
       elif [ "$t" = proxy ]; then
         spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
           --num-workers 1 --log-file /dev/null --log-level e
+      elif [ "$t" = proxy-log ]; then
+        # The default log level: an access-log line per request, written to a real file.
+        spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
+          --num-workers 1 --log-file "$TMP/proxy-log.log"
       elif [ "$t" = proxy-plugins ]; then
         # The cost of the chain: basic auth plus a host filter on every request.
         spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
@@ -503,6 +512,13 @@ report_scenario() { # scenario
       printf "%-10s %12.1f %9.2f %7d %8d %12.1f %8s %8s\n", t, m, p, e, c, h / 1024,
         (d != "nan" && d > 0 ? sprintf("%.2f", m / d) : "-"), (r != "nan" && r > 0 ? sprintf("%.2f", m / r) : "-") }'
   done
+  # The access log's cost, when both were run.
+  local pmed lmed
+  pmed=$(awk -v s="$scen" -v c="$col" '$1 == "run" && $2 == s && $3 == "proxy" { print $c }' "$RESULTS" | median)
+  lmed=$(awk -v s="$scen" -v c="$col" '$1 == "run" && $2 == s && $3 == "proxy-log" { print $c }' "$RESULTS" | median)
+  if [ "$pmed" != nan ] && [ "$lmed" != nan ]; then
+    awk -v p="$pmed" -v l="$lmed" 'BEGIN { if (p > 0) printf "proxy-log/proxy %.3f (medians)\n", l / p }'
+  fi
 }
 
 report_rss() {
@@ -538,6 +554,8 @@ run_throughput_scenario() { # scenario
     for i in $(seq 0 $(( n - 1 ))); do
       t=${order[$(( (i + r - 1) % n ))]}   # rotate the start each round
       if [ "$r" = 1 ] && [ "$(secs "$WARMUP")" != 0 ]; then run_load "$scen" "$t" "$WARMUP" >/dev/null; fi
+      # Keep the access log from filling the disk (the proxy appends: truncating is safe).
+      if [ "$t" = proxy-log ]; then : >"$TMP/proxy-log.log"; fi
       res=$(run_load "$scen" "$t" "$DURATION")
       echo "run $scen $t $r $res" >>"$RESULTS"
       log "$scen round $r $t: $res  (req/s MiB/s p99ms errors closed)"
