@@ -1,10 +1,11 @@
 //! proxy: a fast, strict, programmable HTTP/1.x forward proxy with proxy.py's command line.
 //!
-//! Module map (imports run one way: server → proxy → plugin → http → config/error):
+//! Module map (imports run one way: server → proxy → web → plugin, conn → http → config →
+//! cli; `error`, `dns`, `destination` and `logging` sit below whatever uses them):
 //! - [`cli`]: clap flags under proxy.py's names and defaults; argv → `Cli`.
 //! - [`config`]: validated `Config` built from `Cli`, shared read-only by workers.
-//! - [`conn`]: one client connection's socket and buffer (`Client`) and socket I/O with
-//!   inactivity bounds (`io`), shared by `proxy` and `web`.
+//! - [`conn`]: one client connection's socket and buffer (`Client`), socket I/O with
+//!   inactivity bounds (`io`) and the access-log record (`access`), shared by `proxy` and `web`.
 //! - [`error`]: `ProxyError` and `ErrorKind` (stable codes, status, side).
 //! - [`destination`]: the destination policy (`--connect-ports`, `--deny-destinations`).
 //! - [`dns`]: the `Resolve` trait and the system resolver.

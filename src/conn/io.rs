@@ -13,6 +13,8 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::error::{ErrorKind, ProxyError};
+
 /// Why a socket operation did not complete.
 #[derive(Debug)]
 pub enum IoFail {
@@ -249,6 +251,15 @@ pub fn is_idle_and_open(stream: &TcpStream) -> bool {
     match socket2::SockRef::from(stream).peek(&mut probe) {
         Err(e) => e.kind() == io::ErrorKind::WouldBlock,
         Ok(_) => false,
+    }
+}
+
+/// Maps a failure on the client socket to an error (no reply is possible after it).
+pub fn client_io_error(err: IoFail, context: &'static str) -> ProxyError {
+    match err {
+        IoFail::Timeout => ProxyError::new(ErrorKind::ClientTimeout, context),
+        IoFail::Closed => ProxyError::new(ErrorKind::ClientClosed, context),
+        IoFail::Io(e) => ProxyError::new(ErrorKind::ClientClosed, context).with_source(e),
     }
 }
 

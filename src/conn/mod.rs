@@ -1,7 +1,9 @@
 //! What the proxy's exchange loop and the built-in web server share about one client
-//! connection: the client side ([`Client`]) and socket I/O with inactivity bounds
-//! ([`io`]). Below both `proxy` and `web`, so that neither imports the other's insides.
+//! connection: the client side ([`Client`]), socket I/O with inactivity bounds ([`io`])
+//! and the access-log record of each exchange ([`access`]). Below both `proxy` and
+//! `web`, so that neither imports the other.
 
+pub mod access;
 pub mod io;
 
 use std::net::SocketAddr;

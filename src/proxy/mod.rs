@@ -3,9 +3,8 @@
 //! `serve_connection` is the loop; each phase lives in its own file:
 //! [`forward`] (absolute-form HTTP through the upstream pool), [`tunnel`] (CONNECT),
 //! [`upstream`] (resolve + connect), [`pool`] (idle upstream connections),
-//! [`access`] (the per-exchange log line). Socket waits live below, in [`crate::conn`].
+//! Socket waits and the access-log record live below, in [`crate::conn`].
 
-pub mod access;
 pub mod dns_cache;
 pub mod forward;
 pub mod pool;
@@ -25,7 +24,8 @@ use tokio::sync::watch;
 use tokio::time::timeout_at;
 
 use crate::config::Config;
-use crate::conn::{io, Client};
+use crate::conn::io::client_io_error;
+use crate::conn::{access, io, Client};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::{self, parse_request, parse_target, Parsed, RequestHead, Target};
 use crate::plugin::{Chain, Flow, PluginFactory, Reply, RequestCx};
@@ -492,15 +492,6 @@ async fn linger_drain(client: &mut Client, config: &Config) {
             Ok(Ok(n)) if n > 0 => drained += n,
             _ => break,
         }
-    }
-}
-
-/// Maps a failure on the client socket to an error (no reply is possible after it).
-pub(crate) fn client_io_error(err: IoFail, context: &'static str) -> ProxyError {
-    match err {
-        IoFail::Timeout => ProxyError::new(ErrorKind::ClientTimeout, context),
-        IoFail::Closed => ProxyError::new(ErrorKind::ClientClosed, context),
-        IoFail::Io(e) => ProxyError::new(ErrorKind::ClientClosed, context).with_source(e),
     }
 }
 

@@ -22,10 +22,10 @@
 pub mod static_files;
 
 use crate::config::Config;
+use crate::conn::access::Exchange;
 use crate::conn::{io, Client};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::{request_body_kind, BodyKind, RequestHead};
-use crate::proxy::access::Exchange;
 
 /// Answers one origin-form request from `--static-server-dir` and records it in
 /// `exchange`. Returns whether the client connection may carry another request.

@@ -88,7 +88,7 @@ impl StaticError {
     pub fn into_proxy_error(self) -> ProxyError {
         match self.fail {
             StaticFail::Client(fail) => {
-                crate::proxy::client_io_error(fail, "writing a static file")
+                crate::conn::io::client_io_error(fail, "writing a static file")
             }
             StaticFail::File(e) => {
                 ProxyError::new(ErrorKind::ProxyInternalError, "reading a static file")
