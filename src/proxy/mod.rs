@@ -164,8 +164,9 @@ pub async fn serve_connection(
         parts: Vec::new(),
         chain: Chain::build(&shared.factories),
     };
+    let mut fresh = true;
     loop {
-        let head = match read_head(&mut client, &shared.config, &mut shutdown).await {
+        let head = match read_head(&mut client, &shared.config, &mut shutdown, fresh).await {
             Ok(HeadRead::Head(head)) => head,
             Ok(HeadRead::Done) => break,
             Err(err) => {
@@ -175,6 +176,7 @@ pub async fn serve_connection(
                 break;
             }
         };
+        fresh = false;
         let mut exchange = Exchange::new(&client, Instant::now());
         exchange.set_request(&head);
         // The exchange's state machine is large and a task's future is allocated at its
@@ -375,10 +377,18 @@ async fn send_reply(
 
 /// Reads one request head, bounded by the inactivity timeout while idle and by the
 /// header timeout once its first byte has arrived (slowloris).
+///
+/// On shutdown an idle keep-alive connection is closed at once, unless its next request
+/// is already waiting in the socket. A `fresh` connection (no request yet) is not idle:
+/// its client has just connected, perhaps taken from the accept queue while the
+/// listener drained, and is about to send a request that it could not safely retry
+/// elsewhere; it gets the usual inactivity timeout (and the grace period) to send it,
+/// and the answer closes the connection.
 async fn read_head(
     client: &mut Client,
     config: &Config,
     shutdown: &mut watch::Receiver<bool>,
+    fresh: bool,
 ) -> Result<HeadRead, ProxyError> {
     let mut head_deadline: Option<tokio::time::Instant> = None;
     loop {
@@ -397,22 +407,47 @@ async fn read_head(
         if client.buf.is_empty() {
             // Idle between requests: hold no buffer, and leave at once on shutdown.
             client.buf = BytesMut::new();
-            head_deadline = None;
-            if *shutdown.borrow() {
+            let stopping = *shutdown.borrow();
+            if stopping && !fresh && !io::has_input(&client.stream) {
                 return Ok(HeadRead::Done);
             }
-            let idle = tokio::time::timeout(config.timeout, client.stream.readable());
-            tokio::select! {
-                res = idle => match res {
-                    Err(_) | Ok(Err(_)) => return Ok(HeadRead::Done),
-                    Ok(Ok(())) => {}
-                },
-                _ = shutdown.changed() => return Ok(HeadRead::Done),
+            // The wait is the first read itself: `readable()` alone may report a socket
+            // readable that has nothing to read (tokio keeps readiness until a read would
+            // block), and a wait ended by such a report would no longer watch shutdown.
+            let first = io::read_some_idle(
+                &client.stream,
+                &mut client.buf,
+                HEAD_READ_CHUNK,
+                config.timeout,
+            );
+            let read = if stopping {
+                first.await
+            } else {
+                tokio::select! {
+                    read = first => read,
+                    changed = shutdown.changed() => {
+                        if changed.is_err() {
+                            return Ok(HeadRead::Done);
+                        }
+                        // Decide again, now as a stopping connection.
+                        continue;
+                    }
+                }
+            };
+            match read {
+                Ok(0) | Err(IoFail::Timeout | IoFail::Closed) => return Ok(HeadRead::Done),
+                Ok(_) => {}
+                Err(IoFail::Io(e)) => {
+                    tracing::debug!(error = %e, "client read failed between requests");
+                    return Ok(HeadRead::Done);
+                }
             }
+            head_deadline = Some(tokio::time::Instant::now() + config.header_timeout);
+            continue;
         }
+        // Part of a head has arrived: the rest must come within the header timeout.
         let deadline = *head_deadline
             .get_or_insert_with(|| tokio::time::Instant::now() + config.header_timeout);
-        let was_empty = client.buf.is_empty();
         let read = timeout_at(
             deadline,
             io::read_some_idle(
@@ -430,7 +465,6 @@ async fn read_head(
                     "request head not received in time",
                 ))
             }
-            Ok(Ok(0)) if was_empty => return Ok(HeadRead::Done),
             Ok(Ok(0)) | Ok(Err(IoFail::Closed)) => {
                 return Err(ProxyError::new(
                     ErrorKind::ClientClosed,
@@ -438,16 +472,11 @@ async fn read_head(
                 ))
             }
             Ok(Ok(_)) => {}
-            Ok(Err(IoFail::Timeout)) if was_empty => return Ok(HeadRead::Done),
             Ok(Err(IoFail::Timeout)) => {
                 return Err(ProxyError::new(
                     ErrorKind::RequestHeaderTimeout,
                     "client went quiet inside a request head",
                 ))
-            }
-            Ok(Err(IoFail::Io(e))) if was_empty => {
-                tracing::debug!(error = %e, "client read failed between requests");
-                return Ok(HeadRead::Done);
             }
             Ok(Err(IoFail::Io(e))) => {
                 return Err(
