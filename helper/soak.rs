@@ -224,7 +224,10 @@ async fn read_body_checked(
 }
 
 /// Reads one response with a Content-Length body; returns status and body.
-async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+async fn read_response(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<(u16, Vec<u8>), String> {
     let (head, rest) = read_head(stream, buf)
         .await
         .map_err(|e| e.to_string())?
@@ -523,7 +526,11 @@ fn parse_args() -> Result<Args, String> {
         (None, None, Duration::from_secs(1800), 200, None);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
-        let secs = |v: &str| v.parse::<u64>().map(Duration::from_secs).map_err(|e| e.to_string());
+        let secs = |v: &str| {
+            v.parse::<u64>()
+                .map(Duration::from_secs)
+                .map_err(|e| e.to_string())
+        };
         match flag.as_str() {
             "--proxy" => proxy = Some(value.parse().map_err(|e| format!("--proxy: {e}"))?),
             "--pid" => pid = Some(value.parse().map_err(|e| format!("--pid: {e}"))?),
@@ -581,9 +588,9 @@ async fn run(args: Args) -> std::process::ExitCode {
     tokio::spawn(origin(origin_listener, body.clone()));
     tokio::spawn(echo(echo_listener));
 
-    let warmup = args
-        .warmup
-        .unwrap_or_else(|| (args.duration / 10).clamp(Duration::from_secs(5), Duration::from_secs(60)));
+    let warmup = args.warmup.unwrap_or_else(|| {
+        (args.duration / 10).clamp(Duration::from_secs(5), Duration::from_secs(60))
+    });
     let start = sample(args.pid);
     let stats: Shared = Arc::default();
     let ctx = Arc::new(Ctx {

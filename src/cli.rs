@@ -241,6 +241,13 @@ pub struct Cli {
     #[arg(long)]
     pub cache_by_content_type: bool,
 
+    /// Join a port another proxy process already listens on (SO_REUSEPORT), for
+    /// zero-downtime upgrades: start the new process with this flag, wait for its
+    /// --port-file, then SIGTERM the old one (see README). Without it, a port in use is
+    /// an error (not in proxy.py).
+    #[arg(long)]
+    pub reuse_port: bool,
+
     /// Print the version and exit.
     #[arg(short = 'v', long, action = ArgAction::Version)]
     pub version: Option<bool>,
@@ -753,6 +760,14 @@ mod tests {
         ] {
             assert!(help.message().contains(flag), "{flag}");
         }
+    }
+
+    #[test]
+    fn reuse_port_is_off_unless_asked() {
+        assert!(!parse(&[]).unwrap().reuse_port);
+        assert!(parse(&["--reuse-port"]).unwrap().reuse_port);
+        let help = parse(&["-h"]).unwrap_err();
+        assert!(help.message().contains("--reuse-port"));
     }
 
     #[test]

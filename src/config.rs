@@ -145,6 +145,9 @@ pub struct Config {
     pub log: LogConfig,
     /// Name resolution for origins.
     pub resolver: Arc<dyn Resolve>,
+    /// Join ports other processes already listen on (`--reuse-port`), instead of
+    /// refusing to start: the new process of a zero-downtime upgrade.
+    pub reuse_port: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -207,6 +210,7 @@ impl Default for Config {
                 format: LogFormat::Template(DEFAULT_LOG_FORMAT.to_owned()),
             },
             resolver: Arc::new(SystemResolver),
+            reuse_port: false,
         }
     }
 }
@@ -360,6 +364,7 @@ impl Config {
                 file: cli.log_file,
                 format,
             },
+            reuse_port: cli.reuse_port,
             ..Config::default()
         })
     }

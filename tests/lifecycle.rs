@@ -128,9 +128,10 @@ fn shutdown_lets_the_in_flight_request_finish_and_refuses_new_ones() {
 
     proxy.handle().shutdown();
 
-    // A new connection must not be served. shutdown() only begins the stop, so poll
+    // New connections stop being accepted. shutdown() only begins the stop, so poll
     // (bounded) until the listener is gone; a connect that still lands in the old
-    // backlog must be closed without an answer.
+    // backlog is either served (taken in the listener's final drain) or, when it came
+    // after that drain, closed without an answer.
     let deadline = Instant::now() + WAIT;
     loop {
         assert!(
@@ -165,6 +166,33 @@ fn shutdown_lets_the_in_flight_request_finish_and_refuses_new_ones() {
         .recv_timeout(WAIT)
         .expect("wait() returned after the drain");
     in_flight.expect_eof();
+}
+
+#[test]
+fn shutdown_answers_the_first_request_of_a_connection_that_sent_none_yet() {
+    // A client that has connected but not sent its request yet (accepted, or still in
+    // the accept queue and taken by the drain) is not an idle keep-alive connection: it
+    // is answered, with `Connection: close`, instead of being closed under its request.
+    let origin = Origin::fixed("answered while stopping");
+    // Waits longer than the test's: closing the idle connection must not wait for them.
+    let mut proxy = spawn_proxy(&["--timeout", "60", "--grace-period", "60"]);
+    proxy.route("alpha.test", &origin);
+    let mut used = proxy.connect();
+    used.send(&get("http://alpha.test/", ""));
+    assert_eq!(used.read_response().status, 200);
+    let mut fresh = proxy.connect();
+
+    proxy.handle().shutdown();
+    // The used, idle keep-alive connection closes at once (not after --timeout, even
+    // though tokio still reports its socket readable from the last request's read).
+    used.expect_eof();
+    fresh.send(&get("http://alpha.test/late", ""));
+    let resp = fresh.read_response();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "answered while stopping");
+    assert!(resp.headers.has_token("connection", "close"), "{resp:?}");
+    fresh.expect_eof();
+    proxy.take_handle().wait();
 }
 
 #[test]

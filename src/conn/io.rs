@@ -32,6 +32,14 @@ impl From<io::Error> for IoFail {
     }
 }
 
+/// Whether bytes (or an EOF) are waiting to be read, without consuming them and
+/// without waiting.
+pub fn has_input(stream: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    // The socket is non-blocking (tokio): nothing waiting is WouldBlock.
+    socket2::SockRef::from(stream).peek(&mut byte).is_ok()
+}
+
 /// Reads whatever is available into `buf`, reserving up to `chunk` bytes of room.
 /// Returns the number of bytes read; `Ok(0)` means EOF.
 ///

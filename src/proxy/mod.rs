@@ -133,6 +133,11 @@ enum HeadRead {
 
 const HEAD_READ_CHUNK: usize = 8 * 1024;
 
+/// On shutdown, how long a connection that has not sent its first request yet may take
+/// to start it: ample for a client that connected to send a request, short enough that
+/// a client that connected and stays silent does not hold the stop up.
+const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves one client connection until it closes, fails, or shutdown is signalled.
 pub async fn serve_connection(
     stream: TcpStream,
@@ -151,8 +156,9 @@ pub async fn serve_connection(
         parts: Vec::new(),
         chain: Chain::build(&shared.factories),
     };
+    let mut fresh = true;
     loop {
-        let head = match read_head(&mut client, &shared.config, &mut shutdown).await {
+        let head = match read_head(&mut client, &shared.config, &mut shutdown, fresh).await {
             Ok(HeadRead::Head(head)) => head,
             Ok(HeadRead::Done) => break,
             Err(err) => {
@@ -162,6 +168,7 @@ pub async fn serve_connection(
                 break;
             }
         };
+        fresh = false;
         let mut exchange = Exchange::new(&client, Instant::now());
         exchange.set_request(&head);
         // The exchange's state machine is large and a task's future is allocated at its
@@ -362,10 +369,17 @@ async fn send_reply(
 
 /// Reads one request head, bounded by the inactivity timeout while idle and by the
 /// header timeout once its first byte has arrived (slowloris).
+///
+/// On shutdown an idle keep-alive connection is closed at once, unless its next request
+/// is already waiting in the socket. A `fresh` connection (no request yet) may have just
+/// connected, perhaps taken from the accept queue while the listener drained, and be
+/// about to send a request it could not safely retry elsewhere: it gets
+/// [`FIRST_REQUEST_GRACE`] to start it, and the answer closes the connection.
 async fn read_head(
     client: &mut Client,
     config: &Config,
     shutdown: &mut watch::Receiver<bool>,
+    fresh: bool,
 ) -> Result<HeadRead, ProxyError> {
     let mut head_deadline: Option<tokio::time::Instant> = None;
     loop {
@@ -387,24 +401,52 @@ async fn read_head(
             // a fresh socket, and a stale one after an exchange) is not a request yet, so
             // the header timeout only starts with the first byte.
             client.buf = BytesMut::new();
-            head_deadline = None;
-            if *shutdown.borrow() {
+            let stopping = *shutdown.borrow();
+            if stopping && !fresh && !io::has_input(&client.stream) {
                 return Ok(HeadRead::Done);
             }
-            let first = tokio::select! {
-                biased;
-                _ = shutdown.changed() => return Ok(HeadRead::Done),
-                res = io::read_some_idle(&client.stream, &mut client.buf, HEAD_READ_CHUNK, config.timeout) => res,
+            // The wait is the first read itself: `readable()` alone may report a socket
+            // readable that has nothing to read (tokio keeps readiness until a read would
+            // block, and reports a fresh socket readable once), and a wait ended by such a
+            // report would no longer watch shutdown.
+            let first = io::read_some_idle(
+                &client.stream,
+                &mut client.buf,
+                HEAD_READ_CHUNK,
+                config.timeout,
+            );
+            let read = if stopping {
+                // A connection that has not sent its first request yet (perhaps taken from
+                // the accept queue while the listener drained) gets a moment to start it;
+                // a silent one does not hold the stop up.
+                match tokio::time::timeout(FIRST_REQUEST_GRACE, first).await {
+                    Ok(read) => read,
+                    Err(_) => return Ok(HeadRead::Done),
+                }
+            } else {
+                tokio::select! {
+                    read = first => read,
+                    changed = shutdown.changed() => {
+                        if changed.is_err() {
+                            return Ok(HeadRead::Done);
+                        }
+                        // Decide again, now as a stopping connection.
+                        continue;
+                    }
+                }
             };
-            match first {
+            match read {
                 Ok(0) | Err(IoFail::Timeout | IoFail::Closed) => return Ok(HeadRead::Done),
-                Ok(_) => continue,
+                Ok(_) => {}
                 Err(IoFail::Io(e)) => {
                     tracing::debug!(error = %e, "client read failed between requests");
                     return Ok(HeadRead::Done);
                 }
             }
+            head_deadline = Some(tokio::time::Instant::now() + config.header_timeout);
+            continue;
         }
+        // Part of a head has arrived: the rest must come within the header timeout.
         let deadline = *head_deadline
             .get_or_insert_with(|| tokio::time::Instant::now() + config.header_timeout);
         let read = timeout_at(

@@ -1,5 +1,10 @@
 //! Listening sockets: one per worker per address, bound with `SO_REUSEPORT` so the
 //! kernel spreads connections over workers (by 4-tuple hash; nothing is rebalanced).
+//!
+//! A port someone already listens on is refused, unless `--reuse-port` asks to join it:
+//! then the new process's listeners enter the same `SO_REUSEPORT` group as the old
+//! one's (same user only; the kernel enforces it), which is how a zero-downtime
+//! upgrade hands a port over (README, "Zero-downtime upgrade").
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -32,17 +37,19 @@ fn check_free(addr: SocketAddr) -> io::Result<()> {
 }
 
 /// Binds `workers` listeners on each address. A port of 0 is bound once to pick an
-/// ephemeral port that every worker then shares. Returns the listeners per worker and
-/// the bound addresses.
+/// ephemeral port that every worker then shares. A port already in use is an error
+/// unless `join_existing` (`--reuse-port`). Returns the listeners per worker and the
+/// bound addresses.
 pub fn bind_all(
     addrs: &[SocketAddr],
     workers: usize,
     backlog: u32,
+    join_existing: bool,
 ) -> io::Result<(Vec<Vec<TcpListener>>, Vec<SocketAddr>)> {
     let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::with_capacity(addrs.len());
     for &addr in addrs {
-        if addr.port() != 0 {
+        if addr.port() != 0 && !join_existing {
             check_free(addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         }
@@ -70,7 +77,7 @@ mod tests {
     #[test]
     fn port_zero_is_shared_by_all_workers() {
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let (per_worker, bound) = bind_all(&[addr], 3, 16).unwrap();
+        let (per_worker, bound) = bind_all(&[addr], 3, 16, false).unwrap();
         assert_eq!(per_worker.len(), 3);
         let port = bound[0].port();
         assert_ne!(port, 0);
@@ -83,6 +90,25 @@ mod tests {
     fn refuses_a_port_already_in_use() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        assert!(bind_all(&[addr], 1, 16).is_err());
+        assert!(bind_all(&[addr], 1, 16, false).is_err());
+    }
+
+    #[test]
+    fn joins_a_port_in_use_only_when_asked() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (_old, bound) = bind_all(&[addr], 2, 16, false).unwrap();
+        assert!(bind_all(&bound, 1, 16, false).is_err());
+        let (new, joined) = bind_all(&bound, 2, 16, true).unwrap();
+        assert_eq!(joined, bound);
+        assert_eq!(new.len(), 2);
+    }
+
+    #[test]
+    fn cannot_join_a_listener_without_reuseport() {
+        // The other side of the check: a listener that did not opt into SO_REUSEPORT
+        // (another program) cannot be joined even with --reuse-port.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        assert!(bind_all(&[addr], 1, 16, true).is_err());
     }
 }

@@ -64,8 +64,9 @@ pub fn start_with_factories(
         return Err(config_err("no address to listen on".into()));
     }
     let workers = config.num_workers.max(1);
-    let (per_worker, bound) = listener::bind_all(&config.listen, workers, config.backlog)
-        .map_err(|e| config_err(e.to_string()))?;
+    let (per_worker, bound) =
+        listener::bind_all(&config.listen, workers, config.backlog, config.reuse_port)
+            .map_err(|e| config_err(e.to_string()))?;
     if let Some(path) = &config.port_file {
         let mut ports: Vec<u16> = Vec::new();
         for addr in &bound {

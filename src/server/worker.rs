@@ -88,18 +88,10 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = wait_for_shutdown(shutdown.clone()) => return,
+            () = wait_for_shutdown(shutdown.clone()) => break,
         };
         match accepted {
-            Ok((stream, addr)) => {
-                let shared = Rc::clone(&shared);
-                let shutdown = shutdown.clone();
-                let guard = drain.clone();
-                tokio::task::spawn_local(async move {
-                    serve_connection(stream, addr, &shared, shutdown).await;
-                    drop(guard);
-                });
-            }
+            Ok((stream, addr)) => spawn_connection(stream, addr, &shared, &shutdown, &drain),
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning on accept.
                 let pressure = matches!(
@@ -115,6 +107,67 @@ async fn accept_loop(
             }
         }
     }
+    drain_accept_queue(listener, &shared, &shutdown, &drain);
+}
+
+fn spawn_connection(
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    shared: &Rc<Shared>,
+    shutdown: &watch::Receiver<bool>,
+    drain: &mpsc::Sender<()>,
+) {
+    let shared = Rc::clone(shared);
+    let shutdown = shutdown.clone();
+    let guard = drain.clone();
+    tokio::task::spawn_local(async move {
+        serve_connection(stream, addr, &shared, shutdown).await;
+        drop(guard);
+    });
+}
+
+/// On shutdown: takes every connection the kernel has already completed into the
+/// listener's accept queue and serves it (its requests are answered with `Connection:
+/// close`), then closes the listener. Dropping the listener with connections still
+/// queued would reset them: their clients had connected, so each would lose a request.
+///
+/// A connection completed between the last `accept` and the close is still reset,
+/// unless the kernel migrates it to another listener of the `SO_REUSEPORT` group
+/// (`net.ipv4.tcp_migrate_req = 1`, Linux 5.14+; README, "Zero-downtime upgrade").
+fn drain_accept_queue(
+    listener: TcpListener,
+    shared: &Rc<Shared>,
+    shutdown: &watch::Receiver<bool>,
+    drain: &mpsc::Sender<()>,
+) {
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot drain the accept queue");
+            return;
+        }
+    };
+    let mut drained = 0_usize;
+    loop {
+        // Non-blocking (tokio set it): WouldBlock means the queue is empty.
+        let accepted = listener.accept().and_then(|(stream, addr)| {
+            stream.set_nonblocking(true)?;
+            Ok((tokio::net::TcpStream::from_std(stream)?, addr))
+        });
+        match accepted {
+            Ok((stream, addr)) => {
+                drained += 1;
+                spawn_connection(stream, addr, shared, shutdown, drain);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EINTR)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed while draining; closing the listener");
+                break;
+            }
+        }
+    }
+    tracing::debug!(worker = shared.worker, drained, "listener closed");
 }
 
 async fn sweep_pool(shared: Rc<Shared>) {

@@ -943,12 +943,21 @@ impl ProxyBinary {
     /// Starts the binary with `--port 0 --num-workers 1 --port-file <tmp>` plus `extra`,
     /// and returns once the port file names its port (polled, bounded).
     pub fn spawn(extra: &[&str]) -> ProxyBinary {
+        let mut args = vec!["--num-workers", "1"];
+        args.extend_from_slice(extra);
+        ProxyBinary::spawn_on(0, &args)
+    }
+
+    /// Starts the binary with `--port <port> --port-file <tmp>` plus `args` (nothing
+    /// else), and returns once the port file names its port: the listeners are bound
+    /// and listening by then (polled, bounded).
+    pub fn spawn_on(port: u16, args: &[&str]) -> ProxyBinary {
         use std::process::{Command, Stdio};
         let port_file = temp_path("bin-port-file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
-            .args(["--port", "0", "--num-workers", "1", "--port-file"])
+            .args(["--port", &port.to_string(), "--port-file"])
             .arg(&port_file)
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
