@@ -1008,8 +1008,15 @@ impl JsonFields<'_> {
     fn name(&mut self, name: &str) {
         self.out.push(',');
         // Never let a field shadow one of ours: `level` becomes `field.level`.
-        if matches!(name, "ts" | "level" | "target" | "message" | "span") {
+        let reserved = matches!(name.as_bytes().first(), Some(b't' | b'l' | b'm' | b's'))
+            && matches!(name, "ts" | "level" | "target" | "message" | "span");
+        if reserved {
             self.out.push_str("\"field.");
+            self.out.push_str(name);
+            self.out.push('"');
+        } else if name.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            // Field names are identifiers (`error.code`): nothing to escape, usually.
+            self.out.push('"');
             self.out.push_str(name);
             self.out.push('"');
         } else {
@@ -1082,8 +1089,17 @@ impl io::Write for StrWriter<'_> {
 /// controls (short forms where JSON has them, else `\u00XX`); everything else as is.
 fn push_json_str(s: &str, out: &mut String) {
     out.push('"');
-    let mut plain = 0;
-    for (i, b) in s.bytes().enumerate() {
+    let bytes = s.as_bytes();
+    // `bytes[plain..i]` needs no escaping and is not written yet.
+    let (mut plain, mut i) = (0, 0);
+    while i < bytes.len() {
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            if !needs_json_escape(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]))) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
         let short = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -1093,10 +1109,13 @@ fn push_json_str(s: &str, out: &mut String) {
             0x08 => "\\b",
             0x0c => "\\f",
             0..=0x1f => "",
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
+        // `b` is ASCII, so both `i` and `i + 1` are character boundaries.
         out.push_str(&s[plain..i]);
-        plain = i + 1;
         if short.is_empty() {
             const HEX: &[u8; 16] = b"0123456789abcdef";
             out.push_str("\\u00");
@@ -1105,9 +1124,21 @@ fn push_json_str(s: &str, out: &mut String) {
         } else {
             out.push_str(short);
         }
+        i += 1;
+        plain = i;
     }
     out.push_str(&s[plain..]);
     out.push('"');
+}
+
+/// Whether one of the eight bytes in `x` is below 0x20, `"` or `\` (exact as a yes/no).
+fn needs_json_escape(x: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0x80;
+    let has_below = |v: u64, n: u64| v.wrapping_sub(ONES * n) & !v & HIGH != 0;
+    has_below(x, 0x20)
+        || has_below(x ^ (ONES * u64::from(b'"')), 1)
+        || has_below(x ^ (ONES * u64::from(b'\\')), 1)
 }
 
 /// `ip:port` as `SocketAddr`'s `Display` writes it (`[v6]:port`), without the formatter
@@ -1874,6 +1905,12 @@ mod tests {
             ]
             .map(String::from),
         );
+        // Every ASCII byte at every offset of a string long enough for the 8-byte scan.
+        for b in 0u8..0x80 {
+            for at in 0..17 {
+                samples.push("a".repeat(at) + &char::from(b).to_string() + &"é".repeat(9 - at / 2));
+            }
+        }
         for sample in samples {
             let mut ours = String::new();
             push_json_str(&sample, &mut ours);
