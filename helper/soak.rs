@@ -8,9 +8,10 @@
 //! close halfway through a download, and halfway through an upload. Everything is
 //! checked (status, length, content); an unexpected outcome is an error.
 //!
-//! The proxy process (`--pid`) is sampled for RSS and open descriptors at the start,
-//! after the warm-up and at the end. Exit status 1 when any unexpected error occurred or
-//! the end is more than 10% above the warm-up sample (RSS or descriptors).
+//! The proxy process (`--pid`) is sampled for RSS and open descriptors at the start and
+//! every few seconds after the warm-up. Exit status 1 when any unexpected error occurred
+//! or the median of the last fifth of the run is more than 10% above the median of the
+//! first fifth after the warm-up (RSS or descriptors).
 //!
 //! Usage: soak --proxy 127.0.0.1:PORT --pid PID [--duration SECS] [--clients N]
 //!             [--warmup SECS]
@@ -36,6 +37,8 @@ const KINDS: [&str; 8] = [
     "abort_download",
     "abort_upload",
 ];
+/// How often the proxy process is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// Bound on any single wait of a client: far above `--timeout`, so a stall is an error.
 const STALL: Duration = Duration::from_secs(60);
 
@@ -609,25 +612,37 @@ async fn run(args: Args) -> std::process::ExitCode {
     for i in 0..args.clients {
         tasks.push(tokio::spawn(client(KINDS[i % KINDS.len()], ctx.clone())));
     }
-    // Progress every minute, the warm-up sample once.
+    // The proxy is sampled every few seconds. Memory and descriptors under load move
+    // with what the clients happen to be doing at that instant (1 MiB bodies in flight,
+    // tunnels open), so "flat" compares medians over a window: the first fifth after the
+    // warm-up against the last fifth of the run.
     let began = Instant::now();
-    tokio::time::sleep(warmup).await;
-    let warm = sample(args.pid);
-    println!("soak: after warm-up: {}", show(warm));
-    // The end sample is taken under load, at the deadline, like the warm-up one.
-    let mut end = warm;
+    let mut samples: Vec<(Duration, u64, u64)> = Vec::new();
+    let mut next_report = warmup;
     while Instant::now() < ctx.until {
         let left = ctx.until.saturating_duration_since(Instant::now());
-        tokio::time::sleep(Duration::from_secs(60).min(left)).await;
-        end = sample(args.pid);
-        let served: u64 = stats.lock().map(|s| s.ok.values().sum()).unwrap_or(0);
-        let errors: u64 = stats.lock().map(|s| s.errors.values().sum()).unwrap_or(0);
-        println!(
-            "soak: {:>5}s served {served}, unexpected errors {errors}, {}",
-            began.elapsed().as_secs(),
-            show(end)
-        );
+        tokio::time::sleep(SAMPLE_EVERY.min(left)).await;
+        let at = began.elapsed();
+        let now = sample(args.pid);
+        if let Some((rss, fds)) = now {
+            if at >= warmup {
+                samples.push((at, rss, fds));
+            }
+        }
+        if at >= next_report {
+            next_report += Duration::from_secs(60);
+            let served: u64 = stats.lock().map(|s| s.ok.values().sum()).unwrap_or(0);
+            let errors: u64 = stats.lock().map(|s| s.errors.values().sum()).unwrap_or(0);
+            println!(
+                "soak: {:>5}s served {served}, unexpected errors {errors}, {}",
+                at.as_secs(),
+                show(now)
+            );
+        }
     }
+    let fifth = (samples.len() / 5).max(1);
+    let warm = median(samples.iter().take(fifth));
+    let end = median(samples.iter().rev().take(fifth));
     for task in tasks {
         let _ = task.await;
     }
@@ -652,8 +667,16 @@ async fn run(args: Args) -> std::process::ExitCode {
     }
     println!("== proxy process (RSS, open fds)");
     println!("  start            {}", show(start));
-    println!("  after warm-up    {}", show(warm));
-    println!("  end (under load) {}", show(end));
+    println!(
+        "  after warm-up    {} (median of the first fifth after warm-up, {} samples {:?} apart)",
+        show(warm),
+        fifth,
+        SAMPLE_EVERY
+    );
+    println!(
+        "  end (under load) {} (median of the last fifth)",
+        show(end)
+    );
     println!("  after the load   {}", show(after));
     let flat = match (warm, end) {
         (Some((rss_w, fds_w)), Some((rss_e, fds_e))) => {
@@ -676,6 +699,17 @@ async fn run(args: Args) -> std::process::ExitCode {
     } else {
         std::process::ExitCode::FAILURE
     }
+}
+
+/// Median RSS and median fd count of `samples`.
+fn median<'a>(samples: impl Iterator<Item = &'a (Duration, u64, u64)>) -> Option<(u64, u64)> {
+    let (mut rss, mut fds): (Vec<u64>, Vec<u64>) = samples.map(|&(_, r, f)| (r, f)).unzip();
+    if rss.is_empty() {
+        return None;
+    }
+    rss.sort_unstable();
+    fds.sort_unstable();
+    Some((rss[rss.len() / 2], fds[fds.len() / 2]))
 }
 
 fn show(sample: Option<(u64, u64)>) -> String {
