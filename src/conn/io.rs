@@ -40,7 +40,9 @@ pub fn has_input(stream: &TcpStream) -> bool {
     socket2::SockRef::from(stream).peek(&mut byte).is_ok()
 }
 
-/// Reads whatever is available into `buf`, reserving up to `chunk` bytes of room.
+/// Reads whatever is available into `buf`, reserving up to `chunk` bytes of room
+/// (for bodies and tunnels: bytes that arrive while the last piece is being written
+/// are read at once, without a trip through epoll).
 /// Returns the number of bytes read; `Ok(0)` means EOF.
 ///
 /// The read is tried first and the inactivity timer is armed only when there is
@@ -52,11 +54,39 @@ pub async fn read_some(
     chunk: usize,
     idle: Duration,
 ) -> Result<usize, IoFail> {
+    read_with(stream, buf, chunk, idle, false).await
+}
+
+/// Like [`read_some`], for a message head: after a short read the next one waits for
+/// epoll at once instead of first trying a read that can only fail (see
+/// [`try_read_draining`]). Not for bodies: there, bytes that arrive while the last piece
+/// is being written are better read at once.
+pub async fn read_head_bytes(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    chunk: usize,
+    idle: Duration,
+) -> Result<usize, IoFail> {
+    read_with(stream, buf, chunk, idle, true).await
+}
+
+async fn read_with(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    chunk: usize,
+    idle: Duration,
+    drain: bool,
+) -> Result<usize, IoFail> {
     loop {
         if buf.capacity() - buf.len() < chunk / 4 {
             buf.reserve(chunk);
         }
-        match try_read_draining(stream, buf) {
+        let read = if drain {
+            try_read_draining(stream, buf)
+        } else {
+            stream.try_read_buf(buf)
+        };
+        match read {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

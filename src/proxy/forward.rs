@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::access::Exchange;
-use super::io::{read_some, write_all, write_parts, IoFail};
+use super::io::{read_head_bytes, read_some, write_all, write_parts, IoFail};
 use super::{client_io_error, tunnel, upstream, Client, ConnState, Shared};
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError, Result};
@@ -914,7 +914,7 @@ async fn read_response_head(
                 }
             }
         }
-        match read_some(upstream, buf, HEAD_READ_CHUNK, config.timeout).await {
+        match read_head_bytes(upstream, buf, HEAD_READ_CHUNK, config.timeout).await {
             Ok(0) if !*received_any => {
                 return Err(Failure::BeforeResponse(ProxyError::new(
                     ErrorKind::ConnectionTerminated,

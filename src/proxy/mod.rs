@@ -451,7 +451,7 @@ async fn read_head(
             .get_or_insert_with(|| tokio::time::Instant::now() + config.header_timeout);
         let read = timeout_at(
             deadline,
-            io::read_some(
+            io::read_head_bytes(
                 &client.stream,
                 &mut client.buf,
                 HEAD_READ_CHUNK,

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::access::Exchange;
-use super::io::{shutdown_write, try_read_draining, write_all, IoFail};
+use super::io::{shutdown_write, write_all, IoFail};
 use super::{client_io_error, upstream, Client, Shared};
 use crate::error::{ErrorKind, ProxyError, Result};
 use crate::http::{self, response::CONNECT_ESTABLISHED, BodyKind, RequestHead};
@@ -192,7 +192,7 @@ async fn pump(
         // Allocated only while data flows; dropped when the source runs dry.
         let mut buf = BytesMut::with_capacity(chunk);
         loop {
-            match try_read_draining(src, &mut buf) {
+            match src.try_read_buf(&mut buf) {
                 Ok(0) => {
                     shutdown_write(dst);
                     return Ok(());
