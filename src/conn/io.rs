@@ -32,14 +32,6 @@ impl From<io::Error> for IoFail {
     }
 }
 
-/// Whether bytes (or an EOF) are waiting to be read, without consuming them and
-/// without waiting.
-pub fn has_input(stream: &TcpStream) -> bool {
-    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
-    // The socket is non-blocking (tokio): nothing waiting is WouldBlock.
-    socket2::SockRef::from(stream).peek(&mut byte).is_ok()
-}
-
 /// Reads whatever is available into `buf`, reserving up to `chunk` bytes of room
 /// (for bodies and tunnels: bytes that arrive while the last piece is being written
 /// are read at once, without a trip through epoll).
@@ -105,7 +97,7 @@ async fn read_with(
 /// does: the next read waits for epoll instead of first trying a read that can only
 /// return `EAGAIN` (one system call per exchange and direction). Bytes that arrive
 /// after the read raise a new readiness event, which the clearing does not touch.
-pub fn try_read_draining(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+fn try_read_draining(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     let room = buf.capacity() - buf.len();
     let mut short = 0;
     let read = stream.try_io(Interest::READABLE, || {

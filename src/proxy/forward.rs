@@ -464,7 +464,6 @@ async fn exchange_once(
     }
     let progress = UploadProgress {
         done: Cell::new(request.body == BodyKind::Empty),
-        running: Cell::new(request.body != BodyKind::Empty),
         ended: Cell::new(None),
         unacknowledged: Cell::new(None),
     };
@@ -503,14 +502,14 @@ async fn exchange_once(
                 biased;
                 d = &mut download => break d,
                 u = &mut upload, if upload_result.is_none() => {
-                    progress.running.set(false);
                     progress.ended.set(Some(Instant::now()));
                     match u {
-                    // The client vanished or sent a broken body: the exchange is over.
-                    Err(UploadFail::Client(err)) => return Err(Failure::Fatal(err)),
-                    // Ok, or the origin stopped reading: its response may still come.
-                    other => upload_result = Some(other),
-                }},
+                        // The client vanished or sent a broken body: the exchange is over.
+                        Err(UploadFail::Client(err)) => return Err(Failure::Fatal(err)),
+                        // Ok, or the origin stopped reading: its response may still come.
+                        other => upload_result = Some(other),
+                    }
+                }
             }
         };
         downloaded
@@ -575,8 +574,6 @@ async fn relay_upgraded(
 struct UploadProgress {
     /// Set once the whole body has been sent (true from the start for bodiless requests).
     done: Cell<bool>,
-    /// True while the body is being sent.
-    running: Cell<bool>,
     /// When the upload ended (well or not).
     ended: Cell<Option<Instant>>,
     /// What the upstream had not acknowledged at the last check, once the upload ended.
@@ -589,7 +586,8 @@ impl UploadProgress {
     /// at the previous check, one `idle` ago). Bodiless requests never wait longer.
     fn still_moving(&self, upstream: &TcpStream, idle: std::time::Duration) -> bool {
         let Some(ended) = self.ended.get() else {
-            return self.running.get();
+            // Not ended: running, unless there was no body to send.
+            return !self.done.get();
         };
         if ended.elapsed() < idle {
             return true;

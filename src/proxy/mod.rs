@@ -402,7 +402,7 @@ async fn read_head(
             // the header timeout only starts with the first byte.
             client.buf = BytesMut::new();
             let stopping = *shutdown.borrow();
-            if stopping && !fresh && !io::has_input(&client.stream) {
+            if stopping && !fresh && io::is_idle_and_open(&client.stream) {
                 return Ok(HeadRead::Done);
             }
             // The wait is the first read itself: `readable()` alone may report a socket

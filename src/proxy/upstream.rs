@@ -80,7 +80,7 @@ pub async fn connect(
     } else {
         None
     };
-    let addrs: Vec<SocketAddr> = match (from_plugin, literal, cached) {
+    let mut addrs: Vec<SocketAddr> = match (from_plugin, literal, cached) {
         (Some(addrs), _, _) => addrs,
         (None, Some(ip), _) => vec![SocketAddr::new(ip, port)],
         (None, None, Some(addrs)) => addrs,
@@ -118,7 +118,6 @@ pub async fn connect(
     // --deny-destinations, on the addresses about to be connected to (after DNS, so a
     // name that resolves to a denied address is refused as the address itself would be).
     let deny = &config.deny_destinations;
-    let mut addrs = addrs;
     if !deny.is_empty() {
         let before = addrs.len();
         let mut denied = None;
