@@ -502,7 +502,12 @@ async fn exchange_once(
                 biased;
                 d = &mut download => break d,
                 u = &mut upload, if upload_result.is_none() => {
-                    progress.ended.set(Some(Instant::now()));
+                    // Only a body's end counts: a bodiless request's upload "ends" at
+                    // once, and stamping it would cost a clock read per request and
+                    // stretch the response wait below by up to one more `--timeout`.
+                    if request.body != BodyKind::Empty {
+                        progress.ended.set(Some(Instant::now()));
+                    }
                     match u {
                         // The client vanished or sent a broken body: the exchange is over.
                         Err(UploadFail::Client(err)) => return Err(Failure::Fatal(err)),
@@ -574,7 +579,7 @@ async fn relay_upgraded(
 struct UploadProgress {
     /// Set once the whole body has been sent (true from the start for bodiless requests).
     done: Cell<bool>,
-    /// When the upload ended (well or not).
+    /// When the body's upload ended (well or not); never set for bodiless requests.
     ended: Cell<Option<Instant>>,
     /// What the upstream had not acknowledged at the last check, once the upload ended.
     unacknowledged: Cell<Option<usize>>,
