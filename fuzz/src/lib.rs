@@ -183,15 +183,8 @@ pub fn joined(parts: &[Bytes]) -> Vec<u8> {
     parts.iter().flat_map(|b| b.iter().copied()).collect()
 }
 
-/// The hop-by-hop headers the proxy strips before forwarding (src/proxy/forward.rs).
-pub const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "upgrade",
-    "proxy-authorization",
-];
+/// The hop-by-hop headers the proxy strips before forwarding.
+pub use proxy::proxy::forward::HOP_BY_HOP;
 
 /// A header name and an arbitrary value to edit a head with, taken from the bytes after the head (which are
 /// attacker-chosen and unvalidated, like a plugin's input could be). `None` when there are too few bytes.

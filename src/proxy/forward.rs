@@ -34,7 +34,7 @@ const VIA: &[u8] = b"1.1 proxy";
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1), besides
 /// the ones a `Connection` header lists. `Upgrade` is kept only while upgrading.
-const HOP_BY_HOP: &[&str] = &[
+pub const HOP_BY_HOP: &[&str] = &[
     "connection",
     "proxy-connection",
     "keep-alive",
