@@ -812,7 +812,8 @@ fn may_have_controls(bytes: &[u8]) -> bool {
         .any(|&b| ((b & 0x7f) + 1) & 0x7f <= 0x20)
 }
 
-/// Source file stem: `src/proxy/forward.rs` → `forward`; `src/plugin/mod.rs` → `plugin`.
+/// Source file stem: `src/proxy/tunnel.rs` → `tunnel`; `src/proxy/forward/mod.rs` →
+/// `forward`; `src/plugin/mod.rs` → `plugin`.
 fn module_of(file: &str) -> &str {
     let mut components = file.rsplit(['/', '\\']);
     let name = components.next().unwrap_or(file);

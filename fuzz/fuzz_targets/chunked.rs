@@ -1,4 +1,4 @@
-//! `ChunkedDecoder` the way the proxy drives it (src/proxy/forward.rs): `advance` on each read with a ranges
+//! `ChunkedDecoder` the way the proxy drives it (src/proxy/forward/): `advance` on each read with a ranges
 //! Vec for the payload, the consumed count used to split the buffer, the next message starting after `done`.
 //!
 //! Checks: consumed never exceeds the input and is all of it until `done`; payload ranges lie inside the

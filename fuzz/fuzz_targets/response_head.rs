@@ -1,4 +1,4 @@
-//! `parse_response` the way the proxy calls it (src/proxy/forward.rs `read_response_head`): the origin's bytes
+//! `parse_response` the way the proxy calls it (src/proxy/forward/download.rs `read_response_head`): the origin's bytes
 //! appended to one buffer as they arrive, the parser called after each read.
 //!
 //! Checks: the outcome does not depend on how the bytes were split; a complete head is exactly the bytes it was

@@ -1,7 +1,8 @@
 //! One client connection's lifecycle: read a head, route it, forward or tunnel, repeat.
 //!
 //! `serve_connection` is the loop; each phase lives in its own file:
-//! [`forward`] (absolute-form HTTP through the upstream pool), [`tunnel`] (CONNECT),
+//! [`forward`] (absolute-form HTTP through the upstream pool; a folder, one file per phase:
+//! request head, upload, download, body relay), [`tunnel`] (CONNECT),
 //! [`upstream`] (resolve + connect), [`pool`] (idle upstream connections),
 //! Socket waits and the access-log record live below, in [`crate::conn`].
 

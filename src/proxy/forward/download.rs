@@ -1,0 +1,275 @@
+//! The download half: reading interim and final response heads from the origin and
+//! relaying them to the client.
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::body::{relay_body, relay_transformed};
+use super::request::{names_framing_header, remove_connection_listed};
+use super::upload::UploadProgress;
+use super::{upstream_error, End, Failure, Recorders, RequestFacts, HOP_BY_HOP};
+use crate::config::Config;
+use crate::conn::access::Exchange;
+use crate::conn::io::{client_io_error, read_head_bytes, write_all, write_parts, IoFail};
+use crate::error::{ErrorKind, ProxyError};
+use crate::http::{parse_response, response_body_kind, BodyKind, Parsed, ResponseHead, Version};
+use crate::plugin::{Chain, Flow, RequestCx};
+
+const HEAD_READ_CHUNK: usize = 16 * 1024;
+
+pub(super) enum Downloaded {
+    Done(End),
+    /// The origin switched protocols; these bytes followed its 101 head.
+    Upgraded(BytesMut),
+}
+
+/// The plugin chain and what its hooks see, for the download half.
+pub(super) struct Hooks<'a, 'c> {
+    pub(super) chain: &'a mut Chain,
+    pub(super) cx: &'a RequestCx<'c>,
+}
+
+/// Reads the response (interim heads, final head, body) and relays it to the client.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one exchange's sockets, buffers and state; a struct would only rename them"
+)]
+pub(super) async fn download(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    config: &Config,
+    request: &RequestFacts,
+    exchange: &mut Exchange,
+    parts: &mut Vec<Bytes>,
+    hooks: Hooks<'_, '_>,
+    upload: &UploadProgress,
+    shutdown: &watch::Receiver<bool>,
+    received: &mut Recorders,
+) -> std::result::Result<Downloaded, Failure> {
+    let mut buf = BytesMut::new();
+    let mut received_any = false;
+    let mut head = loop {
+        let head =
+            read_response_head(upstream, &mut buf, config, &mut received_any, upload).await?;
+        received.record(head.raw());
+        if !head.is_informational() {
+            break head;
+        }
+        if head.status() == 101 {
+            if !request.upgrade {
+                // DESIGN §3 rule 10: a 101 nobody asked for must not switch anything.
+                return Err(Failure::Fatal(ProxyError::new(
+                    ErrorKind::HttpProtocolError,
+                    "101 Switching Protocols without an Upgrade request",
+                )));
+            }
+            let mut head = head;
+            remove_connection_listed(&mut head, true);
+            for name in HOP_BY_HOP {
+                if *name != "upgrade" {
+                    head.remove(name);
+                }
+            }
+            head.append("Connection", b"upgrade");
+            head.encode_with_version(Version::Http11, parts);
+            let len: usize = parts.iter().map(Bytes::len).sum();
+            write_parts(client, parts, config.timeout)
+                .await
+                .map_err(|e| Failure::Fatal(client_io_error(e, "writing a 101")))?;
+            exchange.set_status(101);
+            exchange.add_bytes(len as u64);
+            return Ok(Downloaded::Upgraded(buf));
+        }
+        // RFC 9110 §15.2: 1xx responses are not sent to HTTP/1.0 clients.
+        if request.version == Version::Http11 {
+            let mut head = head;
+            strip_hop_by_hop(&mut head);
+            head.encode_with_version(Version::Http11, parts);
+            let len: usize = parts.iter().map(Bytes::len).sum();
+            write_parts(client, parts, config.timeout)
+                .await
+                .map_err(|e| Failure::Fatal(client_io_error(e, "writing an interim response")))?;
+            exchange.add_bytes(len as u64);
+        }
+    };
+
+    if names_framing_header(&head) {
+        return Err(Failure::Fatal(ProxyError::new(
+            ErrorKind::HttpProtocolError,
+            "response Connection names a framing header",
+        )));
+    }
+    let body = response_body_kind(&head, request.is_head).map_err(|e| {
+        Failure::Fatal(ProxyError::new(
+            e.response_kind(),
+            format!("response framing: {e:?}"),
+        ))
+    })?;
+    let origin_keeps_open = match head.version() {
+        Version::Http11 => !head.has_token("connection", "close"),
+        Version::Http10 => head.has_token("connection", "keep-alive"),
+    };
+    let dechunk = request.version == Version::Http10 && body == BodyKind::Chunked;
+    let close_client = !request.keep_alive
+        || body == BodyKind::UntilClose
+        || dechunk
+        || !upload.done.get()
+        || *shutdown.borrow();
+    strip_hop_by_hop(&mut head);
+    // Plugins see the origin's framing; the edits that re-frame for the client follow.
+    if !hooks.chain.is_empty() {
+        let flow = hooks
+            .chain
+            .on_response(hooks.cx, &mut head)
+            .map_err(|(name, e)| {
+                Failure::Fatal(ProxyError::new(
+                    ErrorKind::ProxyInternalError,
+                    format!("plugin {name}: {e}"),
+                ))
+            })?;
+        match flow {
+            Flow::Continue => {}
+            // Close without a reply: nothing was sent, nothing is reused.
+            Flow::Close => {
+                return Ok(Downloaded::Done(End {
+                    client_keep_alive: false,
+                    upstream_reusable: false,
+                }))
+            }
+            // The origin's response is replaced: its body stays unread, so the
+            // upstream connection cannot be reused.
+            Flow::Respond(reply) => {
+                write_all(client, &reply.bytes, config.timeout)
+                    .await
+                    .map_err(|e| Failure::Fatal(client_io_error(e, "writing a plugin's reply")))?;
+                exchange.set_status(reply.status);
+                exchange.add_bytes(reply.bytes.len() as u64);
+                return Ok(Downloaded::Done(End {
+                    client_keep_alive: !close_client && !reply.close,
+                    upstream_reusable: false,
+                }));
+            }
+        }
+    }
+    // A plugin that wants the body gets it decoded; what comes out of the chain has a
+    // length nobody knows yet, so it is re-framed: chunked for HTTP/1.1 clients,
+    // close-delimited for HTTP/1.0 ones.
+    let transform =
+        body != BodyKind::Empty && !hooks.chain.is_empty() && hooks.chain.wants_response_body();
+    let close_client = close_client || (transform && request.version == Version::Http10);
+    if dechunk {
+        head.remove("transfer-encoding");
+    }
+    if transform {
+        head.remove("content-length");
+        head.remove("transfer-encoding");
+        if request.version == Version::Http11 {
+            head.append("Transfer-Encoding", b"chunked");
+        }
+    }
+    if close_client {
+        head.append("Connection", b"close");
+    } else if request.version == Version::Http10 {
+        head.append("Connection", b"keep-alive");
+    }
+    head.encode_with_version(Version::Http11, parts);
+    // Body bytes that came with the head leave in the same write (one syscall for a
+    // small response instead of two).
+    let body = match body {
+        BodyKind::Length(n) if !buf.is_empty() && !transform => {
+            let take = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
+            let piece = buf.split_to(take).freeze();
+            received.record(&piece);
+            parts.push(piece);
+            BodyKind::Length(n - take as u64)
+        }
+        other => other,
+    };
+    let sent: usize = parts.iter().map(Bytes::len).sum();
+    write_parts(client, parts, config.timeout)
+        .await
+        .map_err(|e| Failure::Fatal(client_io_error(e, "writing a response head")))?;
+    exchange.set_status(head.status());
+    exchange.add_bytes(sent as u64);
+
+    let clean = if transform {
+        let chunked = request.version == Version::Http11;
+        let mut hooks = hooks;
+        relay_transformed(
+            client, upstream, &mut buf, body, chunked, config, exchange, &mut hooks, received,
+        )
+        .await?
+    } else {
+        relay_body(
+            client, upstream, &mut buf, body, dechunk, config, exchange, received,
+        )
+        .await?
+    };
+    Ok(Downloaded::Done(End {
+        client_keep_alive: !close_client,
+        upstream_reusable: clean && origin_keeps_open && body != BodyKind::UntilClose,
+    }))
+}
+
+/// Removes hop-by-hop headers from a response (the ones `Connection` lists too).
+fn strip_hop_by_hop(head: &mut ResponseHead) {
+    remove_connection_listed(head, false);
+    for name in HOP_BY_HOP {
+        head.remove(name);
+    }
+}
+
+/// Reads one response head from the origin.
+async fn read_response_head(
+    upstream: &TcpStream,
+    buf: &mut BytesMut,
+    config: &Config,
+    received_any: &mut bool,
+    upload: &UploadProgress,
+) -> std::result::Result<ResponseHead, Failure> {
+    loop {
+        if !buf.is_empty() {
+            *received_any = true;
+            match parse_response(buf, &config.limits) {
+                Ok(Parsed::Complete(head)) => return Ok(head),
+                Ok(Parsed::Partial) => {}
+                Err(e) => {
+                    return Err(Failure::Fatal(ProxyError::new(
+                        e.response_kind(),
+                        format!("response head: {e:?}"),
+                    )))
+                }
+            }
+        }
+        match read_head_bytes(upstream, buf, HEAD_READ_CHUNK, config.timeout).await {
+            Ok(0) if !*received_any => {
+                return Err(Failure::BeforeResponse(ProxyError::new(
+                    ErrorKind::ConnectionTerminated,
+                    "upstream closed before responding",
+                )))
+            }
+            Ok(0) => {
+                return Err(Failure::Fatal(ProxyError::new(
+                    ErrorKind::HttpResponseIncomplete,
+                    "upstream closed inside a response head",
+                )))
+            }
+            Ok(_) => {}
+            // The origin may answer only once it has the whole body: while the upload moves
+            // (it has its own inactivity bounds) and for `--timeout` after it ended, the
+            // wait goes on.
+            Err(IoFail::Timeout) if upload.still_moving(upstream, config.timeout) => {}
+            Err(IoFail::Io(e)) if !*received_any => {
+                return Err(Failure::BeforeResponse(
+                    ProxyError::new(
+                        ErrorKind::ConnectionTerminated,
+                        "upstream reset before responding",
+                    )
+                    .with_source(e),
+                ))
+            }
+            Err(e) => return Err(Failure::Fatal(upstream_error(e, "reading a response head"))),
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! Absolute-form HTTP requests: rewrite the head, get an upstream connection, then run
+//! the upload (request body) and the download (interim responses, final head, body)
+//! concurrently, so an origin may answer before the body is complete (an early 413,
+//! `Expect: 100-continue`) and neither side is ever buffered whole.
+//!
+//! Bodies are relayed from one read buffer per direction: bytes read from one socket
+//! are written from the same buffer to the other (no copies in between), and the next
+//! read waits for that write, so a slow reader or a slow origin holds at most one
+//! buffer per direction (DESIGN §3 rule 11).
+//!
+//! This file holds the exchange and its retry; each phase has a file of its own:
+//! `request` (rewriting the head, reading a whole body for the plugins), `upload` (the
+//! request body), `download` (interim and final response heads) and `body` (relaying a
+//! response body, as framed or through the plugins).
+
+mod body;
+mod download;
+mod request;
+mod upload;
+
+use std::cell::Cell;
+use std::pin::pin;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::access::Exchange;
+use super::io::{write_all, write_parts, IoFail};
+use super::{client_io_error, tunnel, upstream, Client, ConnState, Shared};
+use crate::config::Config;
+use crate::error::{ErrorKind, ProxyError, Result};
+use crate::http::{request_body_kind, BodyKind, ChunkedDecoder, RequestHead, Version};
+use crate::plugin::{Chain, RequestCx, WireSink};
+
+use download::{download, Downloaded, Hooks};
+pub use request::HOP_BY_HOP;
+use request::{names_framing_header, prepare_request, read_whole_body};
+use upload::{upload, UploadFail, UploadProgress};
+
+/// Forwards one absolute-form request. Returns whether the client connection may
+/// carry another request.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one exchange's sockets, buffers and state; a struct would only rename them"
+)]
+pub async fn run(
+    client: &mut Client,
+    shared: &Shared,
+    mut head: RequestHead,
+    host: &str,
+    port: u16,
+    path: Bytes,
+    exchange: &mut Exchange,
+    conn: &mut ConnState,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<bool> {
+    let config = &shared.config;
+    let ConnState { parts, chain } = conn;
+    let cx = shared.plugin_cx(client.addr);
+    if names_framing_header(&head) {
+        return Err(ProxyError::new(
+            ErrorKind::HttpRequestError,
+            "Connection names a framing header",
+        ));
+    }
+    let mut body = match request_body_kind(&head)
+        .map_err(|e| ProxyError::new(e.request_kind(), format!("request framing: {e:?}")))?
+    {
+        // `Content-Length: 0` is no body: nothing to upload, nothing to wait for.
+        BodyKind::Length(0) => BodyKind::Empty,
+        body => body,
+    };
+    // Chunked framing already buffered with the head is checked before any upstream is
+    // contacted: a broken body is refused without the origin seeing its head.
+    if body == BodyKind::Chunked && !client.buf.is_empty() {
+        ChunkedDecoder::new(&config.limits)
+            .advance(&client.buf, None)
+            .map_err(|e| {
+                ProxyError::new(e.request_kind(), format!("request chunked body: {e:?}"))
+            })?;
+    }
+    // A body a plugin asked for is read whole now, rewritten, and sent right behind the
+    // head with an exact length; nothing is left to upload from the client afterwards.
+    let mut rewritten: Option<Bytes> = None;
+    if body != BodyKind::Empty && !chain.is_empty() && chain.wants_request_body() {
+        let whole = read_whole_body(client, &head, body, config).await?;
+        let new = chain.on_request_body(&cx, whole).map_err(|(name, e)| {
+            ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
+        })?;
+        head.remove("transfer-encoding");
+        head.remove("expect");
+        head.set("Content-Length", new.len().to_string().as_bytes());
+        rewritten = Some(new);
+        body = BodyKind::Empty;
+    }
+    let request = RequestFacts {
+        keep_alive: head.wants_keep_alive(),
+        version: head.version(),
+        is_head: head.is_method("HEAD"),
+        upgrade: prepare_request(&mut head, host, port, path, config),
+        body,
+    };
+    head.encode(Version::Http11, parts);
+    parts.extend(rewritten.iter().cloned());
+    let (mut sent, mut received) = if chain.is_empty() {
+        (Recorders::default(), Recorders::default())
+    } else {
+        let (s, r) = chain.taps(&cx, &head, host, port).map_err(|(name, e)| {
+            ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
+        })?;
+        (Recorders::new(s), Recorders::new(r))
+    };
+    // Only a request that can be sent again unchanged (no body, idempotent) is retried.
+    let retryable = body == BodyKind::Empty && rewritten.is_none() && is_idempotent(head.method());
+
+    let mut attempt = 0;
+    loop {
+        let pooled = if attempt == 0 {
+            shared.pool.take(host, port)
+        } else {
+            None
+        };
+        let reused = pooled.is_some();
+        let (upstream, poolable) = match pooled {
+            Some(stream) => (stream, true),
+            None => {
+                let plugin = upstream::resolve_hook(chain, &cx, host, port)?;
+                let connected = upstream::connect(shared, host, port, plugin).await?;
+                (connected.stream, connected.poolable)
+            }
+        };
+        if attempt == 0 {
+            // What is sent upstream is recorded once the connection exists (a retry
+            // sends the same bytes again).
+            for part in parts.iter() {
+                sent.record(part);
+            }
+        }
+        let outcome = exchange_once(
+            client,
+            config,
+            &upstream,
+            parts,
+            &request,
+            exchange,
+            chain,
+            &cx,
+            shutdown,
+            (&mut sent, &mut received),
+        )
+        .await;
+        match outcome {
+            Err(Failure::BeforeResponse(err)) if reused && retryable => {
+                tracing::debug!(error = %err, "pooled upstream connection was closed; retrying once");
+                // The failed attempt consumed the encoded head; encode it again.
+                head.encode(Version::Http11, parts);
+                attempt += 1;
+            }
+            Err(Failure::BeforeResponse(err)) | Err(Failure::Fatal(err)) => return Err(err),
+            Ok(end) => {
+                sent.end(true);
+                received.end(true);
+                if end.upstream_reusable && poolable {
+                    shared.pool.put(host, port, upstream);
+                }
+                return Ok(end.client_keep_alive);
+            }
+        }
+    }
+}
+
+/// The plugins' copies of one direction of an exchange (see `Plugin::tap`): empty, and
+/// free, when no plugin records. A sink that panics is dropped (and logged); the
+/// exchange goes on. Sinks not ended by then are ended as incomplete when dropped.
+#[derive(Default)]
+struct Recorders {
+    sinks: Vec<Box<dyn WireSink>>,
+}
+
+impl Recorders {
+    fn new(sinks: Vec<Box<dyn WireSink>>) -> Self {
+        Recorders { sinks }
+    }
+
+    fn record(&mut self, bytes: &[u8]) {
+        if !self.sinks.is_empty() && !bytes.is_empty() {
+            self.each(|sink| sink.bytes(bytes));
+        }
+    }
+
+    fn end(&mut self, complete: bool) {
+        if !self.sinks.is_empty() {
+            self.each(|sink| sink.end(complete));
+            self.sinks.clear();
+        }
+    }
+
+    fn each(&mut self, mut call: impl FnMut(&mut dyn WireSink)) {
+        self.sinks.retain_mut(|sink| {
+            let run = std::panic::AssertUnwindSafe(|| call(sink.as_mut()));
+            let ok = std::panic::catch_unwind(run).is_ok();
+            if !ok {
+                tracing::error!(
+                    "a plugin's wire tap panicked; it records no more of this exchange"
+                );
+            }
+            ok
+        });
+    }
+}
+
+impl Drop for Recorders {
+    fn drop(&mut self) {
+        self.end(false);
+    }
+}
+
+/// What the exchange needs to remember about the request after its head is rewritten.
+struct RequestFacts {
+    keep_alive: bool,
+    version: Version,
+    is_head: bool,
+    upgrade: bool,
+    body: BodyKind,
+}
+
+/// How one attempt on one upstream connection ended badly.
+enum Failure {
+    /// The upstream closed or reset before sending a single response byte.
+    BeforeResponse(ProxyError),
+    /// Anything else.
+    Fatal(ProxyError),
+}
+
+/// How one attempt ended well.
+struct End {
+    client_keep_alive: bool,
+    upstream_reusable: bool,
+}
+
+/// RFC 9110 §9.2.2.
+fn is_idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
+}
+
+/// One request/response exchange on one upstream connection.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one exchange's sockets, buffers and state; a struct would only rename them"
+)]
+async fn exchange_once(
+    client: &mut Client,
+    config: &Config,
+    upstream: &TcpStream,
+    parts: &mut Vec<Bytes>,
+    request: &RequestFacts,
+    exchange: &mut Exchange,
+    chain: &mut Chain,
+    cx: &RequestCx<'_>,
+    shutdown: &watch::Receiver<bool>,
+    (sent, received): (&mut Recorders, &mut Recorders),
+) -> std::result::Result<End, Failure> {
+    if let Err(e) = write_parts(upstream, parts, config.timeout).await {
+        return Err(Failure::BeforeResponse(upstream_error(
+            e,
+            "sending the request head",
+        )));
+    }
+    let progress = UploadProgress {
+        done: Cell::new(request.body == BodyKind::Empty),
+        ended: Cell::new(None),
+        unacknowledged: Cell::new(None),
+    };
+    // Both halves run until the download ends; the futures (and their borrows of the
+    // client) are gone once this block ends.
+    let downloaded = {
+        let Client {
+            stream: client_stream,
+            buf: client_buf,
+            ..
+        } = &mut *client;
+        let mut upload = pin!(upload(
+            client_stream,
+            client_buf,
+            upstream,
+            request.body,
+            config,
+            &progress.done,
+            sent
+        ));
+        let mut download = pin!(download(
+            client_stream,
+            upstream,
+            config,
+            request,
+            exchange,
+            parts,
+            Hooks { chain, cx },
+            &progress,
+            shutdown,
+            received
+        ));
+        let mut upload_result: Option<std::result::Result<(), UploadFail>> = None;
+        let downloaded = loop {
+            tokio::select! {
+                biased;
+                d = &mut download => break d,
+                u = &mut upload, if upload_result.is_none() => {
+                    // Only a body's end counts: a bodiless request's upload "ends" at
+                    // once, and stamping it would cost a clock read per request and
+                    // stretch the response wait below by up to one more `--timeout`.
+                    if request.body != BodyKind::Empty {
+                        progress.ended.set(Some(Instant::now()));
+                    }
+                    match u {
+                        // The client vanished or sent a broken body: the exchange is over.
+                        Err(UploadFail::Client(err)) => return Err(Failure::Fatal(err)),
+                        // Ok, or the origin stopped reading: its response may still come.
+                        other => upload_result = Some(other),
+                    }
+                }
+            }
+        };
+        downloaded
+    };
+    // `done` starts true for bodiless requests and is set when a body is complete.
+    let upload_ok = progress.done.get();
+    let end = match downloaded? {
+        Downloaded::Done(end) => end,
+        Downloaded::Upgraded(upstream_leftover) => {
+            // Switch to a raw relay only now that the origin has said 101.
+            if !upload_ok {
+                return Err(Failure::Fatal(ProxyError::new(
+                    ErrorKind::HttpUpgradeFailed,
+                    "upgrade before the request body was complete",
+                )));
+            }
+            return relay_upgraded(client, upstream, upstream_leftover, config, exchange).await;
+        }
+    };
+    Ok(End {
+        client_keep_alive: end.client_keep_alive && upload_ok,
+        upstream_reusable: end.upstream_reusable && upload_ok,
+    })
+}
+
+async fn relay_upgraded(
+    client: &mut Client,
+    upstream: &TcpStream,
+    upstream_leftover: BytesMut,
+    config: &Config,
+    exchange: &mut Exchange,
+) -> std::result::Result<End, Failure> {
+    if !upstream_leftover.is_empty() {
+        write_all(&client.stream, &upstream_leftover, config.timeout)
+            .await
+            .map_err(|e| Failure::Fatal(client_io_error(e, "writing upgraded bytes")))?;
+        exchange.add_bytes(upstream_leftover.len() as u64);
+    }
+    if !client.buf.is_empty() {
+        let early = std::mem::take(&mut client.buf);
+        write_all(upstream, &early, config.timeout)
+            .await
+            .map_err(|e| Failure::Fatal(upstream_error(e, "writing upgraded bytes")))?;
+    }
+    client.buf = BytesMut::new();
+    let relayed = tunnel::relay(
+        &client.stream,
+        upstream,
+        config.server_recvbuf_size,
+        config.timeout,
+    )
+    .await;
+    exchange.add_bytes(relayed.to_client);
+    relayed.result.map_err(Failure::Fatal)?;
+    Ok(End {
+        client_keep_alive: false,
+        upstream_reusable: false,
+    })
+}
+
+/// Maps a failure on the upstream socket to an error.
+fn upstream_error(err: IoFail, context: &'static str) -> ProxyError {
+    match err {
+        IoFail::Timeout => ProxyError::new(ErrorKind::ConnectionReadTimeout, context),
+        IoFail::Closed => ProxyError::new(ErrorKind::HttpResponseIncomplete, context),
+        IoFail::Io(e) => ProxyError::new(ErrorKind::HttpResponseIncomplete, context).with_source(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotent_methods() {
+        assert!(is_idempotent(b"GET"));
+        assert!(is_idempotent(b"PUT"));
+        assert!(!is_idempotent(b"POST"));
+        assert!(!is_idempotent(b"get"), "methods are case-sensitive");
+    }
+}

@@ -1,0 +1,224 @@
+//! Preparing the request: rewriting its head for the origin, and reading a whole body
+//! for the plugins that asked for one.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::upload::closed_in_body;
+use crate::config::Config;
+use crate::conn::io::{client_io_error, read_some, write_all};
+use crate::conn::Client;
+use crate::error::{ErrorKind, ProxyError, Result};
+use crate::http::response::CONTINUE_100;
+use crate::http::target::host_header_value;
+use crate::http::{BodyKind, ChunkedDecoder, RequestHead, ResponseHead, Scheme, Version};
+use crate::plugin::MAX_BUFFERED_REQUEST_BODY;
+
+/// Our `Via` entry (RFC 9110 §7.6.3): protocol version and pseudonym.
+const VIA: &[u8] = b"1.1 proxy";
+
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1), besides
+/// the ones a `Connection` header lists. `Upgrade` is kept only while upgrading.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// Rewrites a request head for the origin. Returns whether this is an upgrade.
+pub(super) fn prepare_request(
+    head: &mut RequestHead,
+    host: &str,
+    port: u16,
+    path: Bytes,
+    config: &Config,
+) -> bool {
+    let upgrade = head.version() == Version::Http11
+        && head.count("upgrade") > 0
+        && head.has_token("connection", "upgrade");
+    remove_connection_listed(head, upgrade);
+    for name in HOP_BY_HOP {
+        if upgrade && *name == "upgrade" {
+            continue;
+        }
+        head.remove(name);
+    }
+    if upgrade {
+        head.append("Connection", b"upgrade");
+    }
+    for name in &config.disable_headers {
+        head.remove(name);
+    }
+    // RFC 9112 §3.2.2: a proxy replaces Host with the absolute-form target's authority.
+    head.set(
+        "host",
+        host_header_value(Scheme::Http, host, port).as_bytes(),
+    );
+    head.append("Via", VIA);
+    head.set_target(path);
+    upgrade
+}
+
+/// True when `Connection` names a framing header. RFC 9110 §7.6.1 says listed
+/// headers are removed before forwarding, but removing `Content-Length` or
+/// `Transfer-Encoding` after the framing was read from them would send a body with no
+/// framing, and the next hop would read it as a new message (request smuggling, or a
+/// response that swallows the next one). Such a message is refused.
+pub(super) fn names_framing_header<H: Headers>(head: &H) -> bool {
+    let mut found = false;
+    each_connection_token(head, &mut |token| {
+        found |= token.eq_ignore_ascii_case(b"content-length")
+            || token.eq_ignore_ascii_case(b"transfer-encoding");
+    });
+    found
+}
+
+/// Removes the headers a `Connection` header names (RFC 9110 §7.6.1). Allocates only
+/// when it names something other than the usual `close`/`keep-alive`/`upgrade`.
+pub(super) fn remove_connection_listed<H: Headers>(head: &mut H, keep_upgrade: bool) {
+    let mut listed: Vec<String> = Vec::new();
+    each_connection_token(head, &mut |token| {
+        let usual = token.eq_ignore_ascii_case(b"close")
+            || token.eq_ignore_ascii_case(b"keep-alive")
+            || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade"));
+        if !usual {
+            if let Ok(name) = std::str::from_utf8(token) {
+                listed.push(name.to_ascii_lowercase());
+            }
+        }
+    });
+    for name in &listed {
+        head.remove_all(name);
+    }
+}
+
+/// Calls `f` with every non-empty, OWS-trimmed token of every `Connection` header,
+/// without allocating (this runs on every exchange, twice per side).
+fn each_connection_token<H: Headers>(head: &H, f: &mut dyn FnMut(&[u8])) {
+    head.each_value("connection", &mut |value| {
+        for token in value.split(|&b| b == b',') {
+            let token = trim_ows(token);
+            if !token.is_empty() {
+                f(token);
+            }
+        }
+    });
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// The two head types seen through what connection-header cleanup needs.
+pub(super) trait Headers {
+    fn each_value(&self, name: &str, f: &mut dyn FnMut(&[u8]));
+    fn remove_all(&mut self, name: &str);
+}
+
+impl Headers for RequestHead {
+    fn each_value(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+        self.headers_named(name).for_each(f);
+    }
+    fn remove_all(&mut self, name: &str) {
+        self.remove(name);
+    }
+}
+
+impl Headers for ResponseHead {
+    fn each_value(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+        self.headers_named(name).for_each(f);
+    }
+    fn remove_all(&mut self, name: &str) {
+        self.remove(name);
+    }
+}
+
+/// Reads a whole request body (decoded) for the plugins that asked for it, within
+/// [`MAX_BUFFERED_REQUEST_BODY`]. The origin is not contacted yet, so an
+/// `Expect: 100-continue` is answered here.
+pub(super) async fn read_whole_body(
+    client: &mut Client,
+    head: &RequestHead,
+    kind: BodyKind,
+    config: &Config,
+) -> Result<Bytes> {
+    let too_large = || {
+        ProxyError::new(
+            ErrorKind::RequestBodyTooLarge,
+            format!("a plugin reads request bodies whole, up to {MAX_BUFFERED_REQUEST_BODY} bytes"),
+        )
+    };
+    if let BodyKind::Length(n) = kind {
+        if n > MAX_BUFFERED_REQUEST_BODY as u64 {
+            return Err(too_large());
+        }
+    }
+    if head.version() == Version::Http11 && head.has_token("expect", "100-continue") {
+        write_all(&client.stream, CONTINUE_100, config.timeout)
+            .await
+            .map_err(|e| client_io_error(e, "writing 100 Continue"))?;
+    }
+    let mut decoder = ChunkedDecoder::new(&config.limits);
+    let mut whole = BytesMut::new();
+    let mut ranges = Vec::new();
+    loop {
+        match kind {
+            BodyKind::Length(n) => {
+                let n = usize::try_from(n).map_err(|_| too_large())?;
+                if client.buf.len() >= n {
+                    return Ok(client.buf.split_to(n).freeze());
+                }
+            }
+            BodyKind::Chunked => {
+                ranges.clear();
+                let progress = decoder
+                    .advance(&client.buf, Some(&mut ranges))
+                    .map_err(|e| {
+                        ProxyError::new(e.request_kind(), format!("request chunked body: {e:?}"))
+                    })?;
+                for range in &ranges {
+                    whole.extend_from_slice(client.buf.get(range.clone()).unwrap_or_default());
+                }
+                client.buf.advance(progress.consumed);
+                if whole.len() > MAX_BUFFERED_REQUEST_BODY {
+                    return Err(too_large());
+                }
+                if progress.done {
+                    return Ok(whole.freeze());
+                }
+            }
+            BodyKind::Empty | BodyKind::UntilClose => return Ok(Bytes::new()),
+        }
+        match read_some(
+            &client.stream,
+            &mut client.buf,
+            config.client_recvbuf_size,
+            config.timeout,
+        )
+        .await
+        {
+            Ok(0) => return Err(closed_in_body()),
+            Ok(_) => {}
+            Err(e) => return Err(client_io_error(e, "reading a request body")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_optional_whitespace() {
+        assert_eq!(trim_ows(b" \tx-foo \t"), b"x-foo");
+        assert_eq!(trim_ows(b"   "), b"");
+    }
+}
