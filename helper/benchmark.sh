@@ -20,14 +20,20 @@ BENCH_USER=bench
 BENCH_PASS=bench
 OUT_DIR="$ROOT/target/bench"
 PROXYPY_BIN=""
+MITMDUMP_BIN=""
 INSTALL=0
 KEEP_TMP=0
 PROXY_CORE=0
 LOAD_CORE=1
 RELAY_CORE=0
+TLS=0
+MINT_HOSTS=100
 
 ALL_SCENARIOS="ka newconn 1m connect rss"
 ALL_TARGETS="direct relay proxy proxy-log proxy-base proxy-2w proxy-plugins proxy.py tinyproxy squid"
+# TLS interception: run only when asked for (--tls, or named in --only), with their own targets.
+TLS_SCENARIOS="tls-ka tls-newconn tls-mint"
+TLS_TARGETS="direct-tls tunnel proxy proxy-log proxy.py mitmdump"
 
 usage() {
   cat <<EOF
@@ -64,27 +70,65 @@ Scenarios: $ALL_SCENARIOS
   connect   small GETs over TLS through CONNECT tunnels (hey -x http://proxy https://origin)
   rss       idle RSS after start, then RSS with --idle-conns idle client connections
 
+TLS interception scenarios (not in the default run: --tls, or --only tls / --only tls-ka,...):
+  $TLS_SCENARIOS
+  The origin is the same nginx serving HTTPS with a certificate (localhost, 127.0.0.1)
+  from an "origin CA" made with openssl at start; every proxy verifies the origin with
+  it. The client trusts (SSL_CERT_FILE, --cacert) the origin CA and the proxies' CAs.
+  tls-ka      small GETs kept alive inside intercepted CONNECT tunnels, c=$CONNS (hey -x);
+              columns: target CPU per request, origin CPU per request
+  tls-newconn one new connection per request (hey -disable-keepalive: CONNECT plus a full
+              TLS handshake with the proxy, and the proxy's own to the origin); target CPU
+              per connection, origin (nginx) CPU per TLS accept (nginx stub_status counts),
+              and cpu/acc: the target's CPU per connection over the origin's per TLS accept
+              in the direct-tls run (nginx terminating TLS itself: the goal is <= 1.5)
+  tls-mint    first requests to new host names, one after another: --mint-hosts distinct
+              IP literals (127.R.x.y, fresh ones each round; the origin listens on each, its
+              certificate names them all), each once over a new connection (one curl);
+              median and p99 of curl's time_total, the target's CPU per new host
+  (hey does not verify certificates; curl does, and falls back to -k, said in the
+  output, for a target whose leaves do not verify, such as proxy.py's DNS-only SAN
+  for an IP host.)
+TLS targets: $TLS_TARGETS
+  direct-tls the client talks TLS to the nginx origin itself (the baseline)
+  tunnel     target/release/proxy without a CA: opaque CONNECT tunnels (for reference)
+  proxy      target/release/proxy, 1 worker pinned to core $PROXY_CORE, logging off, intercepting
+             with a CA from 'proxy --ca-generate', --ca-cert-dir, --ca-file origin CA;
+             skipped when 'proxy --help' lists no --ca-generate
+  proxy-log  as proxy, with the access log to a file (as the proxy-log target above)
+  proxy.py   proxy.py 2.4.10 with an RSA CA and signing key made by openssl, pinned
+  mitmdump   mitmproxy's mitmdump (-q, flow_detail=0; RSA CA in its confdir), pinned to
+             core $PROXY_CORE; in tls-mint with upstream_cert=false, so that its leaves do
+             not copy the mint origin certificate's many names
+
 Options:
   --duration D        length of each measured run (wrk/hey syntax: 5s, 1m)  [$DURATION]
   --warmup D          unmeasured run before round 1 of each pair, 0 = none  [$WARMUP]
   --rounds N          rounds; targets are interleaved within each round  [$ROUNDS]
   --connections N     concurrent client connections  [$CONNS]
-  --only LIST         comma-separated scenarios to run  [all]
+  --only LIST         comma-separated scenarios to run; 'tls' stands for all TLS ones
+                      [all but the TLS ones]
+  --tls               run the TLS scenarios too (after the others)
+  --mint-hosts N      new host names per round in tls-mint  [$MINT_HOSTS]
   --targets LIST      comma-separated targets to run  [all that are available]
   --proxy-bin PATH    our proxy binary  [target/release/proxy]
   --base-bin PATH     the proxy-base target's binary  [none: target skipped]
   --proxypy-bin PATH  proxy.py's 'proxy' script  [target/bench/venv-proxypy/bin/proxy]
+  --mitmdump-bin PATH mitmproxy's mitmdump  [target/bench/venv-mitmproxy/bin/mitmdump]
   --idle-conns N      idle connections for the rss scenario  [$IDLE_CONNS]
   --rss-mode M        open: connect and send nothing; request: one keep-alive GET, then idle  [$RSS_MODE]
   --out-dir DIR       where results-<timestamp>.txt goes  [target/bench]
   --keep-tmp          keep the temporary directory (configs, logs)
   --install           apt-get install nginx libnginx-mod-stream wrk hey squid tinyproxy
-                      openssl python3 (needs root), and pip install proxy.py==2.4.10 into
-                      target/bench/venv-proxypy; then run. Nothing is installed without it.
+                      openssl curl python3 (needs root), pip install proxy.py==2.4.10 into
+                      target/bench/venv-proxypy and mitmproxy into target/bench/venv-mitmproxy;
+                      then run. Nothing is installed without it.
   -h, --help          this text
 
 Default run: 5 scenarios x 8 targets x 3 rounds x 5 s, about 11 minutes.
 Quick check: helper/benchmark.sh --duration 3s --rounds 1 --only ka
+TLS only:    helper/benchmark.sh --only tls   (3 scenarios x 6 targets x 3 rounds, about 6 minutes;
+             most of tls-mint's time is proxy.py minting with the openssl binary)
 EOF
 }
 
@@ -98,10 +142,13 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=$2; shift 2 ;;
     --connections) CONNS=$2; shift 2 ;;
     --only) ONLY=${2//,/ }; shift 2 ;;
+    --tls) TLS=1; shift ;;
+    --mint-hosts) MINT_HOSTS=$2; shift 2 ;;
     --targets) TARGETS_WANTED=${2//,/ }; shift 2 ;;
     --proxy-bin) PROXY_BIN=$2; shift 2 ;;
     --base-bin) BASE_BIN=$2; shift 2 ;;
     --proxypy-bin) PROXYPY_BIN=$2; shift 2 ;;
+    --mitmdump-bin) MITMDUMP_BIN=$2; shift 2 ;;
     --idle-conns) IDLE_CONNS=$2; shift 2 ;;
     --rss-mode) RSS_MODE=$2; shift 2 ;;
     --out-dir) OUT_DIR=$2; shift 2 ;;
@@ -118,11 +165,22 @@ done
 [[ "$DURATION" =~ ^[1-9][0-9]*[sm]?$ ]] || die "--duration must look like 5s or 1m"
 [[ "$WARMUP" =~ ^[0-9]+[sm]?$ ]] || die "--warmup must look like 1s or 0"
 case "$RSS_MODE" in open|request) ;; *) die "--rss-mode must be open or request" ;; esac
+if ! [[ "$MINT_HOSTS" =~ ^[1-9][0-9]*$ ]] || [ "$MINT_HOSTS" -gt 1000 ]; then die "--mint-hosts must be 1..1000"; fi
 SCENARIOS=${ONLY:-$ALL_SCENARIOS}
-for s in $SCENARIOS; do [[ " $ALL_SCENARIOS " == *" $s "* ]] || die "unknown scenario: $s"; done
-for t in $TARGETS_WANTED; do [[ " $ALL_TARGETS " == *" $t "* ]] || die "unknown target: $t"; done
+SCENARIOS=$(echo " $SCENARIOS " | sed "s/ tls / $TLS_SCENARIOS /")
+[ "$TLS" = 0 ] || SCENARIOS="$SCENARIOS $TLS_SCENARIOS"
+SCENARIOS=$(echo "$SCENARIOS" | awk '{ for (i = 1; i <= NF; i++) if (!seen[$i]++) printf "%s%s", (n++ ? " " : ""), $i }')
+for s in $SCENARIOS; do [[ " $ALL_SCENARIOS $TLS_SCENARIOS " == *" $s "* ]] || die "unknown scenario: $s"; done
+for t in $TARGETS_WANTED; do [[ " $ALL_TARGETS $TLS_TARGETS " == *" $t "* ]] || die "unknown target: $t"; done
+is_tls() { case "$1" in tls-*) return 0 ;; *) return 1 ;; esac; }
+WANT_TLS=0
+for s in $SCENARIOS; do if is_tls "$s"; then WANT_TLS=1; fi; done
+if [[ " $SCENARIOS " == *" tls-mint "* ]] && [ "$ROUNDS" -gt 250 ]; then die "tls-mint: at most 250 rounds"; fi
 VENV="$ROOT/target/bench/venv-proxypy"
 PROXYPY_BIN=${PROXYPY_BIN:-$VENV/bin/proxy}
+MITM_VENV="$ROOT/target/bench/venv-mitmproxy"
+MITM_VERSION=11.0.2
+MITMDUMP_BIN=${MITMDUMP_BIN:-$MITM_VENV/bin/mitmdump}
 
 secs() { # 5s -> 5, 1m -> 60, 3 -> 3
   local d=$1
@@ -137,15 +195,22 @@ do_install() {
   # Keep the packages' maintainer scripts from starting system-wide nginx/squid/tinyproxy.
   local prc=/usr/sbin/policy-rc.d made_prc=0
   if [ ! -e "$prc" ]; then printf '#!/bin/sh\nexit 101\n' >"$prc"; chmod 755 "$prc"; made_prc=1; fi
-  local pkgs=(nginx libnginx-mod-stream wrk squid tinyproxy openssl python3 python3-venv procps util-linux)
-  if apt-cache policy hey 2>/dev/null | grep -q 'Candidate: [0-9]'; then pkgs+=(hey)
-  else log "hey is not packaged here: the connect scenario will be skipped"; fi
+  local pkgs=(nginx libnginx-mod-stream wrk squid tinyproxy openssl curl python3 python3-venv procps util-linux)
+  # (grep without -q: an early exit would fail the pipeline under pipefail.)
+  if apt-cache policy hey 2>/dev/null | grep 'Candidate: [0-9]' >/dev/null; then pkgs+=(hey)
+  else log "hey is not packaged here: the connect, tls-ka and tls-newconn scenarios will be skipped"; fi
   apt-get install -y --no-install-recommends "${pkgs[@]}" || { [ $made_prc = 0 ] || rm -f "$prc"; die "apt-get install failed"; }
   [ $made_prc = 0 ] || rm -f "$prc"
   if [ ! -x "$VENV/bin/proxy" ]; then
     mkdir -p "$(dirname "$VENV")"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet 'proxy.py==2.4.10'
+  fi
+  if [ ! -x "$MITM_VENV/bin/mitmdump" ]; then
+    mkdir -p "$(dirname "$MITM_VENV")"
+    python3 -m venv "$MITM_VENV"
+    "$MITM_VENV/bin/pip" install --quiet "mitmproxy==$MITM_VERSION" \
+      || log "pip install mitmproxy==$MITM_VERSION failed: the mitmdump TLS target will be skipped"
   fi
 }
 [ "$INSTALL" = 0 ] || do_install
@@ -201,7 +266,7 @@ stop_proc() {
 stop_all() {
   local n
   for n in "${!PID[@]}"; do
-    if [ "$n" = direct ]; then unset "PID[direct]"; else stop_proc "$n"; fi   # direct is the origin
+    case "$n" in direct|direct-tls) unset "PID[$n]" ;; *) stop_proc "$n" ;; esac   # the origin's
   done
 }
 
@@ -259,17 +324,74 @@ mem_kib() { # field pid -> sum of field (VmRSS/VmHWM, KiB) over the process tree
 }
 
 # ---------------------------------------------------------------- origin + relay
+mint_host() { # round index -> the index-th new host name of that round (round 0: the warm-up's)
+  echo "127.$(( $1 + 1 )).$(( $2 / 250 )).$(( $2 % 250 + 1 ))"
+}
+
+# An origin leaf (P-256, the key in key.pem) issued by the origin CA: sign_leaf out.pem SAN...
+sign_leaf() {
+  local out=$1; shift
+  { printf 'basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n'
+    printf 'extendedKeyUsage = serverAuth\nsubjectAltName = %s\n' "$(IFS=,; echo "$*")"; } >"$TMP/leaf.ext"
+  openssl x509 -req -in "$TMP/origin.csr" -CA "$TMP/origin-ca.pem" -CAkey "$TMP/origin-ca-key.pem" \
+    -set_serial "0x$(openssl rand -hex 8)" -days 2 -extfile "$TMP/leaf.ext" -out "$out" >/dev/null 2>&1
+}
+
 setup_files() {
   mkdir -p "$TMP/www" "$TMP/nginx-tmp"
   head -c 1048576 /dev/urandom >"$TMP/www/1m"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj /CN=127.0.0.1 -keyout "$TMP/key.pem" -out "$TMP/cert.pem" >/dev/null 2>&1 \
-    || die "openssl could not make a self-signed certificate"
+  # The origin's certificate is issued by an "origin CA" that the TLS scenarios' proxies
+  # verify it with (hey, in the connect scenario, does not verify).
+  if ! { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+            -subj "/CN=proxy benchmark origin CA" -keyout "$TMP/origin-ca-key.pem" -out "$TMP/origin-ca.pem" \
+         && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+              -keyout "$TMP/key.pem" -out "$TMP/origin.csr" \
+         && sign_leaf "$TMP/cert.pem" DNS:localhost IP:127.0.0.1; } >/dev/null 2>&1; then
+    die "openssl could not make the origin's certificates"
+  fi
+  [ "$WANT_TLS" = 0 ] || setup_tls_files
   chmod -R a+rX "$TMP"
 }
 
-start_origin() {
-  read -r OP OTP < <(free_ports 2)
+# CAs for the intercepting targets and the client's trust bundle (origin CA + every proxy CA).
+PROXY_TLS=0
+setup_tls_files() {
+  local sans=() r i
+  if [ -x "$PROXY_BIN" ] && "$PROXY_BIN" --help 2>&1 | grep -- '--ca-generate' >/dev/null; then
+    if "$PROXY_BIN" --ca-generate "$TMP/ca-proxy" >"$TMP/ca-generate.out" 2>&1 \
+       && [ -s "$TMP/ca-proxy/ca-cert.pem" ]; then
+      PROXY_TLS=1
+    else
+      cat "$TMP/ca-generate.out" >&2; log "proxy --ca-generate failed: the proxy TLS targets will be skipped"
+    fi
+  else
+    log "$PROXY_BIN --help lists no --ca-generate (TLS interception not built in): the proxy and proxy-log TLS targets will be skipped"
+  fi
+  # proxy.py mints with the openssl binary and wants RSA; mitmproxy's leaves use its CA's key,
+  # and its own default CA is RSA 2048 as well. One RSA CA for both.
+  mkdir -p "$TMP/mitm"
+  if ! { openssl genrsa -out "$TMP/rsa-ca-key.pem" 2048 \
+         && openssl req -x509 -new -key "$TMP/rsa-ca-key.pem" -days 2 -subj "/CN=proxy benchmark RSA CA" \
+              -out "$TMP/rsa-ca.pem" \
+         && openssl genrsa -out "$TMP/rsa-signing-key.pem" 2048; } >/dev/null 2>&1; then
+    die "openssl could not make the RSA CA"
+  fi
+  cat "$TMP/rsa-ca-key.pem" "$TMP/rsa-ca.pem" >"$TMP/mitm/mitmproxy-ca.pem"
+  cat "$TMP/origin-ca.pem" "$TMP/rsa-ca.pem" >"$TMP/client-bundle.pem"
+  [ "$PROXY_TLS" = 0 ] || cat "$TMP/ca-proxy/ca-cert.pem" >>"$TMP/client-bundle.pem"
+  if [[ " $SCENARIOS " == *" tls-mint "* ]]; then
+    # One certificate naming every mint host (of the warm-up and of each round).
+    for r in $(seq 0 "$ROUNDS"); do
+      for i in $(seq 0 $(( MINT_HOSTS - 1 ))); do sans+=("IP:$(mint_host "$r" "$i")"); done
+    done
+    sign_leaf "$TMP/mint-cert.pem" DNS:localhost IP:127.0.0.1 "${sans[@]}" \
+      || die "openssl could not make the mint origin's certificate"
+  fi
+}
+
+start_origin() { # [scenario]
+  local scen=${1:-} r i
+  read -r OP OTP MP < <(free_ports 3)
   cat >"$TMP/origin.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -295,13 +417,27 @@ http {
     ssl_certificate_key $TMP/key.pem;
     location = /small { default_type text/plain; return 200 "hello from the origin\\n"; }
     location = /1m { root $TMP/www; default_type application/octet-stream; }
+    location = /nginx-status { stub_status; }
   }
-}
 EOF
+  if [ "$scen" = tls-mint ]; then
+    echo "  server {"
+    for r in $(seq 0 "$ROUNDS"); do
+      for i in $(seq 0 $(( MINT_HOSTS - 1 ))); do echo "    listen $(mint_host "$r" "$i"):$MP ssl;"; done
+    done
+    cat <<EOF
+    ssl_certificate $TMP/mint-cert.pem;
+    ssl_certificate_key $TMP/key.pem;
+    location = /small { default_type text/plain; return 200 "hello from the origin\\n"; }
+  }
+EOF
+  fi >>"$TMP/origin.conf"
+  echo "}" >>"$TMP/origin.conf"
   spawn origin "${PIN_LOAD[@]}" nginx -p "$TMP" -e "$TMP/origin-error.log" -c "$TMP/origin.conf"
   wait_port origin "$OP" || { cat "$TMP/origin.out" "$TMP/origin-error.log" >&2 2>/dev/null; die "nginx origin did not start"; }
-  PORT[direct]=$OP; PORT[direct-tls]=$OTP
+  PORT[direct]=$OP; PORT[direct-tls]=$OTP; PORT[mint]=$MP
   PID[direct]=${PID[origin]}   # for RSS readings only; stopped as 'origin'
+  PID[direct-tls]=${PID[origin]}
 }
 
 start_relay() {
@@ -330,6 +466,101 @@ EOF
 }
 
 # ---------------------------------------------------------------- proxies under test
+wait_port_file() { # name -> 0 once the proxy wrote its --port-file and accepts there (PORT[name] set)
+  local t=$1 i p
+  for i in $(seq 1 100); do
+    [ -s "$TMP/$t.port" ] && break
+    kill -0 "${PID[$t]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  p=$( { tr -dc 0-9 <"$TMP/$t.port"; } 2>/dev/null || true)
+  if [ -z "$p" ] || ! wait_port "$t" "$p"; then stop_proc "$t"; return 1; fi
+  PORT[$t]=$p
+}
+
+skip_note() { echo "skipped $*" >>"$TMP/skipped"; log "skipped $*"; }
+
+declare -A CURL_K=()   # TLS target -> 1 when curl has to use -k with it (its leaves do not verify)
+
+# start_tls_target scenario name -> 0 if started and intercepting (or tunnelling) as expected
+start_tls_target() {
+  local scen=$1 t=$2 p
+  local ca=(--ca-key-file "$TMP/ca-proxy/ca-key.pem" --ca-cert-file "$TMP/ca-proxy/ca-cert.pem"
+            --ca-signing-key-file "$TMP/ca-proxy/signing-key.pem" --ca-cert-dir "$TMP/certs-$t"
+            --ca-file "$TMP/origin-ca.pem")
+  case "$t" in
+    direct-tls) return 0 ;;
+    tunnel|proxy|proxy-log)
+      [ -x "$PROXY_BIN" ] || { skip_note "$t ($scen): no $PROXY_BIN"; return 1; }
+      if [ "$t" != tunnel ] && [ "$PROXY_TLS" = 0 ]; then
+        skip_note "$t ($scen): $PROXY_BIN has no --ca-generate, TLS interception not built in"; return 1
+      fi
+      rm -rf "$TMP/$t.port" "$TMP/certs-$t"; mkdir -p "$TMP/certs-$t"
+      case "$t" in
+        tunnel) spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
+                  --num-workers 1 --log-file /dev/null --log-level e ;;
+        proxy) spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
+                 --num-workers 1 --log-file /dev/null --log-level e "${ca[@]}" ;;
+        proxy-log) spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
+                     --num-workers 1 --log-file "$TMP/proxy-log.log" "${ca[@]}" ;;
+      esac
+      wait_port_file "$t" || { skip_note "$t ($scen): did not start (see $TMP/$t.out with --keep-tmp)"; return 1; } ;;
+    proxy.py)
+      [ -x "$PROXYPY_BIN" ] || { skip_note "$t ($scen): not installed (--install)"; return 1; }
+      p=$(free_ports 1)
+      rm -rf "$TMP/certs-$t"; mkdir -p "$TMP/certs-$t"
+      spawn "$t" "${PIN_PROXY[@]}" "$PROXYPY_BIN" --hostname 127.0.0.1 --port "$p" \
+        --num-acceptors 1 --num-workers 1 --log-file /dev/null --log-level e \
+        --ca-key-file "$TMP/rsa-ca-key.pem" --ca-cert-file "$TMP/rsa-ca.pem" \
+        --ca-signing-key-file "$TMP/rsa-signing-key.pem" --ca-cert-dir "$TMP/certs-$t" \
+        --ca-file "$TMP/origin-ca.pem"
+      wait_port "$t" "$p" || { stop_proc "$t"; skip_note "$t ($scen): did not start"; return 1; }
+      PORT[$t]=$p ;;
+    mitmdump)
+      [ -x "$MITMDUMP_BIN" ] || { skip_note "$t ($scen): not installed (--install)"; return 1; }
+      p=$(free_ports 1)
+      local extra=()
+      # The mint origin's certificate names every mint host: leaves copying it would be huge.
+      [ "$scen" = tls-mint ] && extra=(--set upstream_cert=false)
+      spawn "$t" "${PIN_PROXY[@]}" "$MITMDUMP_BIN" --listen-host 127.0.0.1 -p "$p" -q \
+        --set confdir="$TMP/mitm" --set flow_detail=0 --set termlog_verbosity=error \
+        --set ssl_verify_upstream_trusted_ca="$TMP/origin-ca.pem" "${extra[@]}"
+      local i
+      for i in 1 2 3; do wait_port "$t" "$p" && break; done   # a Python start: allow 30 s
+      if ! wait_port "$t" "$p"; then stop_proc "$t"; skip_note "$t ($scen): did not start"; return 1; fi
+      PORT[$t]=$p ;;
+    *) return 1 ;;
+  esac
+  tls_probe "$scen" "$t"
+}
+
+# One request through the target, checked: the body, and who issued the leaf the client got.
+tls_probe() { # scenario target
+  local scen=$1 t=$2 body issuer rc=0 via=()
+  [ "$t" = direct-tls ] || via=(--proxy "http://127.0.0.1:${PORT[$t]}")
+  [ "$t" = direct-tls ] && via=(--noproxy '*')
+  CURL_K[$t]=0
+  body=$(curl -sS --http1.1 --max-time 10 --cacert "$TMP/client-bundle.pem" "${via[@]}" \
+           "https://127.0.0.1:${PORT[direct-tls]}/small" 2>"$TMP/probe.err") || rc=$?
+  if [ "$rc" = 60 ]; then
+    rc=0
+    body=$(curl -sS -k --http1.1 --max-time 10 "${via[@]}" "https://127.0.0.1:${PORT[direct-tls]}/small" 2>"$TMP/probe.err") || rc=$?
+    [ "$rc" != 0 ] || { CURL_K[$t]=1; echo "note: $t: its leaf for 127.0.0.1 does not verify (curl -k used in tls-mint)" >>"$TMP/skipped"; }
+  fi
+  if [ "$rc" != 0 ] || [ "$body" != "hello from the origin" ]; then
+    skip_note "$t ($scen): a request through it failed (curl exit $rc: $(head -c 200 "$TMP/probe.err"))"
+    [ "$t" = direct-tls ] || stop_proc "$t"
+    return 1
+  fi
+  if [ "$t" != direct-tls ]; then
+    issuer=$(openssl s_client -proxy "127.0.0.1:${PORT[$t]}" -connect "127.0.0.1:${PORT[direct-tls]}" </dev/null 2>/dev/null \
+               | openssl x509 -noout -issuer 2>/dev/null || true)
+    echo "note: $t: leaf for 127.0.0.1 ${issuer:-issuer: unknown}" >>"$TMP/skipped"
+    if [ "$t" != tunnel ] && [[ "$issuer" == *"origin CA"* ]]; then
+      skip_note "$t ($scen): the origin's own certificate came through: not intercepting"; stop_proc "$t"; return 1
+    fi
+  fi
+}
 start_target() { # name -> 0 if started (PORT[name] set)
   local t=$1 p
   case "$t" in
@@ -358,15 +589,7 @@ start_target() { # name -> 0 if started (PORT[name] set)
         spawn "$t" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
           --num-workers 2 --log-file /dev/null --log-level e
       fi
-      local i
-      for i in $(seq 1 100); do
-        [ -s "$TMP/$t.port" ] && break
-        kill -0 "${PID[$t]}" 2>/dev/null || break
-        sleep 0.1
-      done
-      p=$( { tr -dc 0-9 <"$TMP/$t.port"; } 2>/dev/null || true)
-      if [ -z "$p" ] || ! wait_port "$t" "$p"; then stop_proc "$t"; return 1; fi
-      PORT[$t]=$p ;;
+      wait_port_file "$t" ;;
     proxy.py)
       [ -x "$PROXYPY_BIN" ] || return 1
       p=$(free_ports 1)
@@ -421,7 +644,7 @@ EOF
   esac
 }
 
-is_proxy() { case "$1" in direct|relay) return 1 ;; *) return 0 ;; esac; }
+is_proxy() { case "$1" in direct|relay|direct-tls) return 1 ;; *) return 0 ;; esac; }
 
 # ---------------------------------------------------------------- load generators
 write_wrk_script() { # file path connection_close(0/1) [proxy_auth(0/1)]
@@ -475,18 +698,83 @@ run_load() {
         out=$(timeout "$limit" "${PIN_LOAD[@]}" hey -z "$dur" -c "$CONNS" "https://127.0.0.1:$tp/small" 2>&1 || true)
       fi
       echo "$out" >>"$TMP/load.log"
-      # hey: errors = non-200 responses + transport errors, minus requests cut off by -z's end.
-      echo "$out" | awk '
-        /Requests\/sec:/ { rps = $2 }
-        /Total data:/ { bytes = $3 }
-        /Total:/ && /secs/ { total = $2 }
-        /99%% in|99% in/ { p99 = $3 * 1000 }
-        /Status code distribution:/ { sec = "s"; next }
-        /Error distribution:/ { sec = "e"; next }
-        sec == "s" && /^ *\[[0-9]+\]/ { code = $1; gsub(/[^0-9]/, "", code); if (code != 200) err += $2 }
-        sec == "e" && /^ *\[[0-9]+\]/ { if ($0 !~ /canceled|Client.Timeout exceeded while awaiting headers/) { n = $1; gsub(/[^0-9]/, "", n); err += n } }
-        END { if (rps == "") print "0 0 0 -1 0"; else printf "%.1f %.2f %.3f %d 0\n", rps, (total > 0 ? bytes / total / 1048576 : 0), p99, err }' ;;
+      echo "$out" | parse_hey | cut -d' ' -f1-5 ;;
   esac
+}
+
+# hey's output -> "req/s MiB/s p99ms errors 0 responses"
+# errors = non-200 responses + transport errors, minus requests cut off by -z's end.
+parse_hey() {
+  awk '
+    /Requests\/sec:/ { rps = $2 }
+    /Total data:/ { bytes = $3 }
+    /Total:/ && /secs/ { total = $2 }
+    /99%% in|99% in/ { p99 = $3 * 1000 }
+    /Status code distribution:/ { sec = "s"; next }
+    /Error distribution:/ { sec = "e"; next }
+    sec == "s" && /^ *\[[0-9]+\]/ { code = $1; gsub(/[^0-9]/, "", code); resp += $2; if (code != 200) err += $2 }
+    sec == "e" && /^ *\[[0-9]+\]/ { if ($0 !~ /canceled|Client.Timeout exceeded while awaiting headers/) { n = $1; gsub(/[^0-9]/, "", n); err += n } }
+    END { if (rps == "") print "0 0 0 -1 0 0"; else printf "%.1f %.2f %.3f %d 0 %d\n", rps, (total > 0 ? bytes / total / 1048576 : 0), p99, err, resp }'
+}
+
+# ---------------------------------------------------------------- TLS load
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+cpu_ticks() { # pid -> user+system CPU ticks of the process tree, reaped children included
+  local total=0 p v
+  for p in $(tree_pids "$1"); do
+    v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 + $14 + $15 }' || true)
+    total=$(( total + ${v:-0} ))
+  done
+  echo "$total"
+}
+
+origin_accepts() { # -> nginx's accepted-connection count (stub_status; this request's own included)
+  curl -s --noproxy '*' --max-time 5 "http://127.0.0.1:${PORT[direct]}/nginx-status" | awk 'NR == 3 { print $1 }'
+}
+
+target_pid() { if [ "$1" = direct-tls ]; then echo "${PID[origin]}"; else echo "${PID[$1]}"; fi; }
+
+# run_tls_load scenario target duration
+#   -> "req/s MiB/s p99ms errors 0 responses target-cpu-ms origin-cpu-ms origin-accepts"
+run_tls_load() {
+  local scen=$1 t=$2 dur=$3 out limit res tc0 tc1 oc0 oc1 a0 a1 ka=() via=()
+  limit=$(( $(secs "$dur") + 30 ))
+  [ "$scen" = tls-newconn ] && ka=(-disable-keepalive)
+  [ "$t" = direct-tls ] || via=(-x "http://127.0.0.1:${PORT[$t]}")
+  a0=$(origin_accepts); tc0=$(cpu_ticks "$(target_pid "$t")"); oc0=$(cpu_ticks "${PID[origin]}")
+  out=$(SSL_CERT_FILE="$TMP/client-bundle.pem" timeout "$limit" "${PIN_LOAD[@]}" hey -z "$dur" -c "$CONNS" \
+          "${ka[@]}" "${via[@]}" "https://127.0.0.1:${PORT[direct-tls]}/small" 2>&1 || true)
+  tc1=$(cpu_ticks "$(target_pid "$t")"); oc1=$(cpu_ticks "${PID[origin]}"); a1=$(origin_accepts)
+  echo "$out" >>"$TMP/load.log"
+  res=$(echo "$out" | parse_hey)
+  echo "$res $(( (tc1 - tc0) * 1000 / CLK_TCK )) $(( (oc1 - oc0) * 1000 / CLK_TCK )) $(( ${a1:-0} - ${a0:-0} - 1 ))"
+}
+
+# run_mint target round count -> "median-ms 0 p99ms errors 0 hosts target-cpu-ms origin-cpu-ms origin-accepts"
+# One curl for all the round's hosts: each a new host, so a new connection (and tunnel) each.
+run_mint() {
+  local t=$1 r=$2 n=$3 i tc0 tc1 oc0 oc1 a0 a1 opts=()
+  for i in $(seq 0 $(( n - 1 ))); do
+    printf 'url = "https://%s:%s/small"\noutput = "/dev/null"\n' "$(mint_host "$r" "$i")" "${PORT[mint]}"
+  done >"$TMP/mint.curl"
+  if [ "$t" = direct-tls ]; then opts=(--noproxy '*'); else opts=(--proxy "http://127.0.0.1:${PORT[$t]}"); fi
+  if [ "${CURL_K[$t]:-0}" = 1 ]; then opts+=(-k); else opts+=(--cacert "$TMP/client-bundle.pem"); fi
+  a0=$(origin_accepts); tc0=$(cpu_ticks "$(target_pid "$t")"); oc0=$(cpu_ticks "${PID[origin]}")
+  timeout $(( n + 30 )) "${PIN_LOAD[@]}" curl -s --http1.1 --max-time 10 "${opts[@]}" \
+    -w '%{http_code} %{time_total}\n' -K "$TMP/mint.curl" >"$TMP/mint.out" 2>>"$TMP/load.log" || true
+  tc1=$(cpu_ticks "$(target_pid "$t")"); oc1=$(cpu_ticks "${PID[origin]}"); a1=$(origin_accepts)
+  awk -v n="$n" -v tc="$(( (tc1 - tc0) * 1000 / CLK_TCK ))" -v oc="$(( (oc1 - oc0) * 1000 / CLK_TCK ))" \
+      -v acc="$(( ${a1:-0} - ${a0:-0} - 1 ))" '
+    $1 == 200 { v[++k] = $2 * 1000 } $1 != 200 { err++ }
+    END {
+      err += n - NR   # transfers that printed nothing
+      if (k == 0) { printf "0 0 0 %d 0 %d %d %d %d\n", err, n, tc, oc, acc; exit }
+      # insertion sort: k is at most --mint-hosts
+      for (i = 2; i <= k; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
+      med = (k % 2) ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2
+      p = int(0.99 * k + 0.999999); if (p < 1) p = 1
+      printf "%.3f 0 %.3f %d 0 %d %d %d %d\n", med, v[p], err, n, tc, oc, acc }' "$TMP/mint.out"
 }
 
 # ---------------------------------------------------------------- reporting
@@ -528,16 +816,120 @@ report_rss() {
   awk '$1 == "rss" { printf "%-10s %11.1f %13.1f %9.1f %8d %8d\n", $2, $3 / 1024, $4 / 1024, ($5 > 0 ? ($4 - $3) / $5 : 0), $5, $6 }' "$RESULTS"
 }
 
+med_of() { # scenario target awk-expression over its run lines -> the median over the rounds
+  awk -v s="$1" -v t="$2" '$1 == "run" && $2 == s && $3 == t { print '"$3"' }' "$RESULTS" | median
+}
+
+# shellcheck disable=SC2016   # awk expressions, for awk
+report_tls() { # scenario: tls-ka / tls-newconn
+  local scen=$1 t med dmed dacc
+  dmed=$(med_of "$scen" direct-tls '$5')
+  # nginx's CPU per TLS connection it terminates itself: the yardstick for a proxy's.
+  dacc=$(med_of "$scen" direct-tls '($13 > 0 ? $12 * 1000 / $13 : "nan")')
+  echo
+  echo "== $scen: median of $ROUNDS round(s) x $DURATION, c=$CONNS (hey$([ "$scen" = tls-newconn ] && echo ' -disable-keepalive'))"
+  printf "%-10s %10s %8s %7s %9s %8s %10s %10s %10s %8s\n" target "req/s" "p99 ms" errors "peak MiB" "/direct" \
+    "cpu us/req" "orig us/rq" "orig us/ac" "cpu/acc"
+  echo "   (cpu: the target's user+system CPU (direct-tls: nginx's) per request, a new connection each in"
+  echo "    tls-newconn; orig: the origin nginx's, per request and per TLS accept; cpu/acc: cpu us/req over"
+  echo "    direct-tls's orig us/ac, i.e. per connection against nginx terminating TLS itself; goal <= 1.5)"
+  for t in $ACTIVE; do
+    med=$(med_of "$scen" "$t" '$5')
+    [ "$med" = nan ] && continue
+    awk -v t="$t" -v m="$med" -v p="$(med_of "$scen" "$t" '$7')" \
+        -v e="$(awk -v s="$scen" -v t="$t" '$1 == "run" && $2 == s && $3 == t { e += $8 } END { print e + 0 }' "$RESULTS")" \
+        -v h="$(awk -v s="$scen" -v t="$t" '$1 == "peak" && $2 == s && $3 == t { print $4 }' "$RESULTS" | tail -n1)" \
+        -v d="$dmed" -v c="$(med_of "$scen" "$t" '($10 > 0 ? $11 * 1000 / $10 : "nan")')" \
+        -v o="$(med_of "$scen" "$t" '($10 > 0 ? $12 * 1000 / $10 : "nan")')" \
+        -v a="$(med_of "$scen" "$t" '($13 > 0 ? $12 * 1000 / $13 : "nan")')" -v da="$dacc" -v nc="$scen" 'BEGIN {
+      f = "%10s"
+      printf "%-10s %10.1f %8.2f %7d %9.1f %8s %10s %10s %10s %8s\n", t, m, p, e, h / 1024,
+        (d != "nan" && d > 0 ? sprintf("%.2f", m / d) : "-"),
+        (c != "nan" ? sprintf("%.1f", c) : "-"), (o != "nan" ? sprintf("%.1f", o) : "-"),
+        (a != "nan" && nc == "tls-newconn" ? sprintf("%.1f", a) : "-"),
+        (c != "nan" && da != "nan" && da > 0 && nc == "tls-newconn" ? sprintf("%.2f", c / da) : "-") }'
+  done
+  local pmed lmed
+  pmed=$(med_of "$scen" proxy '$5'); lmed=$(med_of "$scen" proxy-log '$5')
+  if [ "$pmed" != nan ] && [ "$lmed" != nan ]; then
+    awk -v p="$pmed" -v l="$lmed" 'BEGIN { if (p > 0) printf "proxy-log/proxy %.3f (medians)\n", l / p }'
+  fi
+}
+
+# shellcheck disable=SC2016   # awk expressions, for awk
+report_mint() {
+  local scen=tls-mint t med dmed
+  dmed=$(med_of "$scen" direct-tls '$5')
+  echo
+  echo "== tls-mint: $MINT_HOSTS new hosts per round, one request each over a new connection (curl), median of $ROUNDS round(s)"
+  printf "%-10s %10s %8s %7s %8s %11s %11s %5s\n" target "median ms" "p99 ms" errors "/direct" "cpu ms/host" "orig ms/hst" "curl"
+  echo "   (ms: curl's time_total; /direct: median latency over direct-tls's (higher is slower); cpu: the"
+  echo "    target's user+system CPU per new host (direct-tls: nginx's), orig: the origin nginx's; curl -k"
+  echo "    where the target's leaves did not verify)"
+  for t in $ACTIVE; do
+    med=$(med_of "$scen" "$t" '$5')
+    [ "$med" = nan ] && continue
+    awk -v t="$t" -v m="$med" -v p="$(med_of "$scen" "$t" '$7')" \
+        -v e="$(awk -v s="$scen" -v t="$t" '$1 == "run" && $2 == s && $3 == t { e += $8 } END { print e + 0 }' "$RESULTS")" \
+        -v d="$dmed" -v c="$(med_of "$scen" "$t" '($10 > 0 ? $11 / $10 : "nan")')" \
+        -v o="$(med_of "$scen" "$t" '($10 > 0 ? $12 / $10 : "nan")')" -v k="$([ "${CURL_K[$t]:-0}" = 1 ] && echo -k || echo ok)" 'BEGIN {
+      printf "%-10s %10.2f %8.2f %7d %8s %11s %11s %5s\n", t, m, p, e,
+        (d != "nan" && d > 0 ? sprintf("%.2f", m / d) : "-"),
+        (c != "nan" ? sprintf("%.2f", c) : "-"), (o != "nan" ? sprintf("%.2f", o) : "-"), k }'
+  done
+}
+
 # ---------------------------------------------------------------- scenarios
-start_scenario_targets() { # -> sets ACTIVE (targets that started), in order
-  start_origin
+start_scenario_targets() { # [scenario] -> sets ACTIVE (targets that started), in order
+  local scen=${1:-} t list=$ALL_TARGETS
+  is_tls "$scen" && list=$TLS_TARGETS
+  start_origin "$scen"
   ACTIVE=""
-  local t
-  for t in ${TARGETS_WANTED:-$ALL_TARGETS}; do
-    if start_target "$t"; then ACTIVE="$ACTIVE $t"
+  for t in ${TARGETS_WANTED:-$list}; do
+    [[ " $list " == *" $t "* ]] || continue   # a target of the other kind of scenario
+    if is_tls "$scen"; then
+      if start_tls_target "$scen" "$t"; then ACTIVE="$ACTIVE $t"; fi
+    elif start_target "$t"; then ACTIVE="$ACTIVE $t"
     else echo "skipped $t: not available or did not start" >>"$TMP/skipped"; fi
   done
   ACTIVE=${ACTIVE# }
+}
+
+run_tls_scenario() { # scenario
+  local scen=$1 r i n t res
+  local -a order
+  case "$scen" in
+    tls-mint) command -v curl >/dev/null || { log "$scen: curl not installed, skipped"; return 0; } ;;
+    *) command -v hey >/dev/null || { log "$scen: hey not installed (--install), skipped"; return 0; } ;;
+  esac
+  start_scenario_targets "$scen"
+  log "$scen: targets: $ACTIVE"
+  read -r -a order <<<"$ACTIVE"
+  n=${#order[@]}
+  for r in $(seq 1 "$ROUNDS"); do
+    for i in $(seq 0 $(( n - 1 ))); do
+      t=${order[$(( (i + r - 1) % n ))]}   # rotate the start each round
+      if [ "$t" = proxy-log ]; then : >"$TMP/proxy-log.log"; fi
+      if [ "$scen" = tls-mint ]; then
+        # Warm-up: a few hosts of their own (round 0's), so that no round's host is ever seen twice.
+        if [ "$r" = 1 ] && [ "$(secs "$WARMUP")" != 0 ]; then
+          run_mint "$t" 0 $(( MINT_HOSTS < 10 ? MINT_HOSTS : 10 )) >/dev/null
+        fi
+        res=$(run_mint "$t" "$r" "$MINT_HOSTS")
+        log "$scen round $r $t: $res  (median-ms 0 p99ms errors 0 hosts cpu-ms origin-cpu-ms origin-accepts)"
+      else
+        if [ "$r" = 1 ] && [ "$(secs "$WARMUP")" != 0 ]; then run_tls_load "$scen" "$t" "$WARMUP" >/dev/null; fi
+        res=$(run_tls_load "$scen" "$t" "$DURATION")
+        log "$scen round $r $t: $res  (req/s MiB/s p99ms errors 0 responses cpu-ms origin-cpu-ms origin-accepts)"
+      fi
+      echo "run $scen $t $r $res" >>"$RESULTS"
+    done
+  done
+  for t in $ACTIVE; do
+    echo "peak $scen $t $(mem_kib VmHWM "$(target_pid "$t")")" >>"$RESULTS"
+  done
+  stop_all
+  if [ "$scen" = tls-mint ]; then report_mint; else report_tls "$scen"; fi | tee -a "$RESULTS.tables"
 }
 
 run_throughput_scenario() { # scenario
@@ -605,8 +997,11 @@ run_rss_scenario() {
   echo "# versions: $(nginx -v 2>&1 | tr '\n' ' ')| $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}')" \
        "| tinyproxy $(tinyproxy -v 2>/dev/null | awk '{print $2}' || true)" \
        "| squid $( (squid -v 2>/dev/null || true) | awk 'NR == 1 {print $4}')" \
-       "| proxy.py $("$PROXYPY_BIN" --version 2>/dev/null || echo none)"
+       "| proxy.py $("$PROXYPY_BIN" --version 2>/dev/null || echo none)" \
+       "$([ "$WANT_TLS" = 0 ] || echo "| $("$MITMDUMP_BIN" --version 2>/dev/null | head -n1 || echo 'mitmproxy none')")"
   echo "# columns: run scenario target round req/s MiB/s p99ms errors closed | peak scenario target VmHWM-KiB | rss target idle-KiB with-KiB opened alive"
+  echo "# TLS: run tls-ka|tls-newconn target round req/s MiB/s p99ms errors 0 responses target-cpu-ms origin-cpu-ms origin-accepts"
+  echo "#      run tls-mint target round median-ms 0 p99ms errors 0 hosts target-cpu-ms origin-cpu-ms origin-accepts"
 } >"$RESULTS"
 : >"$RESULTS.tables"
 log "results: $RESULTS"
@@ -616,6 +1011,7 @@ START=$SECONDS
 for scen in $SCENARIOS; do
   case "$scen" in
     rss) run_rss_scenario ;;
+    tls-*) run_tls_scenario "$scen" ;;
     *) run_throughput_scenario "$scen" ;;
   esac
 done
