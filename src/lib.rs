@@ -16,6 +16,7 @@
 //!   (`--enable-static-server`, no traversal); called by `proxy`'s routing, writes with `conn::io`.
 //! - [`server`]: worker threads, `SO_REUSEPORT` listeners, graceful shutdown, the embedding handle.
 //! - [`logging`]: tracing subscriber with proxy.py's line format or JSON (used by the binary).
+//! - [`tls`]: TLS interception: the CA that mints a leaf certificate per host (`tls::ca`).
 
 pub mod cli;
 pub mod config;
@@ -28,6 +29,8 @@ pub mod logging;
 pub mod plugin;
 pub mod proxy;
 pub mod server;
+// TLS interception: the CA and its per-host leaf certificates.
+pub mod tls;
 pub mod web;
 
 pub use config::Config;
