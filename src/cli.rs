@@ -174,6 +174,70 @@ pub struct Cli {
     #[arg(long, value_name = "LIST", value_parser = parse_deny_list)]
     pub deny_destinations: Option<DenyList>,
 
+    /// With --key-file: every listening port speaks TLS (ALPN http/1.1); clients use
+    /// `https://` proxy URLs. A PEM certificate chain [default: none]
+    #[arg(long, value_name = "FILE", requires = "key_file", help_heading = "TLS")]
+    pub cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert-file [default: none]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "cert_file",
+        help_heading = "TLS"
+    )]
+    pub key_file: Option<PathBuf>,
+
+    /// Interception CA private key (PEM). Interception is on when --ca-key-file,
+    /// --ca-cert-file and --ca-signing-key-file are all given [default: none]
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub ca_key_file: Option<PathBuf>,
+
+    /// Interception CA certificate (PEM): clients must trust it [default: none]
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub ca_cert_file: Option<PathBuf>,
+
+    /// The key of every minted leaf certificate (PEM; one key for all hosts, as in
+    /// proxy.py) [default: none]
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub ca_signing_key_file: Option<PathBuf>,
+
+    /// Where minted leaf certificates are kept, as `<host>.pem` (mode 0600). `~` is the
+    /// home directory.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "~/.proxy/certificates",
+        help_heading = "TLS"
+    )]
+    pub ca_cert_dir: String,
+
+    /// CA bundle (PEM) used to verify origins, instead of the system's roots [default:
+    /// system roots]
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Do not verify origin certificates at all. Dangerous: anyone on the path to an
+    /// origin can read and change its traffic.
+    #[arg(long, help_heading = "TLS")]
+    pub insecure_tls_interception: bool,
+
+    /// Do not intercept CONNECTs whose host (TLS SNI, else the CONNECT host) matches this
+    /// regular expression, matched against `host:port`; they stay opaque tunnels. May be
+    /// repeated (mitmproxy's flag) [default: none]
+    #[arg(long, value_name = "REGEX", action = ArgAction::Append, conflicts_with = "allow_hosts", help_heading = "TLS")]
+    pub ignore_hosts: Vec<String>,
+
+    /// Intercept only CONNECTs whose host matches this regular expression (see
+    /// --ignore-hosts); may be repeated [default: intercept all]
+    #[arg(long, value_name = "REGEX", action = ArgAction::Append, help_heading = "TLS")]
+    pub allow_hosts: Vec<String>,
+
+    /// Write a new interception CA (ca-key.pem, ca-cert.pem, signing-key.pem) to DIR,
+    /// print the flags that use it and how to trust it, and exit. Not in proxy.py.
+    #[arg(long, value_name = "DIR", help_heading = "TLS")]
+    pub ca_generate: Option<PathBuf>,
+
     /// Serve this PAC file (or, if no such file exists, this literal PAC text) to
     /// origin-form GET/HEAD requests for --pac-file-url-path [default: none]
     #[arg(long, value_name = "FILE")]

@@ -135,6 +135,10 @@ pub struct Config {
     pub connect_ports: Option<PortRanges>,
     /// Addresses no request may be connected to (`--deny-destinations`); empty: none.
     pub deny_destinations: DenyList,
+    /// TLS: the listener's certificate, interception, origin verification.
+    pub tls: TlsConfig,
+    /// `--ca-generate DIR`: write a CA there and exit (handled by the binary).
+    pub ca_generate: Option<PathBuf>,
     /// `--num-acceptors`, accepted for proxy.py compatibility and otherwise ignored.
     pub num_acceptors: Option<u64>,
     /// `--pac-file` named no existing file and is served as literal PAC text.
@@ -157,6 +161,56 @@ impl std::fmt::Debug for Config {
             .field("num_workers", &self.num_workers)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
+    }
+}
+
+/// The TLS flags, checked for consistency; the files are read and parsed at start
+/// (`tls::TlsContext::new`), so that a bad file stops start-up with exit code 64.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// `--cert-file` and `--key-file`: the listener speaks TLS.
+    pub listener: Option<(PathBuf, PathBuf)>,
+    /// The three `--ca-*-file` flags: interception is on.
+    pub ca: Option<CaPaths>,
+    /// `--ca-cert-dir`, `~` expanded.
+    pub ca_cert_dir: PathBuf,
+    /// `--ca-file`: the bundle origins are verified against (else the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// `--insecure-tls-interception`: origins are not verified.
+    pub insecure: bool,
+    /// `--ignore-hosts`: never intercept these `host:port`s.
+    pub ignore_hosts: Vec<regex::Regex>,
+    /// `--allow-hosts`: intercept only these `host:port`s (empty: all).
+    pub allow_hosts: Vec<regex::Regex>,
+}
+
+/// The interception CA's three files (proxy.py's flags).
+#[derive(Debug, Clone)]
+pub struct CaPaths {
+    /// `--ca-key-file`.
+    pub key: PathBuf,
+    /// `--ca-cert-file`.
+    pub cert: PathBuf,
+    /// `--ca-signing-key-file`.
+    pub signing_key: PathBuf,
+}
+
+impl TlsConfig {
+    /// True when CONNECTs may be intercepted.
+    pub fn intercepts(&self) -> bool {
+        self.ca.is_some()
+    }
+
+    /// Whether a CONNECT to `host:port` is intercepted, by --ignore-hosts/--allow-hosts.
+    pub fn should_intercept(&self, host: &str, port: u16) -> bool {
+        if self.ignore_hosts.is_empty() && self.allow_hosts.is_empty() {
+            return true;
+        }
+        let authority = format!("{host}:{port}");
+        if self.ignore_hosts.iter().any(|re| re.is_match(&authority)) {
+            return false;
+        }
+        self.allow_hosts.is_empty() || self.allow_hosts.iter().any(|re| re.is_match(&authority))
     }
 }
 
@@ -202,6 +256,8 @@ impl Default for Config {
             connect_ports: None,
             deny_destinations: DenyList::default(),
             num_acceptors: None,
+            tls: TlsConfig::default(),
+            ca_generate: None,
             pac_file_is_literal: false,
             limits: Limits::default(),
             log: LogConfig {
@@ -236,6 +292,8 @@ impl Config {
                 }
             }
         }
+
+        let tls = tls_config(&cli).map_err(CliError::usage)?;
 
         let num_workers = match cli.num_workers {
             0 => std::thread::available_parallelism()
@@ -358,6 +416,8 @@ impl Config {
             connect_ports: cli.connect_ports,
             deny_destinations: cli.deny_destinations.unwrap_or_default(),
             num_acceptors: cli.num_acceptors,
+            tls,
+            ca_generate: cli.ca_generate,
             pac_file_is_literal,
             log: LogConfig {
                 level: cli.log_level,
@@ -382,6 +442,50 @@ impl Config {
     {
         Config::from_cli(crate::cli::Cli::try_parse_args(args)?)
     }
+}
+
+/// The TLS flags: all three CA files or none (proxy.py silently leaves interception off
+/// when one is missing; a typo there would pass plaintext-looking HTTPS untouched), and
+/// valid host patterns.
+fn tls_config(cli: &crate::cli::Cli) -> Result<TlsConfig, String> {
+    let ca = match (
+        &cli.ca_key_file,
+        &cli.ca_cert_file,
+        &cli.ca_signing_key_file,
+    ) {
+        (Some(key), Some(cert), Some(signing_key)) => Some(CaPaths {
+            key: key.clone(),
+            cert: cert.clone(),
+            signing_key: signing_key.clone(),
+        }),
+        (None, None, None) => None,
+        _ => {
+            return Err(
+                "TLS interception needs all three of --ca-key-file, --ca-cert-file and \
+                 --ca-signing-key-file (proxy --ca-generate DIR makes them)"
+                    .into(),
+            )
+        }
+    };
+    let patterns = |flag: &str, list: &[String]| {
+        list.iter()
+            .map(|p| regex::Regex::new(p).map_err(|e| format!("{flag} {p:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let ignore_hosts = patterns("--ignore-hosts", &cli.ignore_hosts)?;
+    let allow_hosts = patterns("--allow-hosts", &cli.allow_hosts)?;
+    if ca.is_none() && !(ignore_hosts.is_empty() && allow_hosts.is_empty()) {
+        return Err("--ignore-hosts/--allow-hosts need TLS interception (the --ca-* flags)".into());
+    }
+    Ok(TlsConfig {
+        listener: cli.cert_file.clone().zip(cli.key_file.clone()),
+        ca,
+        ca_cert_dir: expand_home(&cli.ca_cert_dir),
+        ca_file: cli.ca_file.clone(),
+        insecure: cli.insecure_tls_interception,
+        ignore_hosts,
+        allow_hosts,
+    })
 }
 
 /// `--disable-headers a,B, c` → `["a", "b", "c"]`: trimmed, lower-cased, de-duplicated.

@@ -46,6 +46,12 @@ pub enum ErrorKind {
     HttpRequestDenied,
     /// The request's destination address is one `--deny-destinations` lists.
     DestinationIpProhibited,
+    /// The client refused the certificate the proxy presented (usually: the
+    /// interception CA is not installed on the client). No reply is possible.
+    TlsClientRejectedCertificate,
+    /// The client's TLS handshake with the proxy failed otherwise (plaintext sent to a
+    /// TLS port, no common version or cipher…). No reply is possible.
+    TlsClientHandshakeError,
 
     // --- upstream side ---
     /// Name resolution failed (NXDOMAIN, SERVFAIL, no addresses).
@@ -72,6 +78,9 @@ pub enum ErrorKind {
     HttpUpgradeFailed,
     /// The upstream TLS handshake failed.
     TlsProtocolError,
+    /// The origin's certificate failed verification (untrusted issuer, wrong name,
+    /// expired…).
+    TlsCertificateError,
 
     // --- internal ---
     /// A bug or resource failure inside the proxy.
@@ -108,6 +117,9 @@ impl ErrorKind {
             HttpResponseHeaderSectionSize => "http_response_header_section_size",
             HttpUpgradeFailed => "http_upgrade_failed",
             TlsProtocolError => "tls_protocol_error",
+            TlsCertificateError => "tls_certificate_error",
+            TlsClientRejectedCertificate => "tls_client_rejected_certificate",
+            TlsClientHandshakeError => "tls_client_handshake_error",
             ProxyInternalError => "proxy_internal_error",
             ProxyConfigurationError => "proxy_configuration_error",
         }
@@ -124,7 +136,10 @@ impl ErrorKind {
             RequestHeaderTooLarge => Some(431),
             RequestHeaderTimeout => Some(408),
             RequestBodyTooLarge => Some(413),
-            ClientTimeout | ClientClosed => None,
+            ClientTimeout
+            | ClientClosed
+            | TlsClientRejectedCertificate
+            | TlsClientHandshakeError => None,
             UnsupportedRequest => Some(400),
             ProxyLoopDetected => Some(508),
             HttpRequestDenied | DestinationIpProhibited => Some(403),
@@ -137,7 +152,8 @@ impl ErrorKind {
             | HttpProtocolError
             | HttpResponseHeaderSectionSize
             | HttpUpgradeFailed
-            | TlsProtocolError => Some(502),
+            | TlsProtocolError
+            | TlsCertificateError => Some(502),
             ProxyInternalError | ProxyConfigurationError => Some(500),
         }
     }
@@ -156,7 +172,9 @@ impl ErrorKind {
             | UnsupportedRequest
             | ProxyLoopDetected
             | HttpRequestDenied
-            | DestinationIpProhibited => Side::Client,
+            | DestinationIpProhibited
+            | TlsClientRejectedCertificate
+            | TlsClientHandshakeError => Side::Client,
             DnsError
             | DnsTimeout
             | ConnectionRefused
@@ -168,7 +186,8 @@ impl ErrorKind {
             | HttpProtocolError
             | HttpResponseHeaderSectionSize
             | HttpUpgradeFailed
-            | TlsProtocolError => Side::Upstream,
+            | TlsProtocolError
+            | TlsCertificateError => Side::Upstream,
             ProxyInternalError | ProxyConfigurationError => Side::Internal,
         }
     }
@@ -302,6 +321,9 @@ mod tests {
             HttpResponseHeaderSectionSize,
             HttpUpgradeFailed,
             TlsProtocolError,
+            TlsCertificateError,
+            TlsClientRejectedCertificate,
+            TlsClientHandshakeError,
             ProxyInternalError,
             ProxyConfigurationError,
         ];

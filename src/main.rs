@@ -13,6 +13,18 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(err) => return exit_with(&err),
     };
+    if let Some(dir) = &config.ca_generate {
+        return match proxy::tls::ca::generate(dir) {
+            Ok(generated) => {
+                print!("{}", proxy::tls::ca::instructions(&generated));
+                ExitCode::SUCCESS
+            }
+            Err(msg) => {
+                eprintln!("proxy: error: --ca-generate: {msg}");
+                ExitCode::from(64)
+            }
+        };
+    }
     // Unknown `--plugins` names (and plugin flags that fail) are a usage error, reported
     // before anything starts; the factories built here are the ones the proxy runs.
     let factories = match proxy::plugin::registry::factories(&config) {
@@ -26,6 +38,15 @@ fn main() -> ExitCode {
         Ok(guard) => guard,
         Err(err) => return exit_with(&err),
     };
+    // TLS files are read and checked before anything listens: a bad one is a usage
+    // error. (After logging starts, so that --insecure-tls-interception's warning shows.)
+    let tls = match proxy::tls::TlsContext::new(&config.tls) {
+        Ok(tls) => tls,
+        Err(msg) => {
+            eprintln!("proxy: error: {msg}");
+            return ExitCode::from(64);
+        }
+    };
     raise_open_file_limit(config.open_file_limit);
     let pid_file = config.pid_file.clone();
     if let Some(path) = &pid_file {
@@ -34,7 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let code = run(config, factories);
+    let code = run(config, factories, tls);
     if let Some(path) = &pid_file {
         let _ = std::fs::remove_file(path);
     }
@@ -45,6 +66,7 @@ fn main() -> ExitCode {
 fn run(
     config: proxy::Config,
     factories: Vec<std::sync::Arc<dyn proxy::plugin::PluginFactory>>,
+    tls: proxy::tls::TlsContext,
 ) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -65,7 +87,7 @@ fn run(
     let grace = config.grace_period;
     let workers = config.num_workers;
     announce(&config);
-    let handle = match proxy::server::start_with_factories(config, factories) {
+    let handle = match proxy::server::start_prepared(config, factories, tls) {
         Ok(handle) => handle,
         Err(e) => {
             tracing::error!("{e}");

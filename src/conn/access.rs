@@ -27,6 +27,8 @@ pub struct Exchange {
     host: String,
     port: u16,
     path: Bytes,
+    /// The request went over TLS to the origin.
+    https: bool,
     status: Option<u16>,
     bytes: u64,
     response_started: bool,
@@ -43,6 +45,7 @@ impl Exchange {
             host: String::new(),
             port: 0,
             path: Bytes::new(),
+            https: false,
             status: None,
             bytes: 0,
             response_started: false,
@@ -60,6 +63,12 @@ impl Exchange {
         host.clone_into(&mut self.host);
         self.port = port;
         self.path = path.clone();
+    }
+
+    /// Records that the request travels over TLS (an intercepted tunnel, an `https://`
+    /// target): the line shows `https://host:port/path`.
+    pub fn set_https(&mut self, https: bool) {
+        self.https = https;
     }
 
     /// Records the status sent to the client; from now on no error reply may be sent.
@@ -180,8 +189,8 @@ impl Line<'_> {
             let path = String::from_utf8_lossy(&x.path);
             tracing::info!(
                 target: "proxy::access",
-                client = %x.client, method = %method, host = %x.host, port = x.port,
-                path = %path, status = x.status.unwrap_or(0), bytes = x.bytes, ms, error.code = code,
+                client = %x.client, method = %method, scheme = if x.https { "https" } else { "http" },
+                host = %x.host, port = x.port, path = %path, status = x.status.unwrap_or(0), bytes = x.bytes, ms, error.code = code,
                 conn, worker,
                 "{message}",
             );
@@ -216,6 +225,9 @@ impl AccessEvent for Line<'_> {
         if x.host.is_empty() {
             out.push_str("None:None");
         } else {
+            if x.https && !self.is_connect() {
+                out.push_str("https://");
+            }
             out.push_str(&x.host);
             out.push(':');
             out.push_str(num.format(x.port));
@@ -248,6 +260,9 @@ impl AccessEvent for Line<'_> {
         let x = self.exchange;
         f.addr("client", x.client);
         f.str("method", &String::from_utf8_lossy(&x.method));
+        if !self.is_connect() {
+            f.str("scheme", if x.https { "https" } else { "http" });
+        }
         f.str("host", &x.host);
         f.u64("port", u64::from(x.port));
         let status = u64::from(x.status.unwrap_or(0));
@@ -341,6 +356,7 @@ mod tests {
             host: host.to_owned(),
             port: if host.is_empty() { 0 } else { 8080 },
             path: Bytes::copy_from_slice(path),
+            https: false,
             status,
             bytes: 146,
             response_started: status.is_some(),
@@ -461,7 +477,7 @@ mod tests {
             assert_eq!(strip_ts(f), strip_ts(s));
         }
         assert!(fast.lines().next().unwrap().ends_with(
-            r#""target":"proxy::access","message":"127.0.0.1:5000 - GET example.com:8080/x?y=1 - 200 OK - 146 bytes - 0.84ms","client":"127.0.0.1:5000","method":"GET","host":"example.com","port":8080,"path":"/x?y=1","status":200,"bytes":146,"ms":0.843,"error.code":"","conn":7,"worker":1}"#
+            r#""target":"proxy::access","message":"127.0.0.1:5000 - GET example.com:8080/x?y=1 - 200 OK - 146 bytes - 0.84ms","client":"127.0.0.1:5000","method":"GET","scheme":"http","host":"example.com","port":8080,"path":"/x?y=1","status":200,"bytes":146,"ms":0.843,"error.code":"","conn":7,"worker":1}"#
         ), "{fast}");
     }
 

@@ -1,17 +1,19 @@
-//! Socket I/O on `&TcpStream` with an inactivity bound on every wait.
+//! Socket I/O on `&Stream` (TCP or TLS) with an inactivity bound on every wait.
 //!
-//! Everything here takes the stream by shared reference (tokio's `readable`/`try_read`
-//! and `writable`/`try_write` need only `&self`), so one connection can be read by the
+//! Everything here takes the stream by shared reference (its `readable`/`try_read` and
+//! `writable`/`try_write` need only `&self`), so one connection can be read by the
 //! upload half and written by the download half of an exchange at the same time
-//! without splitting it.
+//! without splitting it. A write returns once every byte has left the process: for TLS
+//! that includes the records the session still held.
 
 use std::io::{self, IoSlice};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::Interest;
-use tokio::net::TcpStream;
 use tokio::time::timeout;
+
+use super::stream::Stream;
 
 use crate::error::{ErrorKind, ProxyError};
 
@@ -41,7 +43,7 @@ impl From<io::Error> for IoFail {
 /// something to wait for: under load most operations complete at once, and a
 /// `timeout` costs a clock read even when it never fires.
 pub async fn read_some(
-    stream: &TcpStream,
+    stream: &Stream,
     buf: &mut BytesMut,
     chunk: usize,
     idle: Duration,
@@ -54,7 +56,7 @@ pub async fn read_some(
 /// [`try_read_draining`]). Not for bodies: there, bytes that arrive while the last piece
 /// is being written are better read at once.
 pub async fn read_head_bytes(
-    stream: &TcpStream,
+    stream: &Stream,
     buf: &mut BytesMut,
     chunk: usize,
     idle: Duration,
@@ -63,7 +65,7 @@ pub async fn read_head_bytes(
 }
 
 async fn read_with(
-    stream: &TcpStream,
+    stream: &Stream,
     buf: &mut BytesMut,
     chunk: usize,
     idle: Duration,
@@ -84,9 +86,11 @@ async fn read_with(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(IoFail::Io(e)),
         }
-        timeout(idle, stream.readable())
-            .await
-            .map_err(|_| IoFail::Timeout)??;
+        if !stream.ready_now() {
+            timeout(idle, stream.tcp().readable())
+                .await
+                .map_err(|_| IoFail::Timeout)??;
+        }
     }
 }
 
@@ -97,7 +101,10 @@ async fn read_with(
 /// does: the next read waits for epoll instead of first trying a read that can only
 /// return `EAGAIN` (one system call per exchange and direction). Bytes that arrive
 /// after the read raise a new readiness event, which the clearing does not touch.
-fn try_read_draining(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+fn try_read_draining(stream: &Stream, buf: &mut BytesMut) -> io::Result<usize> {
+    let Stream::Tcp(stream) = stream else {
+        return stream.try_read_buf(buf);
+    };
     let room = buf.capacity() - buf.len();
     let mut short = 0;
     let read = stream.try_io(Interest::READABLE, || {
@@ -120,15 +127,17 @@ fn try_read_draining(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize
 /// after all is released before waiting again, so idle connections hold no buffer.
 /// (tokio reports a freshly accepted socket readable once, before any byte arrived.)
 pub async fn read_some_idle(
-    stream: &TcpStream,
+    stream: &Stream,
     buf: &mut BytesMut,
     chunk: usize,
     idle: Duration,
 ) -> Result<usize, IoFail> {
     loop {
-        timeout(idle, stream.readable())
-            .await
-            .map_err(|_| IoFail::Timeout)??;
+        if !stream.ready_now() {
+            timeout(idle, stream.tcp().readable())
+                .await
+                .map_err(|_| IoFail::Timeout)??;
+        }
         if buf.capacity() - buf.len() < chunk / 4 {
             buf.reserve(chunk);
         }
@@ -149,7 +158,7 @@ pub async fn read_some_idle(
 ///
 /// `idle` bounds the time without progress, not the whole write: a slow but steady
 /// reader is never cut (see [`wait_for_room`]).
-pub async fn write_all(stream: &TcpStream, mut data: &[u8], idle: Duration) -> Result<(), IoFail> {
+pub async fn write_all(stream: &Stream, mut data: &[u8], idle: Duration) -> Result<(), IoFail> {
     while !data.is_empty() {
         match stream.try_write(data) {
             Ok(0) => return Err(IoFail::Closed),
@@ -162,13 +171,13 @@ pub async fn write_all(stream: &TcpStream, mut data: &[u8], idle: Duration) -> R
             Err(e) => return Err(IoFail::Io(e)),
         }
     }
-    Ok(())
+    flush(stream, idle).await
 }
 
 /// Writes all `parts` with vectored writes (a head made of untouched spans and edits).
 /// `parts` is consumed: on return it is empty. `idle` bounds the time without progress.
 pub async fn write_parts(
-    stream: &TcpStream,
+    stream: &Stream,
     parts: &mut Vec<Bytes>,
     idle: Duration,
 ) -> Result<(), IoFail> {
@@ -206,7 +215,22 @@ pub async fn write_parts(
         }
     }
     parts.clear();
-    Ok(())
+    flush(stream, idle).await
+}
+
+/// Waits until bytes a TLS session still holds have all been sent (nothing to do for
+/// TCP). `idle` bounds the time without progress.
+pub async fn flush(stream: &Stream, idle: Duration) -> Result<(), IoFail> {
+    loop {
+        match stream.flush_out(false) {
+            Ok((_, true)) => return Ok(()),
+            Ok((_, false)) => {
+                wait_for_room(stream, &[], idle).await?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(IoFail::Io(e)),
+        }
+    }
 }
 
 /// Waits until `stream` takes more bytes, for as long as its peer keeps taking them.
@@ -219,7 +243,7 @@ pub async fn write_parts(
 /// is cut in ticks, and each tick ends with a direct send attempt (which succeeds as soon
 /// as any room is free): a byte taken is progress and restarts the inactivity bound.
 async fn wait_for_room(
-    stream: &TcpStream,
+    stream: &Stream,
     data: &[IoSlice<'_>],
     idle: Duration,
 ) -> Result<usize, IoFail> {
@@ -237,15 +261,8 @@ async fn wait_for_room(
         }
         // Bypasses tokio's readiness cache, which says "not writable" until the kernel's
         // wake-up threshold: this is a real non-blocking send.
-        match socket2::SockRef::from(stream).send_vectored(data) {
-            Ok(0) => return Err(IoFail::Closed),
-            Ok(n) => return Ok(n),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(IoFail::Io(e)),
+        if let Some(n) = stream.send_raw(data)? {
+            return Ok(n);
         }
     }
 }
@@ -254,12 +271,12 @@ async fn wait_for_room(
 /// or `None` where that cannot be asked. A count that goes down shows a transfer still
 /// moving after the last write returned.
 #[allow(unsafe_code)]
-pub fn unacknowledged(stream: &TcpStream) -> Option<usize> {
+pub fn unacknowledged(stream: &Stream) -> Option<usize> {
     use std::os::fd::AsRawFd;
     let mut queued: libc::c_int = 0;
     // SAFETY: TIOCOUTQ (SIOCOUTQ for sockets) writes one `int` through the pointer, which
     // points at a live local `c_int`; the descriptor is borrowed from a live socket.
-    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    let rc = unsafe { libc::ioctl(stream.tcp().as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
     if rc == 0 {
         usize::try_from(queued).ok()
     } else {
@@ -268,20 +285,15 @@ pub fn unacknowledged(stream: &TcpStream) -> Option<usize> {
 }
 
 /// Shuts down the write side (sends FIN) without closing the read side.
-pub fn shutdown_write(stream: &TcpStream) {
-    // Errors only mean the peer is already gone; nothing to do then.
-    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+pub fn shutdown_write(stream: &Stream) {
+    stream.shutdown_write();
 }
 
 /// True when an idle connection is still open and has nothing unread
 /// (a non-blocking one-byte peek would block). Anything else (EOF, data, error) means
 /// the connection must not be reused.
-pub fn is_idle_and_open(stream: &TcpStream) -> bool {
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    match socket2::SockRef::from(stream).peek(&mut probe) {
-        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-        Ok(_) => false,
-    }
+pub fn is_idle_and_open(stream: &Stream) -> bool {
+    stream.is_idle_and_open()
 }
 
 /// Maps a failure on the client socket to an error (no reply is possible after it).
@@ -297,18 +309,21 @@ pub fn client_io_error(err: IoFail, context: &'static str) -> ProxyError {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
-    async fn pair() -> (TcpStream, TcpStream) {
+    async fn pair() -> (Stream, Stream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (a.unwrap(), b.unwrap().0)
+        (Stream::Tcp(a.unwrap()), Stream::Tcp(b.unwrap().0))
     }
 
     #[tokio::test]
     async fn write_parts_sends_every_part_in_order() {
-        let (a, mut b) = pair().await;
+        let (a, b) = pair().await;
+        let Stream::Tcp(mut b) = b else {
+            unreachable!()
+        };
         let mut parts: Vec<Bytes> = (0..200).map(|i| Bytes::from(format!("part{i};"))).collect();
         let expected: Vec<u8> = parts.iter().flat_map(|p| p.to_vec()).collect();
         write_parts(&a, &mut parts, Duration::from_secs(5))
@@ -326,11 +341,11 @@ mod tests {
         let (a, b) = pair().await;
         assert!(is_idle_and_open(&a));
         write_all(&b, b"x", Duration::from_secs(5)).await.unwrap();
-        a.readable().await.unwrap();
+        a.tcp().readable().await.unwrap();
         assert!(!is_idle_and_open(&a), "unread data means not reusable");
         let (c, d) = pair().await;
         drop(d);
-        c.readable().await.unwrap();
+        c.tcp().readable().await.unwrap();
         assert!(!is_idle_and_open(&c), "EOF means not reusable");
     }
 

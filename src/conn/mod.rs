@@ -5,21 +5,25 @@
 
 pub mod access;
 pub mod io;
+pub mod stream;
 
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
+
+pub use stream::Stream;
 
 /// The client side of a connection: the socket and its read buffer.
 ///
 /// The buffer is released whenever it is empty and the connection waits for a new
 /// request, so an idle keep-alive connection holds no read buffer.
 pub struct Client {
-    /// The client's socket.
-    pub stream: TcpStream,
+    /// The client's connection (TCP, or TLS over it).
+    pub stream: Stream,
     /// Bytes read but not yet consumed (the rest of a body, pipelined requests).
     pub buf: BytesMut,
     /// The client's address.
     pub addr: SocketAddr,
+    /// The stream is an intercepted CONNECT tunnel's inside (decrypted HTTPS).
+    pub intercepted: bool,
 }

@@ -103,11 +103,15 @@ impl Plugin for BasicAuth {
 
     fn on_request(
         &mut self,
-        _cx: &RequestCx<'_>,
+        cx: &RequestCx<'_>,
         req: &mut RequestHead,
         target: &mut Target,
     ) -> Result<Flow, PluginError> {
-        if matches!(target, Target::Origin | Target::Asterisk) || self.authorized(req) {
+        // Inside an intercepted tunnel, its CONNECT was the request that authenticated.
+        if cx.intercepted
+            || matches!(target, Target::Origin | Target::Asterisk)
+            || self.authorized(req)
+        {
             return Ok(Flow::Continue);
         }
         Ok(Flow::Respond(proxy_auth_required()))
@@ -166,6 +170,7 @@ mod tests {
             client: "127.0.0.1:5000".parse().unwrap(),
             config: &config,
             listen_addrs: &config.listen,
+            intercepted: false,
         };
         let (mut req, mut target) = head(raw);
         factory
@@ -284,6 +289,7 @@ mod tests {
             client: "127.0.0.1:5000".parse().unwrap(),
             config: &config,
             listen_addrs: &config.listen,
+            intercepted: false,
         };
         let mut plugin = f.build();
         let (mut req, mut target) =

@@ -78,6 +78,7 @@ mod tests {
             client: "127.0.0.1:5000".parse().unwrap(),
             config,
             listen_addrs: &[],
+            intercepted: false,
         }
     }
 

@@ -301,6 +301,7 @@ mod tests {
             client,
             config: &config,
             listen_addrs: &config.listen,
+            intercepted: false,
         };
         let (mut req, mut target) = crate::plugin::testing::request(raw);
         factory

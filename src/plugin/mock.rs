@@ -227,6 +227,7 @@ mod tests {
             client: "127.0.0.1:1".parse().unwrap(),
             config: &config,
             listen_addrs: &[],
+            intercepted: false,
         };
         plugin.on_request(&cx, &mut head, &mut target).unwrap()
     }
@@ -289,6 +290,7 @@ mod tests {
             client: "127.0.0.1:1".parse().unwrap(),
             config: &config,
             listen_addrs: &[],
+            intercepted: false,
         };
         let Flow::Respond(reply) = plugin.on_response(&cx, &mut res).unwrap() else {
             panic!("expected a reply")

@@ -122,6 +122,9 @@ pub struct RequestCx<'a> {
     pub config: &'a Config,
     /// The addresses this proxy listens on.
     pub listen_addrs: &'a [SocketAddr],
+    /// True for a request read inside an intercepted CONNECT tunnel (decrypted HTTPS):
+    /// the tunnel's CONNECT already passed the chain, e.g. its proxy authentication.
+    pub intercepted: bool,
 }
 
 /// Where a resolve hook says an upstream host is.
@@ -621,6 +624,7 @@ mod tests {
             client: "127.0.0.1:5000".parse().unwrap(),
             config,
             listen_addrs: &[],
+            intercepted: false,
         }
     }
 
@@ -784,6 +788,7 @@ mod body_tests {
             client: "127.0.0.1:1".parse().unwrap(),
             config: &config,
             listen_addrs: &[],
+            intercepted: false,
         };
         let mut chain = Chain {
             plugins: vec![Box::new(Shout("a")), Box::new(Quiet), Box::new(Shout("b"))],

@@ -232,6 +232,7 @@ mod tests {
             client: "127.0.0.1:5000".parse().unwrap(),
             config: &config,
             listen_addrs: listen,
+            intercepted: false,
         };
         let (mut req, mut target) = parse(raw);
         let flow = factory

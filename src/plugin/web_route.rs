@@ -93,6 +93,7 @@ mod tests {
             client: "127.0.0.1:5000".parse().unwrap(),
             config: &config,
             listen_addrs: &config.listen,
+            intercepted: false,
         };
         let (mut req, mut target) = crate::plugin::testing::request(raw);
         WebServerFactory

@@ -1,4 +1,4 @@
-//! Per-worker pool of idle upstream connections, keyed by (host, port).
+//! Per-worker pool of idle upstream connections, keyed by (host, port, TLS or not).
 //!
 //! Single-threaded by design (one per worker, behind `RefCell`): no locks. A connection
 //! goes back only after a complete response with nothing unread; on take, it is
@@ -10,17 +10,16 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
-
-use super::io::is_idle_and_open;
+use crate::conn::Stream;
 
 struct Idle {
-    stream: TcpStream,
+    stream: Stream,
     since: Instant,
 }
 
-/// Idle connections per port of one host (a host rarely has more than one port).
-type PortQueues = Vec<(u16, VecDeque<Idle>)>;
+/// Idle connections per port (and scheme: plain or TLS) of one host (a host rarely has
+/// more than one).
+type PortQueues = Vec<((u16, bool), VecDeque<Idle>)>;
 
 /// Idle upstream connections of one worker.
 pub struct Pool {
@@ -40,19 +39,19 @@ impl Pool {
         }
     }
 
-    /// Takes an idle connection to (host, port) that a non-blocking peek finds open and
+    /// Takes an idle connection to (host, port), TLS or plain, that a non-blocking peek finds open and
     /// quiet, if there is one. The peek (one syscall) is never skipped: stray bytes an
     /// origin sent after its response would otherwise be read as the next response
     /// (DESIGN §3 rule 10).
-    pub fn take(&self, host: &str, port: u16) -> Option<TcpStream> {
+    pub fn take(&self, host: &str, port: u16, tls: bool) -> Option<Stream> {
         let mut hosts = self.hosts.borrow_mut();
         let ports = hosts.get_mut(host)?;
-        let (_, queue) = ports.iter_mut().find(|(p, _)| *p == port)?;
+        let (_, queue) = ports.iter_mut().find(|(p, _)| *p == (port, tls))?;
         let now = Instant::now();
         let mut found = None;
         while let Some(idle) = queue.pop_back() {
             let fresh = now.duration_since(idle.since) < self.idle_timeout;
-            if fresh && is_idle_and_open(&idle.stream) {
+            if fresh && idle.stream.is_idle_and_open() {
                 found = Some(idle.stream);
                 break;
             }
@@ -67,7 +66,8 @@ impl Pool {
     }
 
     /// Returns a connection whose last response was read completely.
-    pub fn put(&self, host: &str, port: u16, stream: TcpStream) {
+    pub fn put(&self, host: &str, port: u16, stream: Stream) {
+        let key = (port, stream.is_tls());
         if self.max_per_host == 0 {
             return;
         }
@@ -76,10 +76,10 @@ impl Pool {
             Some(ports) => ports,
             None => hosts.entry(host.into()).or_default(),
         };
-        let queue = match ports.iter().position(|(p, _)| *p == port) {
+        let queue = match ports.iter().position(|(p, _)| *p == key) {
             Some(i) => &mut ports[i].1,
             None => {
-                ports.push((port, VecDeque::new()));
+                ports.push((key, VecDeque::new()));
                 let last = ports.len() - 1;
                 &mut ports[last].1
             }
@@ -134,25 +134,29 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
-    async fn connected() -> (TcpStream, TcpStream) {
+    async fn connected() -> (Stream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (a.unwrap(), b.unwrap().0)
+        (Stream::Tcp(a.unwrap()), b.unwrap().0)
     }
 
     #[tokio::test]
     async fn returns_live_connection_for_same_key_only() {
         let pool = Pool::new(4, Duration::from_secs(30));
         let (a, _peer) = connected().await;
-        let local = a.local_addr().unwrap();
+        let local = a.tcp().local_addr().unwrap();
         pool.put("origin.test", 80, a);
-        assert!(pool.take("origin.test", 81).is_none());
-        assert!(pool.take("other.test", 80).is_none());
-        let got = pool.take("origin.test", 80).expect("pooled");
-        assert_eq!(got.local_addr().unwrap(), local);
+        assert!(pool.take("origin.test", 81, false).is_none());
+        assert!(
+            pool.take("origin.test", 80, true).is_none(),
+            "TLS is another key"
+        );
+        assert!(pool.take("other.test", 80, false).is_none());
+        let got = pool.take("origin.test", 80, false).expect("pooled");
+        assert_eq!(got.tcp().local_addr().unwrap(), local);
         assert!(pool.is_empty());
     }
 
@@ -161,9 +165,9 @@ mod tests {
         let pool = Pool::new(4, Duration::from_secs(30));
         let (a, peer) = connected().await;
         drop(peer);
-        a.readable().await.unwrap();
+        a.tcp().readable().await.unwrap();
         pool.put("h", 80, a);
-        assert!(pool.take("h", 80).is_none());
+        assert!(pool.take("h", 80, false).is_none());
     }
 
     #[tokio::test]
@@ -177,7 +181,7 @@ mod tests {
         }
         assert_eq!(pool.len(), 2);
         assert!(
-            pool.take("h", 80).is_none(),
+            pool.take("h", 80, false).is_none(),
             "zero idle timeout expires everything"
         );
         pool.sweep();

@@ -1,4 +1,7 @@
-//! CONNECT: open a TCP connection to the authority and relay bytes both ways.
+//! CONNECT: open a TCP connection to the authority, then either relay bytes both ways
+//! (an opaque tunnel) or, with TLS interception on and a ClientHello from the client,
+//! prepare the interception: TLS to the origin first (verified, with the client's SNI),
+//! then the leaf for the client's handshake, which the connection loop runs.
 //!
 //! Half-close is kept: when one side finishes sending, the other side's write half is
 //! shut down and the opposite direction goes on until it finishes too. The tunnel
@@ -9,9 +12,14 @@ use std::cell::Cell;
 use std::io;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
-use tokio::net::TcpStream;
+use rustls::server::Accepted;
 use tokio::time::Instant;
+
+use crate::conn::Stream;
+use crate::tls::server::{read_client_hello, Hello};
 
 use super::access::Exchange;
 use super::io::{shutdown_write, write_all, IoFail};
@@ -20,7 +28,26 @@ use crate::error::{ErrorKind, ProxyError, Result};
 use crate::http::{self, response::CONNECT_ESTABLISHED, BodyKind, RequestHead};
 use crate::plugin::Chain;
 
-/// Runs a CONNECT exchange to its end; the client connection is finished afterwards.
+/// A CONNECT to intercept: everything the connection loop needs for the client's
+/// handshake and the requests inside.
+pub struct Intercept {
+    /// The client's ClientHello, read.
+    pub accepted: Box<Accepted>,
+    /// The server side with the leaf for `tls_name`.
+    pub config: Arc<rustls::ServerConfig>,
+    /// The CONNECT host.
+    pub host: String,
+    /// The CONNECT port.
+    pub port: u16,
+    /// The client's SNI, else the CONNECT host.
+    pub tls_name: String,
+    /// TLS to the origin, verified; or why it failed (answered to the first request).
+    pub upstream: Result<Stream>,
+}
+
+/// Runs a CONNECT exchange. For an opaque tunnel, to its end (the client connection is
+/// finished afterwards); for an intercepted one, up to the plan the connection loop
+/// carries out.
 pub async fn run(
     client: &mut Client,
     shared: &Shared,
@@ -29,7 +56,7 @@ pub async fn run(
     port: u16,
     exchange: &mut Exchange,
     chain: &mut Chain,
-) -> Result<()> {
+) -> Result<Option<Box<Intercept>>> {
     let config = &shared.config;
     // A CONNECT request has no content (RFC 9110 §9.3.6); framing headers on it are
     // a smuggling attempt or a broken client.
@@ -50,14 +77,55 @@ pub async fn run(
             ));
         }
     }
-    let cx = shared.plugin_cx(client.addr);
+    let cx = shared.plugin_cx(client);
     let plugin = upstream::resolve_hook(chain, &cx, host, port)?;
-    let upstream = upstream::connect(shared, host, port, plugin).await?.stream;
+    let connect_deadline = Instant::now() + config.connect_timeout;
+    let upstream = Stream::Tcp(upstream::connect(shared, host, port, plugin).await?.stream);
     write_all(&client.stream, CONNECT_ESTABLISHED, config.timeout)
         .await
         .map_err(|e| client_io_error(e, "writing the CONNECT reply"))?;
     exchange.set_status(200);
     exchange.add_bytes(CONNECT_ESTABLISHED.len() as u64);
+    if let Some(ca) = &shared.tls.ca {
+        if config.tls.should_intercept(host, port) {
+            if let Hello::Tls(accepted) =
+                read_client_hello(&client.stream, &mut client.buf, config.timeout).await?
+            {
+                let tls_name = accepted
+                    .client_hello()
+                    .server_name()
+                    .map_or_else(|| host.to_owned(), str::to_ascii_lowercase);
+                // The SNI is a host too: --ignore-hosts patterns may name it.
+                if tls_name == host || config.tls.should_intercept(&tls_name, port) {
+                    let deadline = connect_deadline.max(Instant::now() + config.timeout);
+                    let origins = shared.tls.origins();
+                    let upstream = crate::tls::client::handshake(
+                        upstream,
+                        &tls_name,
+                        &origins,
+                        deadline,
+                        config.timeout,
+                    )
+                    .await;
+                    let origin_cert = upstream.as_ref().ok().and_then(|s| {
+                        s.with_session(|c| c.peer_certificates().and_then(|c| c.first().cloned()))
+                            .flatten()
+                    });
+                    let leaf = shared.leaves.get(ca, &tls_name, origin_cert.as_ref())?;
+                    // The ClientHello now lives in `accepted`.
+                    client.buf = BytesMut::new();
+                    return Ok(Some(Box::new(Intercept {
+                        accepted,
+                        config: leaf,
+                        host: host.to_owned(),
+                        port,
+                        tls_name,
+                        upstream,
+                    })));
+                }
+            }
+        }
+    }
     // Bytes the client sent right behind its CONNECT (an eager TLS ClientHello) go first.
     if !client.buf.is_empty() {
         let early = std::mem::take(&mut client.buf);
@@ -74,7 +142,7 @@ pub async fn run(
     )
     .await;
     exchange.add_bytes(relayed.to_client);
-    relayed.result
+    relayed.result.map(|()| None)
 }
 
 /// Totals of a finished relay.
@@ -90,12 +158,7 @@ pub struct Relayed {
 /// Relays bytes between `client` and `upstream` until both directions end, either
 /// fails, or nothing moves for `idle`. A write in progress counts as moving: it has its
 /// own bound on time without progress, so a slow but steady reader is never cut.
-pub async fn relay(
-    client: &TcpStream,
-    upstream: &TcpStream,
-    chunk: usize,
-    idle: Duration,
-) -> Relayed {
+pub async fn relay(client: &Stream, upstream: &Stream, chunk: usize, idle: Duration) -> Relayed {
     let activity = Activity {
         last: Cell::new(Instant::now()),
         writing: Cell::new(0),
@@ -180,8 +243,8 @@ fn upstream_io_error(err: IoFail) -> ProxyError {
 
 /// Copies `src` to `dst` until EOF (then half-closes `dst`).
 async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
+    src: &Stream,
+    dst: &Stream,
     chunk: usize,
     idle: Duration,
     activity: &Activity,

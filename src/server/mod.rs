@@ -58,7 +58,23 @@ pub fn start_with_factories(
     config: Config,
     factories: Vec<Arc<dyn PluginFactory>>,
 ) -> Result<ProxyHandle> {
+    let tls = crate::tls::TlsContext::new(&config.tls)
+        .map_err(|e| ProxyError::new(ErrorKind::ProxyConfigurationError, e))?;
+    start_prepared(config, factories, tls)
+}
+
+/// Like [`start_with_factories`], with the TLS context already built from
+/// `config.tls` (the binary builds it first, to report a bad file as a usage error).
+///
+/// # Errors
+/// As [`start`].
+pub fn start_prepared(
+    config: Config,
+    factories: Vec<Arc<dyn PluginFactory>>,
+    tls: crate::tls::TlsContext,
+) -> Result<ProxyHandle> {
     let config_err = |context: String| ProxyError::new(ErrorKind::ProxyConfigurationError, context);
+    let tls = Arc::new(tls);
     let factories: Arc<[Arc<dyn PluginFactory>]> = factories.into();
     if config.listen.is_empty() {
         return Err(config_err("no address to listen on".into()));
@@ -93,6 +109,7 @@ pub fn start_with_factories(
         let config = Arc::clone(&config);
         let listen_addrs = Arc::clone(&listen_addrs);
         let factories = Arc::clone(&factories);
+        let tls = Arc::clone(&tls);
         let shutdown_rx = shutdown_rx.clone();
         let ready_tx = ready_tx.clone();
         let thread = std::thread::Builder::new()
@@ -103,6 +120,7 @@ pub fn start_with_factories(
                     config,
                     listen_addrs,
                     factories,
+                    tls,
                     listeners,
                     shutdown_rx,
                     ready_tx,

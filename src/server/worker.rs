@@ -18,11 +18,16 @@ use crate::proxy::{serve_connection, Shared};
 
 /// Runs worker `id` until shutdown has been signalled and its connections have drained
 /// (or the grace period is over). Reports start-up success or failure on `ready`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "what one worker thread is started with; moved into the thread as is"
+)]
 pub fn run(
     id: usize,
     config: Arc<Config>,
     listen_addrs: Arc<[SocketAddr]>,
     factories: Arc<[Arc<dyn PluginFactory>]>,
+    tls: Arc<crate::tls::TlsContext>,
     listeners: Vec<std::net::TcpListener>,
     shutdown: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<io::Result<()>>,
@@ -51,7 +56,7 @@ pub fn run(
         }
         let _ = ready.send(Ok(()));
         let grace = config.grace_period;
-        let shared = Rc::new(Shared::new(config, listen_addrs, factories, id));
+        let shared = Rc::new(Shared::new(config, listen_addrs, factories, tls, id));
         // Every connection task holds a clone of `drain_tx`; `recv` returns `None` once
         // the last one is gone (mini-redis' shutdown-complete trick).
         let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);

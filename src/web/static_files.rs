@@ -31,8 +31,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::conn::Stream;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use crate::config::Config;
 use crate::conn::io::{write_all, IoFail};
@@ -200,7 +200,7 @@ pub fn content_type(path: &Path) -> &'static str {
 /// # Errors
 /// See [`StaticError`]: the client went away, or the file failed while being sent.
 pub async fn serve(
-    stream: &TcpStream,
+    stream: &Stream,
     head: &RequestHead,
     root: &Path,
     config: &Config,
@@ -263,7 +263,7 @@ pub async fn serve(
 /// Writes `out` (the head) followed by `remaining` bytes of `file`: the first chunk goes
 /// out with the head in one write, then one chunk at a time.
 async fn send_file(
-    stream: &TcpStream,
+    stream: &Stream,
     mut file: tokio::fs::File,
     mut out: Vec<u8>,
     mut remaining: u64,
@@ -351,7 +351,7 @@ fn status_of(err: &io::Error) -> u16 {
 
 /// Sends a short error reply (`405`, `404`, …) with a plain-text body (no body for HEAD).
 async fn reply(
-    stream: &TcpStream,
+    stream: &Stream,
     status: u16,
     headers: &[(&str, &str)],
     is_head: bool,

@@ -1,8 +1,8 @@
 //! Relaying a response body to the client: as framed, or decoded, through the plugins
 //! and re-framed.
 
+use crate::conn::Stream;
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::net::TcpStream;
 
 use super::download::Hooks;
 use super::{upstream_error, Failure, Recorders};
@@ -20,8 +20,8 @@ use crate::plugin::PluginError;
     reason = "one exchange's sockets, buffers and state; a struct would only rename them"
 )]
 pub(super) async fn relay_body(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &Stream,
+    upstream: &Stream,
     buf: &mut BytesMut,
     kind: BodyKind,
     dechunk: bool,
@@ -134,8 +134,8 @@ pub(super) async fn relay_body(
     reason = "one exchange's sockets, buffers and state; a struct would only rename them"
 )]
 pub(super) async fn relay_transformed(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &Stream,
+    upstream: &Stream,
     buf: &mut BytesMut,
     kind: BodyKind,
     chunked: bool,
@@ -245,7 +245,7 @@ fn frame_piece(parts: &mut Vec<Bytes>, data: Bytes, chunked: bool) {
 
 /// Writes out `parts` (if any) to the client and counts them.
 async fn write_framed(
-    client: &TcpStream,
+    client: &Stream,
     parts: &mut Vec<Bytes>,
     config: &Config,
     exchange: &mut Exchange,

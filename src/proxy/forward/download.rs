@@ -1,8 +1,8 @@
 //! The download half: reading interim and final response heads from the origin and
 //! relaying them to the client.
 
+use crate::conn::Stream;
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::body::{relay_body, relay_transformed};
@@ -36,8 +36,8 @@ pub(super) struct Hooks<'a, 'c> {
     reason = "one exchange's sockets, buffers and state; a struct would only rename them"
 )]
 pub(super) async fn download(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &Stream,
+    upstream: &Stream,
     config: &Config,
     request: &RequestFacts,
     exchange: &mut Exchange,
@@ -222,7 +222,7 @@ fn strip_hop_by_hop(head: &mut ResponseHead) {
 
 /// Reads one response head from the origin.
 async fn read_response_head(
-    upstream: &TcpStream,
+    upstream: &Stream,
     buf: &mut BytesMut,
     config: &Config,
     received_any: &mut bool,

@@ -22,8 +22,9 @@ use std::cell::Cell;
 use std::pin::pin;
 use std::time::Instant;
 
+use crate::conn::Stream;
+use crate::tls;
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::access::Exchange;
@@ -39,8 +40,19 @@ pub use request::HOP_BY_HOP;
 use request::{names_framing_header, prepare_request, read_whole_body};
 use upload::{upload, UploadFail, UploadProgress};
 
-/// Forwards one absolute-form request. Returns whether the client connection may
-/// carry another request.
+/// Where a forwarded request goes.
+#[derive(Clone, Copy)]
+pub struct Upstream<'a> {
+    /// The host connected to.
+    pub host: &'a str,
+    /// Its port.
+    pub port: u16,
+    /// `Some(name)`: over TLS, verifying the origin as `name`; `None`: plain HTTP.
+    pub tls: Option<&'a str>,
+}
+
+/// Forwards one absolute-form request (or one inside an intercepted tunnel). Returns
+/// whether the client connection may carry another request.
 #[expect(
     clippy::too_many_arguments,
     reason = "one exchange's sockets, buffers and state; a struct would only rename them"
@@ -49,16 +61,16 @@ pub async fn run(
     client: &mut Client,
     shared: &Shared,
     mut head: RequestHead,
-    host: &str,
-    port: u16,
+    target: Upstream<'_>,
     path: Bytes,
     exchange: &mut Exchange,
     conn: &mut ConnState,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<bool> {
     let config = &shared.config;
-    let ConnState { parts, chain } = conn;
-    let cx = shared.plugin_cx(client.addr);
+    let Upstream { host, port, tls } = target;
+    let ConnState { parts, chain, .. } = conn;
+    let cx = shared.plugin_cx(client);
     if names_framing_header(&head) {
         return Err(ProxyError::new(
             ErrorKind::HttpRequestError,
@@ -99,7 +111,7 @@ pub async fn run(
         keep_alive: head.wants_keep_alive(),
         version: head.version(),
         is_head: head.is_method("HEAD"),
-        upgrade: prepare_request(&mut head, host, port, path, config),
+        upgrade: prepare_request(&mut head, target, path, client.intercepted, config),
         body,
     };
     head.encode(Version::Http11, parts);
@@ -118,7 +130,7 @@ pub async fn run(
     let mut attempt = 0;
     loop {
         let pooled = if attempt == 0 {
-            shared.pool.take(host, port)
+            shared.pool.take(host, port, tls.is_some())
         } else {
             None
         };
@@ -127,8 +139,21 @@ pub async fn run(
             Some(stream) => (stream, true),
             None => {
                 let plugin = upstream::resolve_hook(chain, &cx, host, port)?;
+                let deadline = tokio::time::Instant::now() + config.connect_timeout;
                 let connected = upstream::connect(shared, host, port, plugin).await?;
-                (connected.stream, connected.poolable)
+                let stream = Stream::Tcp(connected.stream);
+                let stream = match tls {
+                    None => stream,
+                    Some(name) => {
+                        let origins = shared.tls.origins();
+                        tls::client::handshake(stream, name, &origins, deadline, config.timeout)
+                            .await?
+                    }
+                };
+                // A TLS connection verified for another name than its host (an
+                // intercepted tunnel's SNI) serves only requests for that name: not pooled.
+                let poolable = connected.poolable && tls.map_or(true, |name| name == host);
+                (stream, poolable)
             }
         };
         if attempt == 0 {
@@ -256,7 +281,7 @@ fn is_idempotent(method: &[u8]) -> bool {
 async fn exchange_once(
     client: &mut Client,
     config: &Config,
-    upstream: &TcpStream,
+    upstream: &Stream,
     parts: &mut Vec<Bytes>,
     request: &RequestFacts,
     exchange: &mut Exchange,
@@ -351,7 +376,7 @@ async fn exchange_once(
 
 async fn relay_upgraded(
     client: &mut Client,
-    upstream: &TcpStream,
+    upstream: &Stream,
     upstream_leftover: BytesMut,
     config: &Config,
     exchange: &mut Exchange,

@@ -28,11 +28,13 @@ pub const HOP_BY_HOP: &[&str] = &[
 ];
 
 /// Rewrites a request head for the origin. Returns whether this is an upgrade.
+/// `intercepted`: the request came inside an intercepted tunnel, in origin-form; its
+/// `Host` is the client's own and is kept.
 pub(super) fn prepare_request(
     head: &mut RequestHead,
-    host: &str,
-    port: u16,
+    target: super::Upstream<'_>,
     path: Bytes,
+    intercepted: bool,
     config: &Config,
 ) -> bool {
     let upgrade = head.version() == Version::Http11
@@ -52,10 +54,17 @@ pub(super) fn prepare_request(
         head.remove(name);
     }
     // RFC 9112 §3.2.2: a proxy replaces Host with the absolute-form target's authority.
-    head.set(
-        "host",
-        host_header_value(Scheme::Http, host, port).as_bytes(),
-    );
+    if !(intercepted && head.count("host") == 1) {
+        let scheme = if target.tls.is_some() {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
+        head.set(
+            "host",
+            host_header_value(scheme, target.host, target.port).as_bytes(),
+        );
+    }
     head.append("Via", VIA);
     head.set_target(path);
     upgrade

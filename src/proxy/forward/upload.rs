@@ -3,8 +3,8 @@
 use std::cell::Cell;
 use std::time::Instant;
 
+use crate::conn::Stream;
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use super::Recorders;
 use crate::config::Config;
@@ -26,7 +26,7 @@ impl UploadProgress {
     /// True while the upload runs, ended less than `idle` ago, or its last bytes are
     /// still draining from our send buffer to the origin (less is unacknowledged than
     /// at the previous check, one `idle` ago). Bodiless requests never wait longer.
-    pub(super) fn still_moving(&self, upstream: &TcpStream, idle: std::time::Duration) -> bool {
+    pub(super) fn still_moving(&self, upstream: &Stream, idle: std::time::Duration) -> bool {
         let Some(ended) = self.ended.get() else {
             // Not ended: running, unless there was no body to send.
             return !self.done.get();
@@ -50,9 +50,9 @@ pub(super) enum UploadFail {
 
 /// Relays the request body from the client to the origin, exactly as framed.
 pub(super) async fn upload(
-    src: &TcpStream,
+    src: &Stream,
     buf: &mut BytesMut,
-    dst: &TcpStream,
+    dst: &Stream,
     kind: BodyKind,
     config: &Config,
     done: &Cell<bool>,
