@@ -394,3 +394,164 @@ impl Write for WriteTo<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::io::{read_some, write_all, write_parts};
+    use bytes::Bytes;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::net::TcpListener;
+
+    const IDLE: Duration = Duration::from_secs(5);
+
+    fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        crate::tls::ensure_provider();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().clone();
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    async fn tcp_pair() -> (Stream, Stream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (Stream::Tcp(a.unwrap()), Stream::Tcp(b.unwrap().0))
+    }
+
+    /// TLS over the given pair: (client side, server side), handshakes done.
+    async fn tls_over(client: Stream, server: Stream) -> (Stream, Stream) {
+        let (server_config, client_config) = configs();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let client = Stream::tls(
+            client,
+            rustls::ClientConnection::new(client_config, name).unwrap(),
+        );
+        let server = Stream::tls(
+            server,
+            rustls::ServerConnection::new(server_config).unwrap(),
+        );
+        let (a, b) = tokio::join!(client.handshake(IDLE), server.handshake(IDLE));
+        a.unwrap();
+        b.unwrap();
+        (client, server)
+    }
+
+    async fn read_exactly(stream: &Stream, n: usize) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        while buf.len() < n {
+            let got = read_some(stream, &mut buf, 64 * 1024, IDLE).await.unwrap();
+            assert!(got > 0, "EOF after {} of {n} bytes", buf.len());
+        }
+        buf.to_vec()
+    }
+
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn large_transfers_both_ways_at_once() {
+        let (a, b) = tcp_pair().await;
+        let (client, server) = tls_over(a, b).await;
+        let (up, down) = (pattern(4 << 20, 1), pattern(4 << 20, 2));
+        // Each side writes and reads at the same time through `&Stream`.
+        let ((), got_down, (), got_up) = tokio::join!(
+            async { write_all(&client, &up, IDLE).await.unwrap() },
+            read_exactly(&client, down.len()),
+            async { write_all(&server, &down, IDLE).await.unwrap() },
+            read_exactly(&server, up.len()),
+        );
+        assert!(got_up == up && got_down == down);
+    }
+
+    #[tokio::test]
+    async fn vectored_heads_arrive_whole_and_in_order() {
+        let (a, b) = tcp_pair().await;
+        let (client, server) = tls_over(a, b).await;
+        let mut parts: Vec<Bytes> = (0..300).map(|i| Bytes::from(format!("p{i};"))).collect();
+        let expected: Vec<u8> = parts.iter().flat_map(|p| p.to_vec()).collect();
+        write_parts(&client, &mut parts, IDLE).await.unwrap();
+        assert_eq!(read_exactly(&server, expected.len()).await, expected);
+    }
+
+    #[tokio::test]
+    async fn idle_probe_ignores_tickets_and_sees_data_and_close() {
+        let (a, b) = tcp_pair().await;
+        let (client, server) = tls_over(a, b).await;
+        // A TLS 1.3 server sends session tickets after the handshake: not data.
+        client.tcp().peek(&mut [0u8; 1]).await.unwrap();
+        assert!(client.is_idle_and_open(), "tickets alone are no data");
+        write_all(&server, b"x", IDLE).await.unwrap();
+        client.tcp().peek(&mut [0u8; 1]).await.unwrap();
+        assert!(!client.is_idle_and_open(), "unread data");
+        let (a, b) = tcp_pair().await;
+        let (client, server) = tls_over(a, b).await;
+        server.shutdown_write();
+        client.tcp().peek(&mut [0u8; 1]).await.unwrap();
+        assert!(!client.is_idle_and_open(), "close_notify");
+    }
+
+    #[tokio::test]
+    async fn tls_inside_tls() {
+        let (a, b) = tcp_pair().await;
+        let (outer_client, outer_server) = tls_over(a, b).await;
+        let (client, server) = tls_over(outer_client, outer_server).await;
+        let data = pattern(1 << 20, 3);
+        let ((), got) = tokio::join!(
+            async { write_all(&client, &data, IDLE).await.unwrap() },
+            read_exactly(&server, data.len()),
+        );
+        assert!(got == data);
+        client.shutdown_write();
+        let mut rest = BytesMut::new();
+        assert_eq!(read_some(&server, &mut rest, 1024, IDLE).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_handshake_names_the_rustls_error() {
+        let (a, b) = tcp_pair().await;
+        let (server_config, _) = configs();
+        // A client that trusts nothing.
+        let client_config = Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        );
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let client = Stream::tls(
+            a,
+            rustls::ClientConnection::new(client_config, name).unwrap(),
+        );
+        let server = Stream::tls(b, rustls::ServerConnection::new(server_config).unwrap());
+        let (c, s) = tokio::join!(client.handshake(IDLE), server.handshake(IDLE));
+        let c = c.unwrap_err();
+        assert!(matches!(
+            rustls_error(&c),
+            Some(rustls::Error::InvalidCertificate(_))
+        ));
+        assert!(matches!(
+            rustls_error(&s.unwrap_err()),
+            Some(rustls::Error::AlertReceived(_))
+        ));
+    }
+}

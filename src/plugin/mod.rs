@@ -260,6 +260,22 @@ pub trait Plugin {
         None
     }
 
+    /// TLS interception is on and the client opened TLS inside its CONNECT to
+    /// `host:port`; `sni` is the name it asked for, if any (proxy.py's `do_intercept`).
+    /// Return `false` to keep this tunnel opaque (pinned apps, banks). Every plugin is
+    /// asked; one `false` is enough. Asked after `--ignore-hosts`/`--allow-hosts` chose
+    /// to intercept.
+    fn do_intercept(
+        &mut self,
+        cx: &RequestCx<'_>,
+        host: &str,
+        port: u16,
+        sni: Option<&str>,
+    ) -> bool {
+        let _ = (cx, host, port, sni);
+        true
+    }
+
     /// A request is about to be forwarded to `host:port` (after `on_request` and the
     /// request-body hooks): return sinks to get a copy of the bytes sent and received
     /// (proxy.py's `handle_upstream_chunk`, observing only). Taps never change what is
@@ -452,6 +468,26 @@ impl Chain {
             }
         }
         Ok(None)
+    }
+
+    /// Whether every plugin lets this CONNECT be intercepted (see `Plugin::do_intercept`).
+    ///
+    /// # Errors
+    /// The name of a plugin that panicked, and why.
+    pub fn do_intercept(
+        &mut self,
+        cx: &RequestCx<'_>,
+        host: &str,
+        port: u16,
+        sni: Option<&str>,
+    ) -> Result<bool, (&'static str, PluginError)> {
+        for plugin in &mut self.plugins {
+            let name = plugin.name();
+            if !guard(name, || Ok(plugin.do_intercept(cx, host, port, sni)))? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Every plugin's wire taps for an exchange about to be forwarded: (sent, received).

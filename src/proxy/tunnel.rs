@@ -91,12 +91,24 @@ pub async fn run(
             if let Hello::Tls(accepted) =
                 read_client_hello(&client.stream, &mut client.buf, config.timeout).await?
             {
-                let tls_name = accepted
+                let sni = accepted
                     .client_hello()
                     .server_name()
-                    .map_or_else(|| host.to_owned(), str::to_ascii_lowercase);
+                    .map(str::to_ascii_lowercase);
+                let tls_name = sni.clone().unwrap_or_else(|| host.to_owned());
                 // The SNI is a host too: --ignore-hosts patterns may name it.
-                if tls_name == host || config.tls.should_intercept(&tls_name, port) {
+                let by_flags = tls_name == host || config.tls.should_intercept(&tls_name, port);
+                let by_plugins = !by_flags
+                    || chain.is_empty()
+                    || chain
+                        .do_intercept(&cx, host, port, sni.as_deref())
+                        .map_err(|(name, e)| {
+                            ProxyError::new(
+                                ErrorKind::ProxyInternalError,
+                                format!("plugin {name}: {e}"),
+                            )
+                        })?;
+                if by_flags && by_plugins {
                     let deadline = connect_deadline.max(Instant::now() + config.timeout);
                     let origins = shared.tls.origins();
                     let upstream = crate::tls::client::handshake(
