@@ -207,7 +207,8 @@ impl Stream {
                 let mut scratch = [0u8; 1];
                 // A raw read: tokio's readiness cache may not know of the waiting records.
                 match tls.read(&mut scratch, true) {
-                    Err(e) => e.kind() == io::ErrorKind::WouldBlock && tls.inner.is_idle_and_open(),
+                    // The raw read reached the socket and found it empty and open.
+                    Err(e) => e.kind() == io::ErrorKind::WouldBlock && !tls.inner.ready_now(),
                     Ok(_) => false,
                 }
             }

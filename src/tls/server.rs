@@ -148,8 +148,9 @@ pub async fn read_client_hello(
             while fed < buf.len() {
                 let mut rest = &buf[fed..];
                 match acceptor.read_tls(&mut rest) {
-                    Ok(n) => fed += n,
-                    Err(_) => return Ok(Hello::NotTls),
+                    Ok(n) if n > 0 => fed += n,
+                    // Its buffer is full (a ClientHello too large to be one) or it failed.
+                    _ => return Ok(Hello::NotTls),
                 }
             }
             match acceptor.accept() {
