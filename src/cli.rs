@@ -55,8 +55,11 @@ proxy.py has but this release does not implement are rejected, not ignored;
 is an exact path, not a regular expression; --static-server-dir defaults to ./public
 (proxy.py: its package's public directory) and refuses path traversal.
 Built-in plugins (--plugins, dotted or short name): proxy.plugin.FilterByUpstreamHostPlugin,
-FilterByClientIpPlugin, ShortLinkPlugin, RedirectToCustomServerPlugin, ModifyRequestHeaderPlugin,
-WebServerPlugin (needs --enable-web-server).
+FilterByClientIpPlugin, FilterByURLRegexPlugin, ShortLinkPlugin, RedirectToCustomServerPlugin,
+ModifyRequestHeaderPlugin, ProgramNamePlugin, ModifyPostDataPlugin, ModifyChunkResponsePlugin,
+ProposedRestApiPlugin, ManInTheMiddlePlugin, CustomDnsResolverPlugin, CacheResponsesPlugin,
+WebServerPlugin (needs --enable-web-server), HttpWebServerPacFilePlugin. With TLS interception
+(the --ca-* flags) they act on decrypted HTTPS too.
 See README.md for the flag table, the log format keys and the architecture.";
 
 /// Raw command-line flags, named as in proxy.py. Turned into a `Config` by `Config::from_cli`.

@@ -11,7 +11,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{Accepted, Acceptor, ResolvesServerCert};
+use rustls::server::{
+    Accepted, Acceptor, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
+};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
@@ -52,13 +54,18 @@ pub fn listener_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Str
     Ok(Arc::new(config))
 }
 
-/// A configuration that presents one leaf (an intercepted host's).
-fn leaf_config(leaf: Arc<CertifiedKey>) -> Arc<ServerConfig> {
+/// A configuration that presents one leaf (an intercepted host's), resuming sessions
+/// from `sessions` (rustls resumes a session only for the name it was made for).
+fn leaf_config(
+    leaf: Arc<CertifiedKey>,
+    sessions: &Arc<dyn StoresServerSessions>,
+) -> Arc<ServerConfig> {
     super::ensure_provider();
     let mut config = ServerConfig::builder()
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(OneLeaf(leaf)));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.session_storage = Arc::clone(sessions);
     Arc::new(config)
 }
 
@@ -71,19 +78,25 @@ impl ResolvesServerCert for OneLeaf {
     }
 }
 
-/// One worker's server configurations for intercepted hosts, each with its leaf (and
-/// its own session cache, so a client's next connection can resume). Bounded; never
-/// shared across threads. Leaves themselves come from the process-wide [`Ca`].
+/// One worker's server configurations for intercepted hosts, each with its leaf, and
+/// one session cache for all of them (so a client's next connection can resume; one
+/// cache per configuration would cost tens of KB per host). Bounded; never shared
+/// across threads. Leaves themselves come from the process-wide [`Ca`].
 pub struct LeafConfigs {
     configs: RefCell<HashMap<Box<str>, Arc<ServerConfig>>>,
+    sessions: Arc<dyn StoresServerSessions>,
     capacity: usize,
 }
+
+/// Sessions one worker keeps for resumption by intercepted clients.
+const SESSIONS: usize = 4096;
 
 impl LeafConfigs {
     /// An empty cache of at most `capacity` hosts.
     pub fn new(capacity: usize) -> Self {
         LeafConfigs {
             configs: RefCell::new(HashMap::new()),
+            sessions: ServerSessionMemoryCache::new(SESSIONS),
             capacity,
         }
     }
@@ -108,7 +121,7 @@ impl LeafConfigs {
                 format!("minting a certificate for {host}: {e}"),
             )
         })?;
-        let config = leaf_config(leaf);
+        let config = leaf_config(leaf, &self.sessions);
         let mut configs = self.configs.borrow_mut();
         if configs.len() >= self.capacity {
             // Crude but bounded: start over (the leaves stay cached in the CA).
