@@ -22,6 +22,8 @@ use std::thread;
 use std::time::Duration;
 
 use proxy::dns::{Resolve, ResolveFuture};
+
+pub mod tls;
 use proxy::{Config, ProxyHandle};
 
 /// How long any single wait in a test may take before the test fails.
@@ -159,7 +161,14 @@ impl Resolve for HangingResolver {
 enum Source {
     Tcp(TcpStream),
     Bytes(Cursor<Vec<u8>>),
+    /// Any other byte stream, e.g. a TLS session over TCP (see [`tls`]).
+    Duplex(Box<dyn Duplex>),
 }
+
+/// A byte stream both ways, owned by a [`Wire`].
+pub trait Duplex: Read + Write + Send {}
+
+impl<T: Read + Write + Send> Duplex for T {}
 
 /// A byte stream plus what has been read from it but not yet consumed.
 pub struct Wire {
@@ -186,6 +195,14 @@ impl Wire {
         }
     }
 
+    /// Wraps any byte stream (timeouts are the stream's own business).
+    pub fn from_duplex(stream: impl Duplex + 'static) -> Wire {
+        Wire {
+            source: Source::Duplex(Box::new(stream)),
+            buf: Vec::new(),
+        }
+    }
+
     /// Reads from bytes already received (e.g. the result of [`raw_exchange`]).
     pub fn from_bytes(bytes: Vec<u8>) -> Wire {
         Wire {
@@ -198,7 +215,7 @@ impl Wire {
     pub fn stream(&self) -> &TcpStream {
         match &self.source {
             Source::Tcp(s) => s,
-            Source::Bytes(_) => panic!("not a TCP wire"),
+            Source::Bytes(_) | Source::Duplex(_) => panic!("not a TCP wire"),
         }
     }
 
@@ -212,6 +229,7 @@ impl Wire {
     pub fn try_send(&mut self, bytes: &[u8]) -> io::Result<()> {
         match &mut self.source {
             Source::Tcp(s) => s.write_all(bytes),
+            Source::Duplex(s) => s.write_all(bytes).and_then(|()| s.flush()),
             Source::Bytes(_) => Err(io::Error::other("not a TCP wire")),
         }
     }
@@ -232,6 +250,7 @@ impl Wire {
         let read = match &mut self.source {
             Source::Tcp(s) => s.read(&mut chunk),
             Source::Bytes(c) => c.read(&mut chunk),
+            Source::Duplex(s) => s.read(&mut chunk),
         };
         match read {
             Ok(n) => {
