@@ -653,6 +653,76 @@ fn ignore_hosts_also_matches_the_clients_sni() {
     assert_eq!(handshaken.chain[0], s.pki.leaf_der);
 }
 
+/// Keeps tunnels opaque when the client's SNI is `localhost` (proxy.py's
+/// `do_intercept`), and records what it was asked.
+struct NoInterceptFor(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl proxy::plugin::PluginFactory for NoInterceptFor {
+    fn name(&self) -> &'static str {
+        "test.NoInterceptFor"
+    }
+
+    fn build(&self) -> Box<dyn proxy::plugin::Plugin> {
+        Box::new(NoInterceptFor(std::sync::Arc::clone(&self.0)))
+    }
+}
+
+impl proxy::plugin::Plugin for NoInterceptFor {
+    fn name(&self) -> &'static str {
+        "test.NoInterceptFor"
+    }
+
+    fn do_intercept(
+        &mut self,
+        _cx: &proxy::plugin::RequestCx<'_>,
+        host: &str,
+        port: u16,
+        sni: Option<&str>,
+    ) -> bool {
+        let mut asked = self.0.lock().unwrap();
+        asked.push(format!("{host}:{port} sni={}", sni.unwrap_or("-")));
+        sni != Some("localhost")
+    }
+}
+
+#[test]
+fn a_plugin_keeps_a_tunnel_opaque_with_do_intercept() {
+    let pki = OriginPki::new();
+    let origin = Origin::tls_echo(&pki);
+    let ca = ProxyCa::new();
+    let mut args = ca.args();
+    args.extend(pki.ca_file_args());
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let plugin: std::sync::Arc<dyn proxy::plugin::PluginFactory> =
+        std::sync::Arc::new(NoInterceptFor(std::sync::Arc::clone(&asked)));
+    let proxy = spawn_proxy_plugins(&strs(&args), |_| {}, vec![plugin]);
+    proxy.route("localhost", &origin);
+    let port = origin.addr.port();
+    // SNI localhost: the plugin says no, the client sees the origin's own certificate.
+    let opaque = tunnel(
+        proxy.addr,
+        &format!("localhost:{port}"),
+        "localhost",
+        &[&pki.ca_der],
+    );
+    assert_eq!(opaque.chain[0], pki.leaf_der);
+    // An IP literal sends no SNI: intercepted.
+    let intercepted = tunnel(
+        proxy.addr,
+        &format!("127.0.0.1:{port}"),
+        "127.0.0.1",
+        &[&ca.cert_der],
+    );
+    assert_eq!(intercepted.chain[1], ca.cert_der);
+    assert_eq!(
+        *asked.lock().unwrap(),
+        vec![
+            format!("localhost:{port} sni=localhost"),
+            format!("127.0.0.1:{port} sni=-"),
+        ]
+    );
+}
+
 #[test]
 fn allow_hosts_intercepts_only_matching_tunnels() {
     let s = Setup::new(&["--allow-hosts", r"^127\.0\.0\.1:"]);
@@ -720,8 +790,6 @@ fn an_ssh_banner_inside_connect_is_relayed_untouched_with_interception_on() {
 }
 
 #[test]
-#[ignore = "limitation: with interception on, a server-speaks-first protocol behind CONNECT \
-            gets nothing until the client speaks (the proxy waits for a ClientHello)"]
 fn a_server_first_protocol_inside_connect_gets_its_greeting_with_interception_on() {
     const GREETING: &[u8] = b"220 smtp.test ESMTP ready\r\n";
     let origin = Origin::raw(|mut conn| {

@@ -89,7 +89,8 @@ pub async fn run(
     if let Some(ca) = &shared.tls.ca {
         if config.tls.should_intercept(host, port) {
             if let Hello::Tls(accepted) =
-                read_client_hello(&client.stream, &mut client.buf, config.timeout).await?
+                read_client_hello(&client.stream, &mut client.buf, &upstream, config.timeout)
+                    .await?
             {
                 let sni = accepted
                     .client_hello()

@@ -142,13 +142,16 @@ pub enum Hello {
 
 /// Reads the client's first bytes into `buf` and, if they start a TLS handshake, the
 /// whole ClientHello. The bytes stay in `buf`, so that a tunnel that is not
-/// intercepted after all relays them unchanged.
+/// intercepted after all relays them unchanged. If `upstream` speaks first (SMTP, FTP,
+/// SSH servers greet before the client says anything), this is no TLS client: the
+/// tunnel is opaque, and the greeting is left in `upstream` for the relay.
 ///
 /// # Errors
 /// The client's read failed or timed out.
 pub async fn read_client_hello(
     stream: &Stream,
     buf: &mut BytesMut,
+    upstream: &Stream,
     idle: Duration,
 ) -> Result<Hello, ProxyError> {
     let mut acceptor = Acceptor::default();
@@ -176,7 +179,18 @@ pub async fn read_client_hello(
                 return Ok(Hello::NotTls);
             }
         }
-        match read_some(stream, buf, 16 * 1024, idle).await {
+        let read = if buf.is_empty() {
+            let mut first = [0u8; 1];
+            tokio::select! {
+                biased;
+                read = read_some(stream, buf, 16 * 1024, idle) => read,
+                // A peek waits for real bytes (or EOF), not a stale readiness report.
+                _ = upstream.tcp().peek(&mut first) => return Ok(Hello::NotTls),
+            }
+        } else {
+            read_some(stream, buf, 16 * 1024, idle).await
+        };
+        match read {
             Ok(0) | Err(IoFail::Closed) => return Ok(Hello::NotTls),
             Ok(_) => {}
             Err(IoFail::Timeout) => {
