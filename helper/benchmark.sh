@@ -392,6 +392,14 @@ setup_tls_files() {
 start_origin() { # [scenario]
   local scen=${1:-} r i
   read -r OP OTP MP < <(free_ports 3)
+  # hey sends its URL's "host:port" as the TLS server name (SNI) when the URL has a port:
+  # not a host name (RFC 6066), and rustls refuses such a ClientHello, so an intercepting
+  # proxy built on it can only relay hey's tunnels opaquely. With the origin also on port
+  # 443, hey's URL has no port: for an IP host it then sends no SNI at all.
+  HEY_443=""
+  if [ "$(id -u)" = 0 ] && ! ss -ltn 2>/dev/null | grep -q '127.0.0.1:443 \|\*:443 \|0.0.0.0:443 '; then
+    HEY_443=1
+  fi
   cat >"$TMP/origin.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -413,6 +421,7 @@ http {
   server {
     listen 127.0.0.1:$OP backlog=4096;
     listen 127.0.0.1:$OTP ssl backlog=4096;
+$( [ -n "$HEY_443" ] && echo "    listen 127.0.0.1:443 ssl backlog=4096;" )
     ssl_certificate $TMP/cert.pem;
     ssl_certificate_key $TMP/key.pem;
     location = /small { default_type text/plain; return 200 "hello from the origin\\n"; }
@@ -733,6 +742,11 @@ origin_accepts() { # -> nginx's accepted-connection count (stub_status; this req
   curl -s --noproxy '*' --max-time 5 "http://127.0.0.1:${PORT[direct]}/nginx-status" | awk 'NR == 3 { print $1 }'
 }
 
+# The URL hey fetches over TLS (see HEY_443).
+hey_tls_url() {
+  if [ -n "$HEY_443" ]; then echo "https://127.0.0.1/small"; else echo "https://127.0.0.1:${PORT[direct-tls]}/small"; fi
+}
+
 target_pid() { if [ "$1" = direct-tls ]; then echo "${PID[origin]}"; else echo "${PID[$1]}"; fi; }
 
 # run_tls_load scenario target duration
@@ -744,7 +758,7 @@ run_tls_load() {
   [ "$t" = direct-tls ] || via=(-x "http://127.0.0.1:${PORT[$t]}")
   a0=$(origin_accepts); tc0=$(cpu_ticks "$(target_pid "$t")"); oc0=$(cpu_ticks "${PID[origin]}")
   out=$(SSL_CERT_FILE="$TMP/client-bundle.pem" timeout "$limit" "${PIN_LOAD[@]}" hey -z "$dur" -c "$CONNS" \
-          "${ka[@]}" "${via[@]}" "https://127.0.0.1:${PORT[direct-tls]}/small" 2>&1 || true)
+          "${ka[@]}" "${via[@]}" "$(hey_tls_url)" 2>&1 || true)
   tc1=$(cpu_ticks "$(target_pid "$t")"); oc1=$(cpu_ticks "${PID[origin]}"); a1=$(origin_accepts)
   echo "$out" >>"$TMP/load.log"
   res=$(echo "$out" | parse_hey)

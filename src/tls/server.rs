@@ -173,7 +173,20 @@ pub async fn read_client_hello(
                 Ok(Some(accepted)) => return Ok(Hello::Tls(Box::new(accepted))),
                 Ok(None) => {}
                 // Not a ClientHello rustls can read: the origin may still understand it.
-                Err(_) => return Ok(Hello::NotTls),
+                Err((e, _)) => {
+                    // Worth knowing (interception silently does not happen for this client),
+                    // but not worth a line per connection.
+                    static WARNED: std::sync::atomic::AtomicBool =
+                        std::sync::atomic::AtomicBool::new(false);
+                    let message = "a ClientHello rustls refuses (hey, for one, sends `host:port` \
+                                   as its server name): relayed as an opaque tunnel, not intercepted";
+                    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::debug!(error = %e, "{message}");
+                    } else {
+                        tracing::warn!(error = %e, "{message} (logged once; later ones at debug level)");
+                    }
+                    return Ok(Hello::NotTls);
+                }
             }
             if buf.len() > MAX_CLIENT_HELLO {
                 return Ok(Hello::NotTls);
@@ -185,7 +198,10 @@ pub async fn read_client_hello(
                 biased;
                 read = read_some(stream, buf, 16 * 1024, idle) => read,
                 // A peek waits for real bytes (or EOF), not a stale readiness report.
-                _ = upstream.tcp().peek(&mut first) => return Ok(Hello::NotTls),
+                _ = upstream.tcp().peek(&mut first) => {
+                    tracing::debug!("the origin spoke first: an opaque tunnel");
+                    return Ok(Hello::NotTls);
+                }
             }
         } else {
             read_some(stream, buf, 16 * 1024, idle).await
