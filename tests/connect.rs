@@ -9,7 +9,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::thread;
 
@@ -200,33 +199,6 @@ fn connect_to_a_refused_port_is_502_connection_refused() {
         format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
     );
     resp.assert_error(502, "connection_refused");
-}
-
-/// `curl` with `args`, isolated from the user's curlrc and proxy environment; `None` if absent.
-fn curl(args: &[&str]) -> Option<std::process::Output> {
-    if Command::new("curl")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_err()
-    {
-        eprintln!("note: curl is not on PATH; skipping the curl test");
-        return None;
-    }
-    let output = Command::new("curl")
-        .arg("-q") // must come first: ignore ~/.curlrc
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .env_remove("all_proxy")
-        .env_remove("NO_PROXY")
-        .env_remove("no_proxy")
-        .output()
-        .unwrap();
-    Some(output)
 }
 
 #[test]

@@ -8,20 +8,10 @@
 
 mod support;
 
-use std::io::Read;
-
 use support::*;
 
 const ALICE: &str = "Proxy-Authorization: Basic YWxpY2U6c2VjcmV0\r\n"; // alice:secret
 const BOB: &str = "Proxy-Authorization: bAsIc Ym9iOmh1bnRlcjI=\r\n"; // bob:hunter2, odd case
-
-fn gunzip(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(data)
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
 
 #[test]
 fn basic_auth_is_checked_on_every_request_of_a_keep_alive_connection() {

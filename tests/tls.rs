@@ -123,52 +123,6 @@ fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
-/// Whether `program` runs at all (`--version`); prints a skip note when it does not.
-fn have(program: &str, what: &str) -> bool {
-    let found = Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        eprintln!("note: {program} is not on PATH; skipping {what}");
-    }
-    found
-}
-
-/// `curl` with `args`, isolated from the user's curlrc and proxy environment; `None` if absent.
-fn curl(args: &[&str]) -> Option<std::process::Output> {
-    if !have("curl", "the curl test") {
-        return None;
-    }
-    let output = Command::new("curl")
-        .arg("-q") // must come first: ignore ~/.curlrc
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .env_remove("all_proxy")
-        .env_remove("NO_PROXY")
-        .env_remove("no_proxy")
-        .env_remove("CURL_CA_BUNDLE")
-        .env_remove("SSL_CERT_FILE")
-        .env_remove("SSL_CERT_DIR")
-        .output()
-        .unwrap();
-    Some(output)
-}
-
-fn gunzip(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(data)
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
-
 // === interception: clients ===
 
 #[test]

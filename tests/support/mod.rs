@@ -745,6 +745,26 @@ pub struct OriginConn {
     arrivals: Sender<RecordedRequest>,
 }
 
+/// An accepted origin connection, before its wire exists (see [`Origin::accepting`]).
+pub struct AcceptedConn {
+    /// 0 for the first accepted connection, 1 for the next, …
+    pub index: usize,
+    state: Arc<OriginState>,
+    arrivals: Sender<RecordedRequest>,
+}
+
+impl AcceptedConn {
+    /// The connection, speaking over `wire`.
+    pub fn conn(self, wire: Wire) -> OriginConn {
+        OriginConn {
+            index: self.index,
+            wire,
+            state: self.state,
+            arrivals: self.arrivals,
+        }
+    }
+}
+
 impl OriginConn {
     /// Reads a request head; `None` when the proxy closed the connection (or it broke).
     pub fn read_head(&mut self) -> Option<Head> {
@@ -872,24 +892,31 @@ impl Origin {
     where
         F: Fn(OriginConn) + Send + Sync + 'static,
     {
+        Origin::accepting(move |stream, accepted| script(accepted.conn(Wire::new(stream))))
+    }
+
+    /// An origin that hands every accepted socket, with what its [`OriginConn`] needs
+    /// besides a wire, to `serve` on its own thread (a TLS origin wraps the socket first).
+    pub fn accepting<F>(serve: F) -> Origin
+    where
+        F: Fn(TcpStream, AcceptedConn) + Send + Sync + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(OriginState::default());
         let (tx, rx) = mpsc::channel();
-        let script = Arc::new(script);
+        let serve = Arc::new(serve);
         let accept_state = state.clone();
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let index = accept_state.accepted.fetch_add(1, Ordering::SeqCst);
-                let conn = OriginConn {
-                    index,
-                    wire: Wire::new(stream),
+                let accepted = AcceptedConn {
+                    index: accept_state.accepted.fetch_add(1, Ordering::SeqCst),
                     state: accept_state.clone(),
                     arrivals: tx.clone(),
                 };
-                let script = script.clone();
-                thread::spawn(move || script(conn));
+                let serve = serve.clone();
+                thread::spawn(move || serve(stream, accepted));
             }
         });
         Origin {
@@ -1033,4 +1060,51 @@ impl Drop for ProxyBinary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether `program` runs at all (`--version`); prints a skip note when it does not.
+pub fn have(program: &str, what: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        eprintln!("note: {program} is not on PATH; skipping {what}");
+    }
+    found
+}
+
+/// `curl` with `args`, isolated from the user's curlrc and proxy environment; `None` if absent.
+pub fn curl(args: &[&str]) -> Option<std::process::Output> {
+    if !have("curl", "the curl test") {
+        return None;
+    }
+    let output = std::process::Command::new("curl")
+        .arg("-q") // must come first: ignore ~/.curlrc
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env_remove("CURL_CA_BUNDLE")
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .output()
+        .unwrap();
+    Some(output)
+}
+
+/// Decompresses gzip `data`.
+pub fn gunzip(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
 }

@@ -13,11 +13,9 @@
 )]
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread;
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -26,7 +24,7 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
-use super::{temp_path, Origin, OriginConn, OriginState, RecordedRequest, Reply, Wire, WAIT};
+use super::{temp_path, Origin, OriginConn, RecordedRequest, Reply, Wire, WAIT};
 
 /// The organization in the origin leaf's subject (a minted leaf copies it).
 pub const ORIGIN_ORG: &str = "Origin Test Org";
@@ -411,48 +409,22 @@ impl Origin {
         F: Fn(OriginConn, String) + Send + Sync + 'static,
     {
         let config = pki.server_config();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(OriginState::default());
-        let (tx, rx) = mpsc::channel();
-        let script = Arc::new(script);
-        let accept_state = state.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let index = accept_state.accepted.fetch_add(1, Ordering::SeqCst);
-                let config = config.clone();
-                let state = accept_state.clone();
-                let tx = tx.clone();
-                let script = script.clone();
-                thread::spawn(move || {
-                    stream.set_read_timeout(Some(WAIT)).unwrap();
-                    stream.set_write_timeout(Some(WAIT)).unwrap();
-                    let _ = stream.set_nodelay(true);
-                    let conn = ServerConnection::new(config).unwrap();
-                    let mut tls = rustls::StreamOwned::new(conn, stream);
-                    while tls.conn.is_handshaking() {
-                        if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
-                            eprintln!("TLS origin: handshake {index}: {e}");
-                            return;
-                        }
-                    }
-                    let sni = tls.conn.server_name().unwrap_or("-").to_owned();
-                    let conn = OriginConn {
-                        index,
-                        wire: Wire::from_duplex(ServerIo(tls)),
-                        state,
-                        arrivals: tx,
-                    };
-                    script(conn, sni);
-                });
+        Origin::accepting(move |stream, accepted| {
+            let index = accepted.index;
+            stream.set_read_timeout(Some(WAIT)).unwrap();
+            stream.set_write_timeout(Some(WAIT)).unwrap();
+            let _ = stream.set_nodelay(true);
+            let conn = ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, stream);
+            while tls.conn.is_handshaking() {
+                if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+                    eprintln!("TLS origin: handshake {index}: {e}");
+                    return;
+                }
             }
-        });
-        Origin {
-            addr,
-            state,
-            arrivals: Mutex::new(rx),
-        }
+            let sni = tls.conn.server_name().unwrap_or("-").to_owned();
+            script(accepted.conn(Wire::from_duplex(ServerIo(tls))), sni);
+        })
     }
 
     /// A TLS origin answering each request with `handler(request, sni)` (keep-alive loop).
