@@ -80,15 +80,7 @@ impl Stream {
     pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
             Stream::Tcp(tcp) => tcp.try_read_buf(buf),
-            Stream::Tls(tls) => {
-                // rustls reads into initialised memory: zero at most one record's room.
-                let len = buf.len();
-                let room = (buf.capacity() - len).clamp(1024, TLS_READ);
-                buf.resize(len + room, 0);
-                let read = tls.read(&mut buf[len..], false);
-                buf.truncate(len + *read.as_ref().unwrap_or(&0));
-                read
-            }
+            Stream::Tls(tls) => tls.read_buf(buf),
         }
     }
 
@@ -314,6 +306,46 @@ impl TlsStream {
             let _ = flush_session(&mut session, &self.inner, raw);
             if let Err(e) = processed {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        }
+    }
+
+    /// Like [`TlsStream::read`], into `buf`'s spare room. rustls reads into initialised
+    /// memory, so only as many bytes as it holds decrypted are zeroed first (zeroing a whole
+    /// record's room per read was the largest single cost of small exchanges).
+    fn read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        let mut session = self.session.borrow_mut();
+        let mut transport_eof = false;
+        loop {
+            let state = match session.process_new_packets() {
+                Ok(state) => state,
+                Err(e) => {
+                    // The alert explaining the failure goes out first, best effort.
+                    let _ = flush_session(&mut session, &self.inner, false);
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+            };
+            let available = state.plaintext_bytes_to_read();
+            if available > 0 {
+                let len = buf.len();
+                let take = available.min((buf.capacity() - len).clamp(1024, TLS_READ));
+                buf.resize(len + take, 0);
+                let read = session.reader().read(&mut buf[len..]);
+                buf.truncate(len + *read.as_ref().unwrap_or(&0));
+                return read;
+            }
+            // close_notify, or the transport's EOF without one (message framing catches a
+            // truncation): EOF either way.
+            if state.peer_has_closed() || transport_eof {
+                return Ok(0);
+            }
+            transport_eof = session.read_tls(&mut ReadFrom {
+                inner: &self.inner,
+                raw: false,
+            })? == 0;
+            if session.wants_write() {
+                // Alerts and post-handshake replies (a key update) go out at once, best effort.
+                let _ = flush_session(&mut session, &self.inner, false);
             }
         }
     }
