@@ -495,6 +495,38 @@ fn a_second_tunnel_to_the_same_host_gets_the_same_leaf() {
 }
 
 #[test]
+fn a_later_tunnel_reuses_the_verified_origin_connection() {
+    let s = Setup::new(&[]);
+    for path in ["/first-tunnel", "/second-tunnel"] {
+        let mut wire = s.tunnel().into_wire();
+        wire.send(&get_in(path, &s.authority()));
+        assert_eq!(wire.read_response().text(), s.echo(path));
+    }
+    assert_eq!(
+        s.origin.accepted(),
+        1,
+        "the second CONNECT takes the pooled, verified connection"
+    );
+}
+
+#[test]
+fn an_opaque_tunnel_after_a_pooled_one_gets_its_own_connection() {
+    let s = Setup::new(&[]);
+    let mut wire = s.tunnel().into_wire();
+    wire.send(&get_in("/pooled", &s.authority()));
+    assert_eq!(wire.read_response().text(), s.echo("/pooled"));
+    drop(wire);
+    // A verified connection to the origin now idles in the pool; a tunnel whose client
+    // does not speak TLS cannot use it and must get a TCP connection of its own.
+    let mut raw = s.proxy.connect();
+    raw.open_tunnel(&s.authority());
+    raw.send(b"not TLS\r\n");
+    // The TLS origin reads garbage and closes; what matters is a new connection.
+    let _ = raw.read_to_end();
+    assert_eq!(s.origin.accepted(), 2, "the opaque tunnel opened its own");
+}
+
+#[test]
 fn a_client_hello_sent_with_the_connect_is_intercepted() {
     use std::io::Write;
     let s = Setup::new(&[]);

@@ -78,67 +78,120 @@ pub async fn run(
         }
     }
     let cx = shared.plugin_cx(client);
-    let plugin = upstream::resolve_hook(chain, &cx, host, port)?;
     let connect_deadline = Instant::now() + config.connect_timeout;
-    let upstream = Stream::Tcp(upstream::connect(shared, host, port, plugin).await?.stream);
+    let intercepting = shared.tls.ca.is_some() && config.tls.should_intercept(host, port);
+    // With interception on, a verified TLS connection to this origin that sits idle in
+    // the pool serves the tunnel: no new connection, no second handshake with the
+    // origin. Otherwise (and for an opaque tunnel) a new TCP connection, made before
+    // the 200 so that a failure is a readable 502.
+    let mut pooled = if intercepting {
+        shared.pool.take(host, port, true)
+    } else {
+        None
+    };
+    let mut fresh = match pooled {
+        Some(_) => None,
+        None => {
+            let plugin = upstream::resolve_hook(chain, &cx, host, port)?;
+            Some(Stream::Tcp(
+                upstream::connect(shared, host, port, plugin).await?.stream,
+            ))
+        }
+    };
     write_all(&client.stream, CONNECT_ESTABLISHED, config.timeout)
         .await
         .map_err(|e| client_io_error(e, "writing the CONNECT reply"))?;
     exchange.set_status(200);
     exchange.add_bytes(CONNECT_ESTABLISHED.len() as u64);
-    if let Some(ca) = &shared.tls.ca {
-        if config.tls.should_intercept(host, port) {
-            if let Hello::Tls(accepted) =
-                read_client_hello(&client.stream, &mut client.buf, &upstream, config.timeout)
-                    .await?
-            {
-                let sni = accepted
-                    .client_hello()
-                    .server_name()
-                    .map(str::to_ascii_lowercase);
-                let tls_name = sni.clone().unwrap_or_else(|| host.to_owned());
-                // The SNI is a host too: --ignore-hosts patterns may name it.
-                let by_flags = tls_name == host || config.tls.should_intercept(&tls_name, port);
-                let by_plugins = !by_flags
-                    || chain.is_empty()
-                    || chain
-                        .do_intercept(&cx, host, port, sni.as_deref())
-                        .map_err(|(name, e)| {
-                            ProxyError::new(
-                                ErrorKind::ProxyInternalError,
-                                format!("plugin {name}: {e}"),
-                            )
-                        })?;
-                if by_flags && by_plugins {
-                    let deadline = connect_deadline.max(Instant::now() + config.timeout);
-                    let origins = shared.tls.origins();
-                    let upstream = crate::tls::client::handshake(
-                        upstream,
-                        &tls_name,
-                        &origins,
-                        deadline,
-                        config.timeout,
-                    )
-                    .await;
-                    let origin_cert = upstream.as_ref().ok().and_then(|s| {
-                        s.with_session(|c| c.peer_certificates().and_then(|c| c.first().cloned()))
-                            .flatten()
-                    });
-                    let leaf = shared.leaves.get(ca, &tls_name, origin_cert.as_ref())?;
-                    // The ClientHello now lives in `accepted`.
-                    client.buf = BytesMut::new();
-                    return Ok(Some(Box::new(Intercept {
-                        accepted,
-                        config: leaf,
-                        host: host.to_owned(),
-                        port,
-                        tls_name,
-                        upstream,
-                    })));
-                }
+    if let (Some(ca), true) = (&shared.tls.ca, intercepting) {
+        let origin = fresh.as_ref().or(pooled.as_ref());
+        let hello = match origin {
+            Some(origin) => {
+                read_client_hello(&client.stream, &mut client.buf, origin, config.timeout).await?
+            }
+            None => Hello::NotTls,
+        };
+        if let Hello::Tls(accepted) = hello {
+            let sni = accepted
+                .client_hello()
+                .server_name()
+                .map(str::to_ascii_lowercase);
+            let tls_name = sni.clone().unwrap_or_else(|| host.to_owned());
+            // The SNI is a host too: --ignore-hosts patterns may name it.
+            let by_flags = tls_name == host || config.tls.should_intercept(&tls_name, port);
+            let by_plugins = !by_flags
+                || chain.is_empty()
+                || chain
+                    .do_intercept(&cx, host, port, sni.as_deref())
+                    .map_err(|(name, e)| {
+                        ProxyError::new(
+                            ErrorKind::ProxyInternalError,
+                            format!("plugin {name}: {e}"),
+                        )
+                    })?;
+            if by_flags && by_plugins {
+                let upstream = match pooled.take() {
+                    // Pooled connections were verified for their host (see `forward::run`).
+                    Some(tls) if tls_name == host => Ok(tls),
+                    other => {
+                        if let Some(tls) = other {
+                            shared.pool.put(host, port, tls);
+                        }
+                        let tcp = match fresh.take() {
+                            Some(tcp) => Ok(tcp),
+                            None => {
+                                let plugin = upstream::resolve_hook(chain, &cx, host, port)?;
+                                upstream::connect(shared, host, port, plugin)
+                                    .await
+                                    .map(|c| Stream::Tcp(c.stream))
+                            }
+                        };
+                        match tcp {
+                            Ok(tcp) => {
+                                let deadline =
+                                    connect_deadline.max(Instant::now() + config.timeout);
+                                crate::tls::client::handshake(
+                                    tcp,
+                                    &tls_name,
+                                    &shared.tls.origins(),
+                                    deadline,
+                                    config.timeout,
+                                )
+                                .await
+                            }
+                            Err(err) => Err(err),
+                        }
+                    }
+                };
+                let origin_cert = upstream.as_ref().ok().and_then(|s| {
+                    s.with_session(|c| c.peer_certificates().and_then(|c| c.first().cloned()))
+                        .flatten()
+                });
+                let leaf = shared.leaves.get(ca, &tls_name, origin_cert.as_ref())?;
+                // The ClientHello now lives in `accepted`.
+                client.buf = BytesMut::new();
+                return Ok(Some(Box::new(Intercept {
+                    accepted,
+                    config: leaf,
+                    host: host.to_owned(),
+                    port,
+                    tls_name,
+                    upstream,
+                })));
             }
         }
     }
+    // An opaque tunnel after all: it needs its own TCP connection to the origin.
+    if let Some(tls) = pooled.take() {
+        shared.pool.put(host, port, tls);
+    }
+    let upstream = match fresh.take() {
+        Some(tcp) => tcp,
+        None => {
+            let plugin = upstream::resolve_hook(chain, &cx, host, port)?;
+            Stream::Tcp(upstream::connect(shared, host, port, plugin).await?.stream)
+        }
+    };
     // Bytes the client sent right behind its CONNECT (an eager TLS ClientHello) go first.
     if !client.buf.is_empty() {
         let early = std::mem::take(&mut client.buf);
