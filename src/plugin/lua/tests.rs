@@ -217,3 +217,16 @@ fn a_runaway_handler_cannot_catch_the_end_of_its_budget() {
         );
     }
 }
+
+#[test]
+fn an_idle_vm_stays_under_one_mebibyte() {
+    let source = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/plugin_examples/lua/counter.lua"
+    ))
+    .unwrap();
+    let vm = Vm::load(&script(&source)).unwrap();
+    let used = vm.lua.used_memory();
+    assert!(used < 1024 * 1024, "{used} bytes");
+    eprintln!("idle VM: {used} bytes");
+}
