@@ -155,10 +155,25 @@ pub struct Cli {
     #[arg(long, value_name = "FORMAT", default_value = DEFAULT_LOG_FORMAT)]
     pub log_format: String,
 
-    /// Plugins to load, in order: proxy.py dotted names (proxy.plugin.FilterByUpstreamHostPlugin)
-    /// or short class names; comma-separated, several per flag, repeatable [default: none]
+    /// Plugins to load, in order: proxy.py dotted names (proxy.plugin.FilterByUpstreamHostPlugin),
+    /// short class names, or paths of Lua scripts (ending in .lua); comma-separated, several
+    /// per flag, repeatable [default: none]
     #[arg(long, value_name = "PLUGIN", num_args = 1.., action = ArgAction::Append)]
     pub plugins: Vec<String>,
+
+    /// Lua scripts to load after the --plugins ones, in order (repeatable). A `.lua` path in
+    /// --plugins is a script too, placed among the built-ins [default: none]
+    #[arg(long, value_name = "FILE", action = ArgAction::Append, help_heading = "Scripting")]
+    pub script: Vec<PathBuf>,
+
+    /// Lua instructions one script event may run before it is ended with `script_error`
+    #[arg(long, value_name = "N", default_value = "10000000", value_parser = parse_u64, help_heading = "Scripting")]
+    pub script_instruction_limit: u64,
+
+    /// Bytes of memory each script's Lua VM (one per worker) may use; an allocation past it
+    /// ends the event with `script_error`
+    #[arg(long, value_name = "BYTES", default_value = "67108864", value_parser = parse_u64, help_heading = "Scripting")]
+    pub script_memory_limit: u64,
 
     /// Require proxy authentication with this user:pass (Basic); repeat for several users
     /// [default: none]

@@ -99,6 +99,12 @@ pub struct Config {
     pub disable_headers: Vec<String>,
     /// Plugin names from `--plugins` (comma-split, in order, empty items dropped).
     pub plugins: Vec<String>,
+    /// Lua scripts from `--script`, in order (after the `--plugins` ones).
+    pub scripts: Vec<PathBuf>,
+    /// Lua instructions one script event may run (`--script-instruction-limit`).
+    pub script_instruction_limit: u64,
+    /// Bytes each script VM may allocate (`--script-memory-limit`).
+    pub script_memory_limit: usize,
     /// `user:pass` credentials from `--basic-auth`; non-empty turns proxy authentication on.
     pub basic_auth: Vec<String>,
     /// The PAC file to serve (`--pac-file`): the file's bytes, or the literal text when no
@@ -236,6 +242,9 @@ impl Default for Config {
             server_recvbuf_size: 128 * 1024,
             disable_headers: Vec::new(),
             plugins: Vec::new(),
+            scripts: Vec::new(),
+            script_instruction_limit: 10_000_000,
+            script_memory_limit: 64 * 1024 * 1024,
             basic_auth: Vec::new(),
             pac_file: None,
             pac_file_url_path: "/".to_owned(),
@@ -399,6 +408,9 @@ impl Config {
             server_recvbuf_size: cli.server_recvbuf_size,
             disable_headers,
             plugins,
+            scripts: cli.script,
+            script_instruction_limit: cli.script_instruction_limit,
+            script_memory_limit: usize::try_from(cli.script_memory_limit).unwrap_or(usize::MAX),
             basic_auth: cli.basic_auth,
             pac_file,
             pac_file_url_path: cli.pac_file_url_path,

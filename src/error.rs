@@ -87,6 +87,9 @@ pub enum ErrorKind {
     ProxyInternalError,
     /// The configuration is invalid.
     ProxyConfigurationError,
+    /// A Lua script's event handler failed (raised, ran past its instruction budget or
+    /// its VM's memory cap). Logged; the exchange goes on unless the script fails closed.
+    ScriptError,
 }
 
 impl ErrorKind {
@@ -122,6 +125,7 @@ impl ErrorKind {
             TlsClientHandshakeError => "tls_client_handshake_error",
             ProxyInternalError => "proxy_internal_error",
             ProxyConfigurationError => "proxy_configuration_error",
+            ScriptError => "script_error",
         }
     }
 
@@ -154,7 +158,7 @@ impl ErrorKind {
             | HttpUpgradeFailed
             | TlsProtocolError
             | TlsCertificateError => Some(502),
-            ProxyInternalError | ProxyConfigurationError => Some(500),
+            ProxyInternalError | ProxyConfigurationError | ScriptError => Some(500),
         }
     }
 
@@ -188,7 +192,7 @@ impl ErrorKind {
             | HttpUpgradeFailed
             | TlsProtocolError
             | TlsCertificateError => Side::Upstream,
-            ProxyInternalError | ProxyConfigurationError => Side::Internal,
+            ProxyInternalError | ProxyConfigurationError | ScriptError => Side::Internal,
         }
     }
 
@@ -326,6 +330,7 @@ mod tests {
             TlsClientHandshakeError,
             ProxyInternalError,
             ProxyConfigurationError,
+            ScriptError,
         ];
         let mut seen = std::collections::HashSet::new();
         for kind in all {

@@ -131,6 +131,19 @@ impl Fields {
         &self.raw
     }
 
+    /// Keeps `bytes` (an edited method or reason) with the rendered lines; returns its
+    /// index for [`Fields::owned_line`]. Never encoded as a header line.
+    fn push_owned(&mut self, bytes: Bytes) -> u32 {
+        let index = u32::try_from(self.owned.len()).unwrap_or(NOT_EDITED - 1);
+        self.owned.push(bytes);
+        index
+    }
+
+    /// The bytes [`Fields::push_owned`] kept at `index`.
+    fn owned_line(&self, index: u32) -> &[u8] {
+        self.owned.get(index as usize).map_or(&[], |b| b)
+    }
+
     fn base(&self, field: &Field) -> &[u8] {
         match field.slot {
             Slot::Raw => &self.raw,
@@ -313,6 +326,9 @@ impl Fields {
     }
 }
 
+/// A head's method or reason phrase that was not edited.
+const NOT_EDITED: u32 = u32::MAX;
+
 /// Length of `HTTP/1.x`.
 const VERSION_LEN: u32 = 8;
 
@@ -326,6 +342,9 @@ pub struct RequestHead {
     target: Span,
     version: Version,
     new_target: Option<Bytes>,
+    /// [`NOT_EDITED`], or the index in `fields.owned` of the method `set_method` gave (a
+    /// `u32` fits in padding: heads, and the futures holding them, keep their size).
+    method_line: u32,
 }
 
 impl RequestHead {
@@ -336,12 +355,21 @@ impl RequestHead {
             target,
             version,
             new_target: None,
+            method_line: NOT_EDITED,
         }
     }
 
-    /// The method, e.g. `b"GET"`.
+    /// The method, e.g. `b"GET"` (`set_method`'s, else the received one).
     pub fn method(&self) -> &[u8] {
-        self.method.of(self.fields.raw())
+        match self.method_line {
+            NOT_EDITED => self.method.of(self.fields.raw()),
+            line => self.fields.owned_line(line),
+        }
+    }
+
+    /// Replaces the method `encode` sends. The caller checks it is a token (RFC 9110 §9.1).
+    pub fn set_method(&mut self, method: Bytes) {
+        self.method_line = self.fields.push_owned(method);
     }
 
     /// Whether the method is exactly `m` (methods are case-sensitive, RFC 9110 §9.1).
@@ -447,7 +475,10 @@ impl RequestHead {
     /// Untouched regions are `Bytes::slice`s of `raw`; an unedited head sent at its own version is one slice.
     pub fn encode(&self, version: Version, out: &mut Vec<Bytes>) {
         out.clear();
-        let run = if self.new_target.is_none() && version == self.version {
+        let run = if self.new_target.is_none()
+            && self.method_line == NOT_EDITED
+            && version == self.version
+        {
             Some(0)
         } else {
             let target = self.effective_target();
@@ -485,6 +516,9 @@ pub struct ResponseHead {
     status: u16,
     reason: Span,
     version: Version,
+    /// [`NOT_EDITED`], or the index in `fields.owned` of the reason phrase `set_status`
+    /// gave (then the status line is rendered anew).
+    reason_line: u32,
 }
 
 impl ResponseHead {
@@ -494,7 +528,15 @@ impl ResponseHead {
             status,
             reason,
             version,
+            reason_line: NOT_EDITED,
         }
+    }
+
+    /// Replaces the status code and reason phrase `encode` sends. The caller checks the
+    /// code is 100..=999 and the reason holds no CR, LF or other control byte.
+    pub fn set_status(&mut self, status: u16, reason: Bytes) {
+        self.status = status;
+        self.reason_line = self.fields.push_owned(reason);
     }
 
     /// The status code (100..=999).
@@ -502,9 +544,28 @@ impl ResponseHead {
         self.status
     }
 
-    /// The reason phrase as received (may be empty).
+    /// The reason phrase (may be empty): `set_status`'s, else the received one.
     pub fn reason(&self) -> &[u8] {
-        self.reason.of(self.fields.raw())
+        match self.reason_line {
+            NOT_EDITED => self.reason.of(self.fields.raw()),
+            line => self.fields.owned_line(line),
+        }
+    }
+
+    /// The status line `set_status` asks for, rendered at `version`.
+    fn edited_status_line(&self, version: Version) -> Option<Bytes> {
+        if self.reason_line == NOT_EDITED {
+            return None;
+        }
+        let reason = self.reason();
+        let mut line = BytesMut::with_capacity(reason.len() + 16);
+        line.put_slice(version.as_bytes());
+        line.put_u8(b' ');
+        line.put_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        line.put_u8(b' ');
+        line.put_slice(reason);
+        line.put_slice(b"\r\n");
+        Some(line.freeze())
     }
 
     /// The response's HTTP version.
@@ -566,8 +627,7 @@ impl ResponseHead {
     ///
     /// An untouched head is exactly one `Bytes`: `raw` itself.
     pub fn encode(&self, out: &mut Vec<Bytes>) {
-        out.clear();
-        self.fields.encode_into(Some(0), out);
+        self.encode_with_version(self.version, out);
     }
 
     /// Like [`ResponseHead::encode`], but with `version` in the status line: an
@@ -575,7 +635,10 @@ impl ResponseHead {
     /// response reaches the client as HTTP/1.1 with its framing made explicit.
     pub fn encode_with_version(&self, version: Version, out: &mut Vec<Bytes>) {
         out.clear();
-        if version == self.version {
+        if let Some(line) = self.edited_status_line(version) {
+            out.push(line);
+            self.fields.encode_into(None, out);
+        } else if version == self.version {
             self.fields.encode_into(Some(0), out);
         } else {
             // The parser checked that the status line starts with exactly `HTTP/1.x`.

@@ -12,6 +12,7 @@ pub mod body_rewrite;
 pub mod cache;
 pub mod dns_resolver;
 pub mod filters;
+pub mod lua;
 pub mod mock;
 pub mod pac;
 pub mod program_name;

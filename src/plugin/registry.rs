@@ -10,9 +10,13 @@
 //! `AuthPlugin` or `HttpWebServerPacFilePlugin` without `--basic-auth`/`--pac-file`
 //! loads nothing (they would have nothing to do, as in proxy.py).
 //!
+//! A name ending in `.lua` is a Lua script, loaded where it stands; `--script` files
+//! follow every `--plugins` name.
+//!
 //! Unlike proxy.py (a Python traceback and exit 1), an unknown name is an error listing
 //! the valid names.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -24,6 +28,7 @@ use super::dns_resolver::{self, CustomDnsResolverFactory};
 use super::filters::{
     self, FilterByClientIpFactory, FilterByUpstreamHostFactory, FilterByUrlRegexFactory,
 };
+use super::lua::{self, LuaFactory};
 use super::mock;
 use super::pac::{self, PacFileFactory};
 use super::program_name::{self, ProgramNameFactory};
@@ -145,6 +150,10 @@ pub fn factories(config: &Config) -> Result<Vec<Arc<dyn PluginFactory>>, String>
         out.push(Arc::new(factory));
     }
     for name in &config.plugins {
+        if lua::is_script(name) {
+            out.push(Arc::new(LuaFactory::load(Path::new(name), config)?));
+            continue;
+        }
         let Some(dotted) = resolve(name) else {
             return Err(format!(
                 "unknown plugin '{name}'; valid plugins: {}",
@@ -178,6 +187,9 @@ pub fn factories(config: &Config) -> Result<Vec<Arc<dyn PluginFactory>>, String>
             _ => continue,
         };
         out.push(factory);
+    }
+    for path in &config.scripts {
+        out.push(Arc::new(LuaFactory::load(path, config)?));
     }
     Ok(out)
 }

@@ -1,0 +1,634 @@
+//! The `flow` object scripts see: userdata over the exchange's heads, materialised
+//! lazily (reading `flow.request.method` builds no table of headers).
+//!
+//! The proxy lends the heads to the script for the length of one event: they are moved
+//! into [`Exchange`] and moved back after the handlers ran. A flow kept past its event
+//! reads what was saved of the request and nothing else.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use mlua::{AnyUserData, Lua, MetaMethod, Table, UserData, UserDataFields, UserDataMethods, Value};
+
+use crate::http::{host_header_value, RequestHead, ResponseHead, Scheme, Target};
+
+/// What a handler asked the proxy to do instead of going on.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// `flow:reply(status, body?, headers?)`.
+    Reply {
+        status: u16,
+        body: Vec<u8>,
+        headers: Vec<(String, String)>,
+    },
+    /// `flow:kill()`.
+    Kill,
+}
+
+/// One exchange as one script sees it (per client connection, reset per exchange).
+pub(crate) struct Exchange {
+    /// The client's address.
+    pub(crate) client: SocketAddr,
+    /// The request: lent during `request`, a saved copy afterwards (when the script
+    /// has `response` handlers).
+    pub(crate) req: Option<RequestHead>,
+    /// The request's target, alongside `req`.
+    pub(crate) target: Option<Target>,
+    /// Whether `req`/`target` are the live ones (assignments change what is sent).
+    pub(crate) req_live: bool,
+    /// The response head, lent during `response`.
+    pub(crate) res: Option<ResponseHead>,
+    /// A handler's reply or kill.
+    pub(crate) control: Option<Control>,
+    /// `flow.metadata`, made on first use.
+    pub(crate) metadata: Option<Table>,
+    /// `flow.id`, drawn on first use (0: not yet).
+    pub(crate) id: u64,
+    /// A script error of this exchange was already logged.
+    pub(crate) logged: bool,
+}
+
+/// The exchange shared by the flow objects of one plugin.
+pub(crate) type Shared = Rc<RefCell<Exchange>>;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Exchange {
+    pub(crate) fn new(client: SocketAddr) -> Self {
+        Exchange {
+            client,
+            req: None,
+            target: None,
+            req_live: false,
+            res: None,
+            control: None,
+            metadata: None,
+            id: 0,
+            logged: false,
+        }
+    }
+
+    /// Forgets the finished exchange.
+    pub(crate) fn reset(&mut self) {
+        self.req = None;
+        self.target = None;
+        self.req_live = false;
+        self.res = None;
+        self.control = None;
+        self.metadata = None;
+        self.id = 0;
+        self.logged = false;
+    }
+}
+
+fn gone() -> mlua::Error {
+    mlua::Error::runtime("this flow's event is over")
+}
+
+fn read_only(what: &str) -> mlua::Error {
+    mlua::Error::runtime(format!("{what} cannot be changed here"))
+}
+
+/// `flow`.
+pub(crate) struct Flow(pub(crate) Shared);
+
+impl UserData for Flow {
+    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("id", |_, this| {
+            let mut ex = this.0.borrow_mut();
+            if ex.id == 0 {
+                ex.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(ex.id)
+        });
+        fields.add_field_method_get("client_addr", |_, this| {
+            Ok(this.0.borrow().client.to_string())
+        });
+        fields.add_field_method_get("request", |lua, this| {
+            if this.0.borrow().req.is_none() {
+                return Ok(Value::Nil);
+            }
+            lua.create_userdata(Request(Rc::clone(&this.0)))
+                .map(Value::UserData)
+        });
+        fields.add_field_method_get("response", |lua, this| {
+            if this.0.borrow().res.is_none() {
+                return Ok(Value::Nil);
+            }
+            lua.create_userdata(Response(Rc::clone(&this.0)))
+                .map(Value::UserData)
+        });
+        fields.add_field_method_get("metadata", |lua, this| {
+            let mut ex = this.0.borrow_mut();
+            match &ex.metadata {
+                Some(t) => Ok(t.clone()),
+                None => {
+                    let t = lua.create_table()?;
+                    ex.metadata = Some(t.clone());
+                    Ok(t)
+                }
+            }
+        });
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method(
+            "reply",
+            |_, this, (status, body, headers): (u16, Option<mlua::String>, Option<Table>)| {
+                if !(200..=999).contains(&status) {
+                    return Err(mlua::Error::runtime(format!(
+                        "reply: status {status} is not 200..999"
+                    )));
+                }
+                let body = body.map(|b| b.as_bytes().to_vec()).unwrap_or_default();
+                let mut list = Vec::new();
+                if let Some(headers) = headers {
+                    for pair in headers.pairs::<mlua::String, mlua::String>() {
+                        let (name, value) = pair?;
+                        let name = name.to_str()?.to_owned();
+                        if is_framing(&name) {
+                            continue;
+                        }
+                        list.push((name, value.to_str()?.to_owned()));
+                    }
+                }
+                this.0.borrow_mut().control = Some(Control::Reply {
+                    status,
+                    body,
+                    headers: list,
+                });
+                Ok(())
+            },
+        );
+        methods.add_method("kill", |_, this, ()| {
+            this.0.borrow_mut().control = Some(Control::Kill);
+            Ok(())
+        });
+    }
+}
+
+/// Headers the proxy frames messages with: scripts cannot set them (bodies are not
+/// scriptable yet, and a wrong length would desynchronise the connection).
+fn is_framing(name: &str) -> bool {
+    name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
+}
+
+/// `flow.request`.
+struct Request(Shared);
+
+/// `host:port` split, brackets dropped from an IPv6 literal.
+fn split_host(authority: &[u8]) -> (String, Option<u16>) {
+    let text = String::from_utf8_lossy(authority);
+    if let Some(rest) = text.strip_prefix('[') {
+        if let Some((host, tail)) = rest.split_once(']') {
+            let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+            return (host.to_ascii_lowercase(), port);
+        }
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host.to_ascii_lowercase(), port.parse().ok()),
+        _ => (text.to_ascii_lowercase(), None),
+    }
+}
+
+fn scheme_name(scheme: Scheme) -> &'static str {
+    match scheme {
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+    }
+}
+
+/// A request field as Lua sees it.
+fn request_field(lua: &Lua, req: &RequestHead, target: &Target, key: &str) -> mlua::Result<Value> {
+    let string = |b: &[u8]| lua.create_string(b).map(Value::String);
+    let origin_path = |req: &RequestHead| req.effective_target().to_vec();
+    match key {
+        "method" => string(req.method()),
+        "version" => string(req.version().as_bytes()),
+        "scheme" => match target {
+            Target::Absolute { scheme, .. } => string(scheme_name(*scheme).as_bytes()),
+            Target::Authority { .. } => Ok(Value::Nil),
+            Target::Origin | Target::Asterisk => string(b"http"),
+        },
+        "host" => match target {
+            Target::Absolute { host, .. } | Target::Authority { host, .. } => {
+                string(host.as_bytes())
+            }
+            Target::Origin | Target::Asterisk => match req.header("host") {
+                Some(h) => string(split_host(h).0.as_bytes()),
+                None => Ok(Value::Nil),
+            },
+        },
+        "port" => match target {
+            Target::Absolute { port, .. } | Target::Authority { port, .. } => {
+                Ok(Value::Integer(i64::from(*port)))
+            }
+            Target::Origin | Target::Asterisk => Ok(Value::Integer(i64::from(
+                req.header("host")
+                    .and_then(|h| split_host(h).1)
+                    .unwrap_or(80),
+            ))),
+        },
+        "path" => match target {
+            Target::Absolute { path, .. } => string(path),
+            Target::Authority { .. } => string(b""),
+            Target::Origin | Target::Asterisk => string(&origin_path(req)),
+        },
+        "query" => {
+            let path = match target {
+                Target::Absolute { path, .. } => path.to_vec(),
+                Target::Authority { .. } => Vec::new(),
+                Target::Origin | Target::Asterisk => origin_path(req),
+            };
+            match path.iter().position(|&b| b == b'?') {
+                Some(i) => string(path.get(i + 1..).unwrap_or_default()),
+                None => Ok(Value::Nil),
+            }
+        }
+        "url" => match target {
+            Target::Absolute {
+                scheme,
+                host,
+                port,
+                path,
+            } => {
+                let mut url = format!(
+                    "{}://{}",
+                    scheme_name(*scheme),
+                    host_header_value(*scheme, host, *port)
+                )
+                .into_bytes();
+                url.extend_from_slice(path);
+                string(&url)
+            }
+            Target::Authority { host, port } => {
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                string(format!("{host}:{port}").as_bytes())
+            }
+            Target::Origin | Target::Asterisk => string(&origin_path(req)),
+        },
+        _ => Ok(Value::Nil),
+    }
+}
+
+fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| crate::http::is_tchar(b))
+}
+
+/// A path to send: starts with `/`, no whitespace or control bytes.
+fn valid_path(s: &[u8]) -> bool {
+    s.first() == Some(&b'/') && s.iter().all(|&b| b > b' ' && b != 0x7f)
+}
+
+/// A host name or address: letters, digits, `-`, `.`, `_`, and `:` for IPv6.
+fn valid_host(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'))
+}
+
+/// Assigns a request field.
+fn set_request_field(
+    req: &mut RequestHead,
+    target: &mut Target,
+    key: &str,
+    value: &Value,
+) -> mlua::Result<()> {
+    let text = || -> mlua::Result<Vec<u8>> {
+        match value {
+            Value::String(s) => Ok(s.as_bytes().to_vec()),
+            Value::Integer(i) => Ok(i.to_string().into_bytes()),
+            _ => Err(mlua::Error::runtime(format!(
+                "request.{key} must be a string"
+            ))),
+        }
+    };
+    match key {
+        "method" => {
+            let method = text()?;
+            if !is_token(&method) {
+                return Err(mlua::Error::runtime("request.method must be a token"));
+            }
+            req.set_method(Bytes::from(method));
+        }
+        "path" => {
+            let path = text()?;
+            if !valid_path(&path) {
+                return Err(mlua::Error::runtime(
+                    "request.path must start with / and hold no spaces or control bytes",
+                ));
+            }
+            match target {
+                Target::Absolute { path: p, .. } => *p = Bytes::from(path),
+                Target::Origin => req.set_target(Bytes::from(path)),
+                Target::Authority { .. } | Target::Asterisk => {
+                    return Err(read_only("request.path of this request"))
+                }
+            }
+        }
+        "host" => {
+            let raw = String::from_utf8_lossy(&text()?).to_ascii_lowercase();
+            let host = raw
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(&raw)
+                .to_owned();
+            if !valid_host(&host) {
+                return Err(mlua::Error::runtime(format!(
+                    "request.host: not a host name: {raw}"
+                )));
+            }
+            match target {
+                Target::Absolute { host: h, .. } | Target::Authority { host: h, .. } => *h = host,
+                Target::Origin => {
+                    let path = req.effective_target_bytes();
+                    *target = Target::Absolute {
+                        scheme: Scheme::Http,
+                        host,
+                        port: 80,
+                        path,
+                    };
+                }
+                Target::Asterisk => return Err(read_only("request.host of this request")),
+            }
+        }
+        "port" => {
+            let port = match value {
+                Value::Integer(i) => u16::try_from(*i).ok().filter(|&p| p != 0),
+                Value::Number(n) if n.fract() == 0.0 && (1.0..=65535.0).contains(n) => {
+                    Some(*n as u16)
+                }
+                _ => None,
+            }
+            .ok_or_else(|| mlua::Error::runtime("request.port must be 1..65535"))?;
+            match target {
+                Target::Absolute { port: p, .. } | Target::Authority { port: p, .. } => *p = port,
+                Target::Origin | Target::Asterisk => {
+                    return Err(read_only("request.port of a request without a host"))
+                }
+            }
+        }
+        _ => return Err(read_only(&format!("request.{key}"))),
+    }
+    Ok(())
+}
+
+impl UserData for Request {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(MetaMethod::Index, |lua, this, key: mlua::String| {
+            let key = key.to_str()?;
+            if &*key == "headers" {
+                return lua
+                    .create_userdata(Headers(Rc::clone(&this.0), Side::Request))
+                    .map(Value::UserData);
+            }
+            let ex = this.0.borrow();
+            let (Some(req), Some(target)) = (&ex.req, &ex.target) else {
+                return Err(gone());
+            };
+            request_field(lua, req, target, &key)
+        });
+        methods.add_meta_method(
+            MetaMethod::NewIndex,
+            |_, this, (key, value): (mlua::String, Value)| {
+                let key = key.to_str()?;
+                let mut ex = this.0.borrow_mut();
+                if !ex.req_live {
+                    return Err(read_only(&format!("request.{}", &*key)));
+                }
+                let ex = &mut *ex;
+                let (Some(req), Some(target)) = (&mut ex.req, &mut ex.target) else {
+                    return Err(gone());
+                };
+                set_request_field(req, target, &key, &value)
+            },
+        );
+    }
+}
+
+/// `flow.response`.
+struct Response(Shared);
+
+impl UserData for Response {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(MetaMethod::Index, |lua, this, key: mlua::String| {
+            let key = key.to_str()?;
+            if &*key == "headers" {
+                return lua
+                    .create_userdata(Headers(Rc::clone(&this.0), Side::Response))
+                    .map(Value::UserData);
+            }
+            let ex = this.0.borrow();
+            let Some(res) = &ex.res else {
+                return Err(gone());
+            };
+            match &*key {
+                "status_code" => Ok(Value::Integer(i64::from(res.status()))),
+                "reason" => lua.create_string(res.reason()).map(Value::String),
+                "version" => lua
+                    .create_string(res.version().as_bytes())
+                    .map(Value::String),
+                _ => Ok(Value::Nil),
+            }
+        });
+        methods.add_meta_method(
+            MetaMethod::NewIndex,
+            |_, this, (key, value): (mlua::String, Value)| {
+                let key = key.to_str()?;
+                let mut ex = this.0.borrow_mut();
+                let Some(res) = &mut ex.res else {
+                    return Err(gone());
+                };
+                match (&*key, value) {
+                    ("status_code", Value::Integer(code)) => {
+                        let code = u16::try_from(code)
+                            .ok()
+                            .filter(|c| (200..=999).contains(c))
+                            .ok_or_else(|| {
+                                mlua::Error::runtime("response.status_code must be 200..999")
+                            })?;
+                        let reason = Bytes::copy_from_slice(res.reason());
+                        res.set_status(code, reason);
+                    }
+                    ("reason", Value::String(reason)) => {
+                        let reason = reason.as_bytes();
+                        if reason
+                            .iter()
+                            .any(|&b| (b < b' ' && b != b'\t') || b == 0x7f)
+                        {
+                            return Err(mlua::Error::runtime(
+                                "response.reason holds a control byte",
+                            ));
+                        }
+                        let reason = Bytes::copy_from_slice(&reason);
+                        res.set_status(res.status(), reason);
+                    }
+                    ("status_code" | "reason", _) => {
+                        return Err(mlua::Error::runtime(format!(
+                            "response.{}: wrong type",
+                            &*key
+                        )))
+                    }
+                    (other, _) => return Err(read_only(&format!("response.{other}"))),
+                }
+                Ok(())
+            },
+        );
+    }
+}
+
+/// Which head a `headers` object edits.
+#[derive(Clone, Copy)]
+enum Side {
+    Request,
+    Response,
+}
+
+/// `flow.request.headers` / `flow.response.headers`: case-insensitive, over the head.
+struct Headers(Shared, Side);
+
+impl Headers {
+    /// Reads the head.
+    fn with<T>(&self, f: impl FnOnce(HeadRef<'_>) -> mlua::Result<T>) -> mlua::Result<T> {
+        let ex = self.0.borrow();
+        match self.1 {
+            Side::Request => f(HeadRef::Req(ex.req.as_ref().ok_or_else(gone)?)),
+            Side::Response => f(HeadRef::Res(ex.res.as_ref().ok_or_else(gone)?)),
+        }
+    }
+
+    /// Edits the head (the request's only while its event runs).
+    fn with_mut(&self, f: impl FnOnce(HeadMut<'_>)) -> mlua::Result<()> {
+        let mut ex = self.0.borrow_mut();
+        match self.1 {
+            Side::Request => {
+                if !ex.req_live {
+                    return Err(read_only("request.headers"));
+                }
+                f(HeadMut::Req(ex.req.as_mut().ok_or_else(gone)?));
+            }
+            Side::Response => f(HeadMut::Res(ex.res.as_mut().ok_or_else(gone)?)),
+        }
+        Ok(())
+    }
+}
+
+enum HeadRef<'a> {
+    Req(&'a RequestHead),
+    Res(&'a ResponseHead),
+}
+
+enum HeadMut<'a> {
+    Req(&'a mut RequestHead),
+    Res(&'a mut ResponseHead),
+}
+
+impl HeadMut<'_> {
+    fn remove(&mut self, name: &str) {
+        match self {
+            HeadMut::Req(h) => {
+                h.remove(name);
+            }
+            HeadMut::Res(h) => {
+                h.remove(name);
+            }
+        }
+    }
+    fn set(&mut self, name: &str, value: &[u8]) {
+        match self {
+            HeadMut::Req(h) => h.set(name, value),
+            HeadMut::Res(h) => h.set(name, value),
+        }
+    }
+    fn append(&mut self, name: &str, value: &[u8]) {
+        match self {
+            HeadMut::Req(h) => h.append(name, value),
+            HeadMut::Res(h) => h.append(name, value),
+        }
+    }
+}
+
+/// A header value a script gives: a string or a number.
+fn header_value(value: &Value) -> mlua::Result<Vec<u8>> {
+    match value {
+        Value::String(s) => Ok(s.as_bytes().to_vec()),
+        Value::Integer(i) => Ok(i.to_string().into_bytes()),
+        Value::Number(n) => Ok(n.to_string().into_bytes()),
+        _ => Err(mlua::Error::runtime("a header value must be a string")),
+    }
+}
+
+fn check_name(name: &str) -> mlua::Result<()> {
+    if !is_token(name.as_bytes()) {
+        return Err(mlua::Error::runtime(format!("not a header name: {name:?}")));
+    }
+    if is_framing(name) {
+        return Err(mlua::Error::runtime(format!(
+            "{name} is managed by the proxy"
+        )));
+    }
+    Ok(())
+}
+
+impl UserData for Headers {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("get_all", |lua, this, name: mlua::String| {
+            let name = name.to_str()?;
+            let list = lua.create_table()?;
+            this.with(|head| {
+                let values: Vec<&[u8]> = match head {
+                    HeadRef::Req(h) => h.headers_named(&name).collect(),
+                    HeadRef::Res(h) => h.headers_named(&name).collect(),
+                };
+                for v in values {
+                    list.raw_push(lua.create_string(v)?)?;
+                }
+                Ok(())
+            })?;
+            Ok(list)
+        });
+        methods.add_method("add", |_, this, (name, value): (mlua::String, Value)| {
+            let name = name.to_str()?;
+            check_name(&name)?;
+            let value = header_value(&value)?;
+            this.with_mut(|mut head| head.append(&name, &value))
+        });
+        methods.add_meta_method(MetaMethod::Index, |lua, this, name: mlua::String| {
+            let name = name.to_str()?;
+            this.with(|head| {
+                let value = match head {
+                    HeadRef::Req(h) => h.header(&name),
+                    HeadRef::Res(h) => h.header(&name),
+                };
+                match value {
+                    Some(v) => lua.create_string(v).map(Value::String),
+                    None => Ok(Value::Nil),
+                }
+            })
+        });
+        methods.add_meta_method(
+            MetaMethod::NewIndex,
+            |_, this, (name, value): (mlua::String, Value)| {
+                let name = name.to_str()?;
+                check_name(&name)?;
+                if value.is_nil() {
+                    return this.with_mut(|mut head| head.remove(&name));
+                }
+                let value = header_value(&value)?;
+                this.with_mut(|mut head| head.set(&name, &value))
+            },
+        );
+    }
+}
+
+/// Makes the `flow` value for one event.
+pub(crate) fn flow_value(lua: &Lua, shared: &Shared) -> mlua::Result<AnyUserData> {
+    lua.create_userdata(Flow(Rc::clone(shared)))
+}

@@ -1,0 +1,279 @@
+//! One script's Lua VM: the sandbox, the limits, and the handlers found at load.
+
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use mlua::{ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
+
+/// How often (in VM instructions) the budget hook runs.
+const HOOK_EVERY: u32 = 1000;
+
+/// The events a script may handle in this version.
+const EVENTS: &[&str] = &["start", "request", "response"];
+
+/// A script as loaded at start-up: shared by every worker thread.
+#[derive(Debug)]
+pub(crate) struct Script {
+    /// Index of this script's VM in each worker's table.
+    pub(crate) id: usize,
+    /// The file, as given on the command line.
+    pub(crate) path: PathBuf,
+    /// The source, read once at start-up.
+    pub(crate) source: String,
+    /// Instructions one event may run.
+    pub(crate) instruction_limit: u64,
+    /// Bytes the VM may allocate.
+    pub(crate) memory_limit: usize,
+}
+
+/// A function to call for an event: a plain function, or a method of an `Extensions`
+/// object (called with the object as `self`).
+pub(crate) struct Handler {
+    func: Function,
+    this: Option<Table>,
+}
+
+/// The handlers of one event, in call order.
+pub(crate) type Handlers = Vec<Handler>;
+
+/// A loaded script on one thread.
+pub(crate) struct Vm {
+    // Lua handles first: they drop before the state that owns them.
+    /// `request(flow)` handlers.
+    pub(crate) request: Handlers,
+    /// `response(flow)` handlers.
+    pub(crate) response: Handlers,
+    /// `FAIL_CLOSED = true`: a failing handler answers 500 instead of letting the
+    /// exchange go on.
+    pub(crate) fail_closed: bool,
+    /// Instructions left for the running event.
+    budget: Rc<Cell<u64>>,
+    limit: u64,
+    pub(crate) lua: Lua,
+}
+
+impl Vm {
+    /// Creates a sandboxed VM, runs the script's chunk and its `start` handlers, and
+    /// collects its handlers.
+    ///
+    /// # Errors
+    /// The script does not compile, raises while loading or in `start`, or runs past a
+    /// limit: `file:line: message`.
+    pub(crate) fn load(script: &Script) -> Result<Vm, String> {
+        let fail = |e: mlua::Error| describe(&e);
+        // No `coroutine`: mlua 0.10 hooks one Lua thread at a time, so a coroutine would
+        // run outside the instruction budget.
+        let libs = StdLib::TABLE
+            | StdLib::STRING
+            | StdLib::UTF8
+            | StdLib::MATH
+            | StdLib::OS
+            | StdLib::PACKAGE;
+        let lua = Lua::new_with(libs, LuaOptions::default()).map_err(fail)?;
+        sandbox(&lua, script).map_err(fail)?;
+        lua.set_memory_limit(script.memory_limit).map_err(fail)?;
+        let budget = Rc::new(Cell::new(script.instruction_limit));
+        let left = Rc::clone(&budget);
+        lua.set_hook(
+            HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+            move |_, _| {
+                let now = left.get();
+                if now < u64::from(HOOK_EVERY) {
+                    left.set(0);
+                    return Err(mlua::Error::runtime("instruction budget exceeded"));
+                }
+                left.set(now - u64::from(HOOK_EVERY));
+                Ok(VmState::Continue)
+            },
+        );
+        // Past the budget, `pcall` and `xpcall` pass the error on:
+        // a handler cannot catch its own end and loop on.
+        let left = Rc::clone(&budget);
+        let exhausted = vm_fn(&lua, move || left.get() == 0).map_err(fail)?;
+        lua.load(RETHROW)
+            .set_name("=sandbox")
+            .call::<()>(exhausted)
+            .map_err(fail)?;
+        let mut vm = Vm {
+            request: Vec::new(),
+            response: Vec::new(),
+            fail_closed: false,
+            budget,
+            limit: script.instruction_limit,
+            lua,
+        };
+        vm.refill();
+        let returned: Value = vm
+            .lua
+            .load(script.source.as_str())
+            .set_name(format!("@{}", script.path.display()))
+            .set_mode(ChunkMode::Text)
+            .eval()
+            .map_err(fail)?;
+        let mut start = Vec::new();
+        vm.collect(&returned, &mut start).map_err(fail)?;
+        for handler in &start {
+            vm.refill();
+            handler.call(&Value::Nil).map_err(fail)?;
+        }
+        vm.fail_closed = vm
+            .lua
+            .globals()
+            .get::<Option<bool>>("FAIL_CLOSED")
+            .ok()
+            .flatten()
+            == Some(true);
+        Ok(vm)
+    }
+
+    /// Gives the next event its whole instruction budget.
+    pub(crate) fn refill(&self) {
+        self.budget.set(self.limit);
+    }
+
+    /// Finds the handlers: global functions named for events, then those of a returned
+    /// table, then the methods of each `Extensions` object.
+    fn collect(&mut self, returned: &Value, start: &mut Handlers) -> mlua::Result<()> {
+        let globals = self.lua.globals();
+        let mut sources: Vec<(Table, bool)> = vec![(globals.clone(), false)];
+        if let Value::Table(t) = returned {
+            sources.push((t.clone(), false));
+        }
+        if let Some(list) = globals.get::<Option<Table>>("Extensions")? {
+            for obj in list.sequence_values::<Table>() {
+                sources.push((obj?, true));
+            }
+        }
+        for (table, method) in sources {
+            for &event in EVENTS {
+                if let Some(func) = table.get::<Option<Function>>(event)? {
+                    let this = method.then(|| table.clone());
+                    let handler = Handler { func, this };
+                    match event {
+                        "start" => start.push(handler),
+                        "request" => self.request.push(handler),
+                        _ => self.response.push(handler),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Handler {
+    /// Calls the handler with `arg` (after `self` for a method).
+    pub(crate) fn call(&self, arg: &Value) -> mlua::Result<()> {
+        match &self.this {
+            Some(this) => self.func.call::<()>((this.clone(), arg.clone())),
+            None => self.func.call::<()>(arg.clone()),
+        }
+    }
+}
+
+/// Wraps the error-catching functions (see [`Vm::load`]); called with `exhausted()`.
+const RETHROW: &str = r#"
+local exhausted = ...
+local raw_pcall, raw_xpcall = pcall, xpcall
+local pack, unpack = table.pack, table.unpack
+local function check(r)
+  if not r[1] and exhausted() then error(r[2], 0) end
+  return unpack(r, 1, r.n)
+end
+pcall = function(...) return check(pack(raw_pcall(...))) end
+xpcall = function(...) return check(pack(raw_xpcall(...))) end
+"#;
+
+fn vm_fn(lua: &Lua, f: impl Fn() -> bool + 'static) -> mlua::Result<Function> {
+    lua.create_function(move |_, ()| Ok(f()))
+}
+
+/// Removes what a script must not reach: processes, files, native code, the debug
+/// library and binary chunks. `require` finds Lua modules next to the script only.
+fn sandbox(lua: &Lua, script: &Script) -> mlua::Result<()> {
+    let globals = lua.globals();
+    if let Some(os) = globals.get::<Option<Table>>("os")? {
+        for name in [
+            "execute",
+            "exit",
+            "remove",
+            "rename",
+            "tmpname",
+            "getenv",
+            "setlocale",
+        ] {
+            os.set(name, Value::Nil)?;
+        }
+    }
+    for name in ["io", "debug", "dofile", "loadfile"] {
+        globals.set(name, Value::Nil)?;
+    }
+    if let Some(package) = globals.get::<Option<Table>>("package")? {
+        package.set("loadlib", Value::Nil)?;
+        package.set("cpath", "")?;
+        let dir = script
+            .path
+            .parent()
+            .map(|d| d.display().to_string())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| ".".to_owned());
+        package.set("path", format!("{dir}/?.lua"))?;
+        // Keep the preload and Lua-file searchers; drop the C ones.
+        if let Some(searchers) = package.get::<Option<Table>>("searchers")? {
+            searchers.set(3, Value::Nil)?;
+            searchers.set(4, Value::Nil)?;
+        }
+    }
+    // `load` takes text only.
+    lua.load(
+        r#"
+        local raw_load = load
+        load = function(chunk, name, _, env)
+          return raw_load(chunk, name, "t", env)
+        end
+        "#,
+    )
+    .set_name("=sandbox")
+    .exec()?;
+    // `print` goes to the log, not to standard output.
+    let name = script.path.display().to_string();
+    let print = lua.create_function(move |_, args: mlua::Variadic<Value>| {
+        let line: Vec<String> = args
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => s.to_string_lossy(),
+                other => other.to_string().unwrap_or_else(|_| format!("{other:?}")),
+            })
+            .collect();
+        tracing::info!(script = %name, "{}", line.join("\t"));
+        Ok(())
+    })?;
+    globals.set("print", print)?;
+    Ok(())
+}
+
+/// One line for a Lua error: `file:line: message` where Lua knows the place.
+pub(crate) fn describe(err: &mlua::Error) -> String {
+    match err {
+        mlua::Error::CallbackError { traceback, cause } => {
+            let place = traceback
+                .lines()
+                .map(str::trim)
+                .find(|l| l.contains(".lua:"))
+                .and_then(|l| l.split(": in ").next());
+            match place {
+                Some(place) => format!("{place}: {}", describe(cause)),
+                None => describe(cause),
+            }
+        }
+        mlua::Error::SyntaxError { message, .. } => first_line(message),
+        mlua::Error::RuntimeError(message) => first_line(message),
+        mlua::Error::MemoryError(message) => format!("memory limit: {}", first_line(message)),
+        other => first_line(&other.to_string()),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_owned()
+}

@@ -1,0 +1,381 @@
+//! Lua scripts over real sockets (issue 9, the foundation): loading from `--plugins` and
+//! `--script`, the three ways to write handlers, `request`/`response` edits reaching
+//! the origin and the client, reply and kill, the sandbox, the limits, fail-open and
+//! fail-closed, and a script that does not load stopping start-up.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failure should stop the test"
+)]
+
+mod support;
+
+use std::path::PathBuf;
+
+use support::*;
+
+/// A file under `plugin_examples/lua/`.
+fn example(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("plugin_examples/lua")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Writes `source` to a fresh `.lua` file and returns its path.
+fn script(name: &str, source: &str) -> String {
+    let path = temp_path(name).with_extension("lua");
+    std::fs::write(&path, source).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn add_header_example_reaches_the_origin_from_plugins_and_script() {
+    let path = example("add_header.lua");
+    for flag in ["--plugins", "--script"] {
+        let origin = Origin::fixed("hello");
+        let proxy = spawn_proxy(&[flag, &path]);
+        proxy.route("alpha.test", &origin);
+        let mut client = proxy.connect();
+        for _ in 0..2 {
+            client.send(&get("http://alpha.test/a", ""));
+            let resp = client.read_response();
+            assert_eq!((resp.status, resp.text().as_str()), (200, "hello"));
+        }
+        let seen = origin.requests();
+        assert_eq!(seen.len(), 2);
+        for req in seen {
+            assert_eq!(req.headers.get_all("x-roxy-example"), ["true"], "{flag}");
+        }
+    }
+}
+
+#[test]
+fn reply_answers_without_contacting_the_origin() {
+    let origin = Origin::fixed("allowed");
+    let proxy = spawn_proxy(&["--script", &example("block.lua")]);
+    proxy.route("blocked.example", &origin);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(&get("http://blocked.example/x", ""));
+    let resp = client.read_response();
+    assert_eq!(resp.status, 403);
+    assert_eq!(resp.text(), "blocked\n");
+    assert_eq!(resp.headers.get("content-type"), Some("text/plain"));
+    assert_eq!(origin.accepted(), 0, "the origin was never contacted");
+    // The connection is kept, and other hosts pass.
+    client.send(&get("http://alpha.test/", ""));
+    assert_eq!(client.read_response().text(), "allowed");
+    assert_eq!(origin.accepted(), 1);
+}
+
+#[test]
+fn kill_closes_the_client_connection_without_a_response() {
+    let origin = Origin::fixed("hello");
+    let path = script(
+        "kill",
+        r#"function request(flow)
+             if flow.request.path == "/kill" then flow:kill() end
+           end"#,
+    );
+    let proxy = spawn_proxy(&["--plugins", &path]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(&get("http://alpha.test/ok", ""));
+    assert_eq!(client.read_response().text(), "hello");
+    client.send(&get("http://alpha.test/kill", ""));
+    client.expect_eof();
+    assert_eq!(origin.requests().len(), 1);
+}
+
+#[test]
+fn response_status_reason_and_headers_reach_the_client() {
+    let origin = Origin::spawn(|req| {
+        let status = if req.target.starts_with("/missing") {
+            "404 Not Found"
+        } else {
+            "200 OK"
+        };
+        Reply::keep(format!(
+            "HTTP/1.1 {status}\r\nServer: origin\r\nContent-Length: 2\r\n\r\nhi"
+        ))
+    });
+    let proxy = spawn_proxy(&["--plugins", &example("response_status.lua")]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(&get("http://alpha.test/missing?q=1", ""));
+    let resp = client.read_response();
+    assert_eq!(resp.status, 410);
+    assert!(
+        String::from_utf8_lossy(&resp.raw_head).starts_with("HTTP/1.1 410 Gone\r\n"),
+        "{}",
+        String::from_utf8_lossy(&resp.raw_head)
+    );
+    assert_eq!(resp.text(), "hi");
+    assert_eq!(resp.headers.get("x-served-by"), Some("lua"));
+    assert!(!resp.headers.has("server"));
+    assert_eq!(resp.headers.get("x-request-path"), Some("/missing?q=1"));
+    // Same connection: a 200 passes with its status, the headers still edited.
+    client.send(&get("http://alpha.test/found", ""));
+    let resp = client.read_response();
+    assert_eq!((resp.status, resp.text().as_str()), (200, "hi"));
+    assert_eq!(resp.headers.get("x-request-path"), Some("/found"));
+}
+
+#[test]
+fn extensions_objects_keep_state_in_self() {
+    let origin = Origin::fixed("ok");
+    let proxy = spawn_proxy(&["--script", &example("counter.lua")]);
+    proxy.route("alpha.test", &origin);
+    for _ in 0..3 {
+        // A new connection each time: the count lives in the worker's VM.
+        let mut client = proxy.connect();
+        client.send(&get("http://alpha.test/", ""));
+        assert_eq!(client.read_response().status, 200);
+    }
+    let counts: Vec<String> = origin
+        .requests()
+        .iter()
+        .map(|r| r.headers.get("x-request-count").unwrap().to_owned())
+        .collect();
+    assert_eq!(counts, ["1", "2", "3"]);
+}
+
+#[test]
+fn request_fields_read_and_assigned_change_what_is_sent() {
+    let origin = Origin::echo_target();
+    let path = script(
+        "fields",
+        r#"
+        return {
+          request = function(flow)
+            local r = flow.request
+            r.headers["x-seen"] = table.concat({
+              r.method, r.scheme, r.host, tostring(r.port), r.path, r.query or "-",
+              r.version, r.url, tostring(r.headers["X-In"]), tostring(r.headers["x-none"]),
+              table.concat(r.headers:get_all("x-multi"), "+"),
+            }, " ")
+            r.headers["x-in"] = nil
+            r.headers:add("x-added", "1")
+            r.headers:add("x-added", "2")
+            if flow.request.path == "/old" then
+              r.path = "/new?z=9"
+              r.method = "POST"
+            end
+            flow.metadata.n = (flow.metadata.n or 0) + 1
+            r.headers["x-meta"] = flow.metadata.n
+            r.headers["x-id"] = type(flow.id)
+            r.headers["x-client"] = flow.client_addr
+          end,
+        }"#,
+    );
+    let proxy = spawn_proxy(&["--plugins", &path]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(&get(
+        "http://alpha.test:8080/p?a=b",
+        "X-In: 1\r\nX-Multi: a\r\nX-Multi: b\r\n",
+    ));
+    assert_eq!(client.read_response().text(), "/p?a=b");
+    client.send(&get("http://alpha.test/old", ""));
+    assert_eq!(client.read_response().text(), "/new?z=9");
+    let seen = origin.requests();
+    assert_eq!(
+        seen[0].headers.get("x-seen"),
+        Some("GET http alpha.test 8080 /p?a=b a=b HTTP/1.1 http://alpha.test:8080/p?a=b 1 nil a+b")
+    );
+    assert!(!seen[0].headers.has("x-in"));
+    assert_eq!(seen[0].headers.get_all("x-added"), ["1", "2"]);
+    assert_eq!(
+        seen[0].headers.get("x-meta"),
+        Some("1"),
+        "metadata is per exchange"
+    );
+    assert_eq!(seen[1].headers.get("x-meta"), Some("1"));
+    assert_eq!(seen[0].headers.get("x-id"), Some("number"));
+    assert!(seen[0]
+        .headers
+        .get("x-client")
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert_eq!(seen[1].method, "POST");
+}
+
+#[test]
+fn plugins_scripts_run_in_command_line_order_then_script_ones() {
+    let origin = Origin::fixed("ok");
+    let a = script(
+        "order-a",
+        r#"function request(f) f.request.headers:add("x-order", "a") end"#,
+    );
+    let b = script(
+        "order-b",
+        r#"function request(f) f.request.headers:add("x-order", "b") end"#,
+    );
+    let c = script(
+        "order-c",
+        r#"function request(f) f.request.headers:add("x-order", "c") end"#,
+    );
+    // --script c comes first on the command line, but --script files follow --plugins.
+    let proxy = spawn_proxy(&["--script", &c, "--plugins", &a, "--plugins", &b]);
+    proxy.route("alpha.test", &origin);
+    request(proxy.addr, &get("http://alpha.test/", ""));
+    assert_eq!(
+        origin.requests()[0].headers.get_all("x-order"),
+        ["a", "b", "c"]
+    );
+}
+
+#[test]
+fn a_script_that_does_not_load_stops_start_up_with_file_and_line() {
+    let bad = script("syntax", "function request(flow)\n  if then\nend\n");
+    let raises = script("raises", "local x = 1\nerror(\"no config\")\n");
+    for (path, line) in [(&bad, 2), (&raises, 2)] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxy"))
+            .args(["--port", "0", "--script", path])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        assert!(stderr.contains(&format!("{path}:{line}:")), "{stderr}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxy"))
+        .args(["--port", "0", "--plugins", "/no/such/script.lua"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/script.lua"));
+}
+
+#[test]
+fn sandbox_refuses_each_forbidden_call_and_the_exchange_goes_on() {
+    let origin = Origin::fixed("ok");
+    let path = script(
+        "sandbox",
+        r#"
+        local checks = {
+          os_execute = function() return os.execute("true") end,
+          os_exit = function() os.exit(1) end,
+          os_remove = function() return os.remove("/tmp/none") end,
+          os_rename = function() return os.rename("/tmp/none", "/tmp/none2") end,
+          os_getenv = function() return os.getenv("HOME") end,
+          io_open = function() return io.open("/etc/hostname") end,
+          io_popen = function() return io.popen("true") end,
+          loadlib = function() return package.loadlib("libc.so.6", "puts") end,
+          c_require = function() assert(package.searchers[3] or package.cpath ~= "") end,
+          debug = function() return debug.getinfo(1) end,
+          dofile = function() return dofile("/etc/hostname") end,
+          loadfile = function() return loadfile("/etc/hostname") end,
+          binary_chunk = function()
+            return assert(load(string.dump(function() return 1 end)))()
+          end,
+        }
+        function request(flow)
+          local allowed = {}
+          for name, check in pairs(checks) do
+            if pcall(check) then allowed[#allowed + 1] = name end
+          end
+          table.sort(allowed)
+          flow.request.headers["x-allowed"] = #allowed == 0 and "none" or table.concat(allowed, ",")
+          assert(load("return 1 + 1")() == 2, "text chunks still load")
+          flow.request.headers["x-text-load"] = "ok"
+          os.execute("true") -- raises: logged, and the exchange goes on (fail-open)
+        end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    for _ in 0..2 {
+        client.send(&get("http://alpha.test/", ""));
+        assert_eq!(client.read_response().text(), "ok");
+    }
+    let seen = origin.requests();
+    assert_eq!(seen[0].headers.get("x-allowed"), Some("none"));
+    assert_eq!(seen[0].headers.get("x-text-load"), Some("ok"));
+    assert_eq!(seen.len(), 2);
+}
+
+#[test]
+fn the_instruction_budget_ends_a_runaway_handler_and_the_request_is_answered() {
+    let origin = Origin::fixed("ok");
+    let path = script(
+        "loop",
+        r#"function request(flow)
+             if flow.request.path == "/pcall" then
+               while true do pcall(function() while true do end end) end
+
+             end
+             while true do end
+           end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path, "--script-instruction-limit", "200000"]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    for path in ["/", "/pcall", "/"] {
+        client.send(&get(&format!("http://alpha.test{path}"), ""));
+        assert_eq!(client.read_response().text(), "ok", "{path}");
+    }
+    assert_eq!(origin.requests().len(), 3);
+}
+
+#[test]
+fn the_memory_cap_ends_a_hungry_handler_and_the_request_is_answered() {
+    let origin = Origin::fixed("ok");
+    let path = script(
+        "hungry",
+        r#"function request(flow)
+             local t = {}
+             while true do t[#t + 1] = string.rep("x", 4096) .. #t end
+           end"#,
+    );
+    let proxy = spawn_proxy(&[
+        "--script",
+        &path,
+        "--script-memory-limit",
+        "4000000",
+        "--script-instruction-limit",
+        "1000000000",
+    ]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    for _ in 0..2 {
+        client.send(&get("http://alpha.test/", ""));
+        assert_eq!(client.read_response().text(), "ok");
+    }
+}
+
+#[test]
+fn fail_closed_answers_500_and_fail_open_goes_on() {
+    let origin = Origin::fixed("ok");
+    let closed = script(
+        "closed",
+        "FAIL_CLOSED = true\nfunction request(flow) error(\"boom\") end\n",
+    );
+    let proxy = spawn_proxy(&["--script", &closed]);
+    proxy.route("alpha.test", &origin);
+    request(proxy.addr, &get("http://alpha.test/", "")).assert_error(500, "proxy_internal_error");
+    assert_eq!(origin.accepted(), 0);
+
+    let open = script("open", "function response(flow) error(\"boom\") end\n");
+    let proxy = spawn_proxy(&["--script", &open]);
+    proxy.route("alpha.test", &origin);
+    let resp = request(proxy.addr, &get("http://alpha.test/", ""));
+    assert_eq!((resp.status, resp.text().as_str()), (200, "ok"));
+}
+
+#[test]
+fn flow_reply_from_response_replaces_the_origin_response() {
+    let origin = Origin::fixed("secret");
+    let path = script(
+        "replace",
+        r#"function response(flow)
+             if flow.request.host == "alpha.test" then
+               flow:reply(451, "unavailable\n")
+             end
+           end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    let resp = request(proxy.addr, &get("http://alpha.test/", ""));
+    assert_eq!((resp.status, resp.text().as_str()), (451, "unavailable\n"));
+}
