@@ -230,3 +230,27 @@ fn an_idle_vm_stays_under_one_mebibyte() {
     assert!(used < 1024 * 1024, "{used} bytes");
     eprintln!("idle VM: {used} bytes");
 }
+
+#[test]
+fn the_heap_stays_bounded_over_many_events() {
+    // Each event makes short-lived userdata with finalizers; the incremental collector
+    // fell behind them under load and the heap grew without bound.
+    let config = Config::default();
+    let mut p = plugin(
+        r#"function request(f)
+             f.request.headers["x-added"] = "1"
+             local _ = f.request.method .. f.request.path
+           end"#,
+    );
+    let mut peak = 0;
+    for i in 0..60_000 {
+        let (mut head, mut target) =
+            testing::request("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n");
+        p.on_request(&cx(&config), &mut head, &mut target).unwrap();
+        p.on_complete(&cx(&config), Some(200));
+        if i % 1000 == 999 {
+            peak = peak.max(p.vm.as_ref().unwrap().lua.used_memory());
+        }
+    }
+    assert!(peak < 2 * 1024 * 1024, "Lua heap peaked at {peak} bytes");
+}

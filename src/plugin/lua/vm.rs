@@ -73,6 +73,11 @@ impl Vm {
         let lua = Lua::new_with(libs, LuaOptions::default()).map_err(fail)?;
         sandbox(&lua, script).map_err(fail)?;
         lua.set_memory_limit(script.memory_limit).map_err(fail)?;
+        // Every event makes a few short-lived userdata (the flow, its request, its headers),
+        // each with a finalizer. Under the incremental collector they outpaced collection:
+        // the heap grew without bound under load (40 MiB after 300,000 requests, all of it
+        // garbage). The generational collector is built for such short-lived objects.
+        lua.gc_gen(0, 0);
         let budget = Rc::new(Cell::new(script.instruction_limit));
         let left = Rc::clone(&budget);
         lua.set_hook(
