@@ -246,7 +246,8 @@ fn the_heap_stays_bounded_over_many_events() {
     for i in 0..60_000 {
         let (mut head, mut target) =
             testing::request("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n");
-        p.on_request(&cx(&config), &mut head, &mut target).unwrap();
+        let flow = p.on_request(&cx(&config), &mut head, &mut target).unwrap();
+        assert!(matches!(flow, Flow::Continue));
         p.on_complete(&cx(&config), Some(200));
         if i % 1000 == 999 {
             peak = peak.max(p.vm.as_ref().unwrap().lua.used_memory());
