@@ -537,16 +537,22 @@ async fn route(
             exchange.set_https(https);
             // The name an HTTPS origin is verified for: the tunnel's SNI inside an
             // intercepted tunnel (for its own origin), else the host itself.
-            let tls_name = match &conn.origin {
-                Some(origin) if https && origin.host == host && origin.port == port => {
-                    origin.tls_name.clone()
+            // (A copy only when the SNI differs: `conn` is lent to `forward::run` below.)
+            let sni = match &conn.origin {
+                Some(origin)
+                    if https
+                        && origin.host == host
+                        && origin.port == port
+                        && origin.tls_name != host =>
+                {
+                    Some(origin.tls_name.clone())
                 }
-                _ => host.clone(),
+                _ => None,
             };
             let upstream = forward::Upstream {
                 host: &host,
                 port,
-                tls: https.then_some(tls_name.as_str()),
+                tls: https.then(|| sni.as_deref().unwrap_or(&host)),
             };
             forward::run(
                 client, shared, head, upstream, path, exchange, conn, shutdown,

@@ -176,6 +176,29 @@ impl LuaPlugin {
     }
 }
 
+/// What a handler's `reply`/`kill` (if any) means for the chain; `reply` builds the
+/// response (an answer to the request, or a replacement of the origin's).
+fn to_flow(
+    control: Option<Control>,
+    reply: impl FnOnce(u16, &[(&str, &str)], &[u8]) -> Reply,
+) -> Flow {
+    match control {
+        None => Flow::Continue,
+        Some(Control::Kill) => Flow::Close,
+        Some(Control::Reply {
+            status,
+            body,
+            headers,
+        }) => {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            Flow::Respond(reply(status, &headers, &body))
+        }
+    }
+}
+
 impl Plugin for LuaPlugin {
     fn name(&self) -> &'static str {
         self.name
@@ -229,21 +252,9 @@ impl Plugin for LuaPlugin {
         if let Err(message) = result {
             return self.failed(&vm, &shared, message);
         }
-        Ok(match control {
-            None => Flow::Continue,
-            Some(Control::Kill) => Flow::Close,
-            Some(Control::Reply {
-                status,
-                body,
-                headers,
-            }) => {
-                let headers: Vec<(&str, &str)> = headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
-                    .collect();
-                Flow::Respond(Reply::answering(req, status, &headers, &body))
-            }
-        })
+        Ok(to_flow(control, |status, headers, body| {
+            Reply::answering(req, status, headers, body)
+        }))
     }
 
     fn on_response(
@@ -275,21 +286,9 @@ impl Plugin for LuaPlugin {
         if let Err(message) = result {
             return self.failed(&vm, &shared, message);
         }
-        Ok(match control {
-            None => Flow::Continue,
-            Some(Control::Kill) => Flow::Close,
-            Some(Control::Reply {
-                status,
-                body,
-                headers,
-            }) => {
-                let headers: Vec<(&str, &str)> = headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
-                    .collect();
-                Flow::Respond(Reply::new(status, &headers, &body, false))
-            }
-        })
+        Ok(to_flow(control, |status, headers, body| {
+            Reply::new(status, headers, body, false)
+        }))
     }
 
     fn on_complete(&mut self, _: &RequestCx<'_>, _: Option<u16>) {
