@@ -20,6 +20,7 @@ fn plugin(source: &str) -> LuaPlugin {
         vm: Some(Rc::new(Vm::load(&script(source)).unwrap())),
         name: "test.lua",
         exchange: None,
+        conn: 0,
     }
 }
 
@@ -229,4 +230,12 @@ fn an_idle_vm_stays_under_one_mebibyte() {
     let used = vm.lua.used_memory();
     assert!(used < 1024 * 1024, "{used} bytes");
     eprintln!("idle VM: {used} bytes");
+}
+
+#[test]
+fn lua_builtin_error_is_not_an_error_handler() {
+    let p = plugin("x = 1");
+    assert!(p.vm.as_ref().unwrap().error.is_empty());
+    let p = plugin("function error(flow, err) end");
+    assert_eq!(p.vm.as_ref().unwrap().error.len(), 1);
 }
