@@ -379,3 +379,117 @@ fn flow_reply_from_response_replaces_the_origin_response() {
     let resp = request(proxy.addr, &get("http://alpha.test/", ""));
     assert_eq!((resp.status, resp.text().as_str()), (451, "unavailable\n"));
 }
+
+#[test]
+fn events_fire_in_order_on_a_keep_alive_connection() {
+    let origin = Origin::fixed("hello");
+    let path = script(
+        "events",
+        r#"local log = {}
+           local function add(s) log[#log + 1] = s end
+           function client_connect(conn)
+             add("connect:" .. (conn.id > 0 and "id" or "?") .. ":" .. (conn.client_addr and "addr" or "?"))
+           end
+           function request(flow)
+             if flow.request.host == "log.test" then
+               flow:reply(200, table.concat(log, ","))
+               return
+             end
+             add("request")
+           end
+           function response(flow) add("response") end
+           function access_log(flow)
+             if flow.request.host ~= "log.test" then
+               add("log:" .. tostring(flow.response.status_code))
+             end
+           end
+           function client_disconnect(conn) add("disconnect") end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    {
+        let mut client = proxy.connect();
+        for _ in 0..2 {
+            client.send(&get("http://alpha.test/", ""));
+            assert_eq!(client.read_response().text(), "hello");
+        }
+    }
+    // The disconnect is seen once the proxy notices the close.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = request(proxy.addr, &get("http://log.test/", "")).text();
+        if text.contains("disconnect") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        text.starts_with(
+            "connect:id:addr,request,response,log:200,request,response,log:200,disconnect"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn replace_swaps_the_whole_response_and_url_assignment_redirects() {
+    let origin = Origin::fixed("secret");
+    let other = Origin::fixed("other");
+    let path = script(
+        "replace_url",
+        r#"function request(flow)
+             if flow.request.path == "/moved" then
+               flow.request.url = "http://beta.test/new?x=1"
+             end
+           end
+           function response(flow)
+             if flow.request.path == "/swap" then
+               flow:replace({status_code = 418, reason = "Teapot", headers = {["x-swapped"] = "yes"}, body = "tea\n"})
+             end
+           end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    proxy.route("beta.test", &other);
+    let mut client = proxy.connect();
+    client.send(&get("http://alpha.test/swap", ""));
+    let resp = client.read_response();
+    assert_eq!((resp.status, resp.text().as_str()), (418, "tea\n"));
+    assert!(String::from_utf8_lossy(&resp.raw_head).starts_with("HTTP/1.1 418 Teapot\r\n"));
+    assert_eq!(resp.headers.get("x-swapped"), Some("yes"));
+    client.send(&get("http://alpha.test/moved", ""));
+    assert_eq!(client.read_response().text(), "other");
+    let seen = other.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/new?x=1");
+}
+
+#[test]
+fn error_gets_the_stable_code_and_access_log_the_status_the_client_got() {
+    let path = script(
+        "errors",
+        r#"local log = {}
+           function request(flow)
+             if flow.request.host == "log.test" then
+               flow:reply(200, table.concat(log, ","))
+             end
+           end
+           function error(flow, err)
+             log[#log + 1] = err.code .. ":" .. err.target_host .. ":" .. err.method
+           end
+           function access_log(flow)
+             if flow.request.host ~= "log.test" then
+               log[#log + 1] = "log:" .. tostring(flow.response and flow.response.status_code)
+             end
+           end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.names.insert("down.test", refused_addr());
+    let resp = request(proxy.addr, &get("http://down.test/", ""));
+    assert_eq!(resp.status, 502);
+    let text = request(proxy.addr, &get("http://log.test/", "")).text();
+    assert!(
+        text.starts_with("connection_refused:down.test:GET,log:"),
+        "{text}"
+    );
+}

@@ -292,6 +292,12 @@ pub trait Plugin {
         None
     }
 
+    /// The exchange ended with `err` (its stable code in `err.code()`); called just
+    /// before `on_complete`. The error reply, if any, is sent after.
+    fn on_error(&mut self, cx: &RequestCx<'_>, err: &crate::error::ProxyError) {
+        let _ = (cx, err);
+    }
+
     /// The exchange is over (whatever its outcome); `status` is what the client got.
     fn on_complete(&mut self, cx: &RequestCx<'_>, status: Option<u16>) {
         let _ = (cx, status);
@@ -527,6 +533,17 @@ impl Chain {
             let name = plugin.name();
             let _ = guard(name, || {
                 plugin.on_close(cx);
+                Ok(())
+            });
+        }
+    }
+
+    /// Runs `on_error` on every plugin.
+    pub fn on_error(&mut self, cx: &RequestCx<'_>, err: &crate::error::ProxyError) {
+        for plugin in &mut self.plugins {
+            let name = plugin.name();
+            let _ = guard(name, || {
+                plugin.on_error(cx, err);
                 Ok(())
             });
         }

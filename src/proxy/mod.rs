@@ -251,6 +251,9 @@ async fn serve_requests(
         let result = boxed_route(client, shared, head, &mut exchange, conn, shutdown).await;
         if !conn.chain.is_empty() {
             let cx = shared.plugin_cx(client);
+            if let Err(err) = &result {
+                conn.chain.on_error(&cx, err);
+            }
             conn.chain.on_complete(&cx, exchange.status());
             if Exchange::enabled() {
                 exchange.set_client_label(conn.chain.client_label(&cx));

@@ -82,6 +82,8 @@ pub fn run(
         shared.pool.clear();
     });
     // Dropping the runtime cancels whatever is still running (past the grace period).
+    // Scripts' `done` handlers run once per VM of this worker.
+    crate::plugin::lua::done_on_this_thread();
 }
 
 async fn accept_loop(

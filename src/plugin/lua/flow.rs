@@ -26,6 +26,13 @@ pub(crate) enum Control {
     },
     /// `flow:kill()`.
     Kill,
+    /// `flow:replace(response)` (from `response`): the whole response head and body.
+    Replace {
+        status: u16,
+        reason: Option<String>,
+        body: Vec<u8>,
+        headers: Vec<(String, String)>,
+    },
 }
 
 /// One exchange as one script sees it (per client connection, reset per exchange).
@@ -49,6 +56,8 @@ pub(crate) struct Exchange {
     pub(crate) id: u64,
     /// A script error of this exchange was already logged.
     pub(crate) logged: bool,
+    /// The status the client got (`access_log`), when the response head is gone.
+    pub(crate) status: Option<u16>,
 }
 
 /// The exchange shared by the flow objects of one plugin.
@@ -68,6 +77,7 @@ impl Exchange {
             metadata: None,
             id: 0,
             logged: false,
+            status: None,
         }
     }
 
@@ -81,6 +91,7 @@ impl Exchange {
         self.metadata = None;
         self.id = 0;
         self.logged = false;
+        self.status = None;
     }
 }
 
@@ -115,7 +126,8 @@ impl UserData for Flow {
                 .map(Value::UserData)
         });
         fields.add_field_method_get("response", |lua, this| {
-            if this.0.borrow().res.is_none() {
+            let ex = this.0.borrow();
+            if ex.res.is_none() && ex.status.is_none() {
                 return Ok(Value::Nil);
             }
             lua.create_userdata(Response(Rc::clone(&this.0)))
@@ -144,17 +156,7 @@ impl UserData for Flow {
                     )));
                 }
                 let body = body.map(|b| b.as_bytes().to_vec()).unwrap_or_default();
-                let mut list = Vec::new();
-                if let Some(headers) = headers {
-                    for pair in headers.pairs::<mlua::String, mlua::String>() {
-                        let (name, value) = pair?;
-                        let name = name.to_str()?.to_owned();
-                        if is_framing(&name) {
-                            continue;
-                        }
-                        list.push((name, value.to_str()?.to_owned()));
-                    }
-                }
+                let list = header_list(headers)?;
                 this.0.borrow_mut().control = Some(Control::Reply {
                     status,
                     body,
@@ -163,11 +165,62 @@ impl UserData for Flow {
                 Ok(())
             },
         );
+        methods.add_method("replace", |_, this, response: Table| {
+            if this.0.borrow().res.is_none() {
+                return Err(mlua::Error::runtime(
+                    "replace: only from response (use flow:reply in request)",
+                ));
+            }
+            let status = response.get::<Option<u16>>("status_code")?.unwrap_or(200);
+            if !(200..=999).contains(&status) || status == 204 || status == 304 {
+                return Err(mlua::Error::runtime(format!(
+                    "replace: status {status} is not 200..999 (204 and 304 carry no body)"
+                )));
+            }
+            let reason = match response.get::<Option<mlua::String>>("reason")? {
+                Some(r) => {
+                    let r = r.to_str()?.to_owned();
+                    if r.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
+                        return Err(mlua::Error::runtime("replace: reason holds a control byte"));
+                    }
+                    Some(r)
+                }
+                None => None,
+            };
+            let body = response
+                .get::<Option<mlua::String>>("body")?
+                .map(|b| b.as_bytes().to_vec())
+                .unwrap_or_default();
+            let headers = header_list(response.get::<Option<Table>>("headers")?)?;
+            this.0.borrow_mut().control = Some(Control::Replace {
+                status,
+                reason,
+                body,
+                headers,
+            });
+            Ok(())
+        });
         methods.add_method("kill", |_, this, ()| {
             this.0.borrow_mut().control = Some(Control::Kill);
             Ok(())
         });
     }
+}
+
+/// The `{name = value}` headers of a reply, framing headers dropped.
+fn header_list(headers: Option<Table>) -> mlua::Result<Vec<(String, String)>> {
+    let mut list = Vec::new();
+    if let Some(headers) = headers {
+        for pair in headers.pairs::<mlua::String, mlua::String>() {
+            let (name, value) = pair?;
+            let name = name.to_str()?.to_owned();
+            if is_framing(&name) {
+                continue;
+            }
+            list.push((name, value.to_str()?.to_owned()));
+        }
+    }
+    Ok(list)
 }
 
 /// Headers the proxy frames messages with: scripts cannot set them (bodies are not
@@ -202,7 +255,12 @@ fn scheme_name(scheme: Scheme) -> &'static str {
 }
 
 /// A request field as Lua sees it.
-fn request_field(lua: &Lua, req: &RequestHead, target: &Target, key: &str) -> mlua::Result<Value> {
+pub(crate) fn request_field(
+    lua: &Lua,
+    req: &RequestHead,
+    target: &Target,
+    key: &str,
+) -> mlua::Result<Value> {
     let string = |b: &[u8]| lua.create_string(b).map(Value::String);
     let origin_path = |req: &RequestHead| req.effective_target().to_vec();
     match key {
@@ -375,6 +433,55 @@ fn set_request_field(
                 }
             }
         }
+        "url" => {
+            let url = Bytes::from(text()?);
+            match crate::http::parse_target(&url, false) {
+                Ok(new @ Target::Absolute { .. }) => match target {
+                    Target::Absolute { .. } | Target::Origin => *target = new,
+                    Target::Authority { .. } | Target::Asterisk => {
+                        return Err(read_only("request.url of this request"))
+                    }
+                },
+                _ => {
+                    return Err(mlua::Error::runtime(format!(
+                        "request.url: not an absolute http(s) URL: {}",
+                        String::from_utf8_lossy(&url)
+                    )))
+                }
+            }
+        }
+        "scheme" => {
+            let scheme = match text()?.to_ascii_lowercase().as_slice() {
+                b"http" => Scheme::Http,
+                b"https" => Scheme::Https,
+                _ => return Err(mlua::Error::runtime("request.scheme must be http or https")),
+            };
+            match target {
+                Target::Absolute { scheme: s, .. } => *s = scheme,
+                Target::Origin => {
+                    let path = req.effective_target_bytes();
+                    let (host, port) = match req.header("host") {
+                        Some(h) => split_host(h),
+                        None => {
+                            return Err(read_only("request.scheme of a request without a host"))
+                        }
+                    };
+                    let port = port.unwrap_or(match scheme {
+                        Scheme::Http => 80,
+                        Scheme::Https => 443,
+                    });
+                    *target = Target::Absolute {
+                        scheme,
+                        host,
+                        port,
+                        path,
+                    };
+                }
+                Target::Authority { .. } | Target::Asterisk => {
+                    return Err(read_only("request.scheme of this request"))
+                }
+            }
+        }
         _ => return Err(read_only(&format!("request.{key}"))),
     }
     Ok(())
@@ -421,13 +528,20 @@ impl UserData for Response {
         methods.add_meta_method(MetaMethod::Index, |lua, this, key: mlua::String| {
             let key = key.to_str()?;
             if &*key == "headers" {
+                if this.0.borrow().res.is_none() {
+                    return Ok(Value::Nil);
+                }
                 return lua
                     .create_userdata(Headers(Rc::clone(&this.0), Side::Response))
                     .map(Value::UserData);
             }
             let ex = this.0.borrow();
             let Some(res) = &ex.res else {
-                return Err(gone());
+                // `access_log`: only the status the client got.
+                return Ok(match (&*key, ex.status) {
+                    ("status_code", Some(status)) => Value::Integer(i64::from(status)),
+                    _ => Value::Nil,
+                });
             };
             match &*key {
                 "status_code" => Ok(Value::Integer(i64::from(res.status()))),

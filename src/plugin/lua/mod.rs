@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -102,6 +102,7 @@ impl PluginFactory for LuaFactory {
             vm: vm_for(&self.script),
             name: self.name,
             exchange: None,
+            conn: 0,
         })
     }
 }
@@ -133,9 +134,96 @@ pub struct LuaPlugin {
     name: &'static str,
     /// Made on the first event with a handler.
     exchange: Option<Shared>,
+    /// `conn.id`, drawn on the connection's first hook call (0: not yet).
+    conn: u64,
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Runs every `done` handler of this thread's VMs, once (a worker's end).
+pub fn done_on_this_thread() {
+    let vms: Vec<Rc<Vm>> =
+        VMS.with(|vms| vms.borrow_mut().drain().filter_map(|(_, vm)| vm).collect());
+    for vm in vms {
+        for handler in &vm.done {
+            vm.refill();
+            if let Err(e) = handler.call(&mlua::Value::Nil) {
+                tracing::warn!(
+                    error.code = ErrorKind::ScriptError.code(),
+                    "script {}",
+                    vm::describe(&e)
+                );
+            }
+        }
+    }
 }
 
 impl LuaPlugin {
+    /// The connection's first hook call: `client_connect(conn)`.
+    fn connect(&mut self, vm: &Vm, cx: &RequestCx<'_>) {
+        if self.conn != 0 {
+            return;
+        }
+        self.conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        if !vm.client_connect.is_empty() {
+            self.run_conn(vm, &vm.client_connect, cx);
+        }
+    }
+
+    /// Runs `client_connect` or `client_disconnect` handlers with a `conn` table.
+    fn run_conn(&self, vm: &Vm, handlers: &Handlers, cx: &RequestCx<'_>) {
+        let run = || -> mlua::Result<()> {
+            let conn = vm.lua.create_table()?;
+            conn.set("id", self.conn)?;
+            conn.set("client_addr", cx.client.to_string())?;
+            let conn = mlua::Value::Table(conn);
+            for handler in handlers {
+                vm.refill();
+                handler.call(&conn)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = run() {
+            tracing::warn!(
+                error.code = ErrorKind::ScriptError.code(),
+                client = %cx.client,
+                "script {}",
+                vm::describe(&e)
+            );
+        }
+    }
+
+    /// Runs handlers that only observe (`access_log`, `error`): a failure is logged once
+    /// per exchange, controls are ignored (the exchange is over).
+    fn observe(&self, vm: &Vm, handlers: &Handlers, shared: &Shared, extra: Option<mlua::Value>) {
+        vm.refill();
+        let run = || -> mlua::Result<()> {
+            let flow = mlua::Value::UserData(flow::flow_value(&vm.lua, shared)?);
+            let args = match extra {
+                Some(extra) => vec![flow, extra],
+                None => vec![flow],
+            };
+            for handler in handlers {
+                handler.call_with(&args)?;
+            }
+            Ok(())
+        };
+        let result = run();
+        let mut ex = shared.borrow_mut();
+        ex.control = None;
+        if let Err(e) = result {
+            if !ex.logged {
+                ex.logged = true;
+                tracing::warn!(
+                    error.code = ErrorKind::ScriptError.code(),
+                    client = %ex.client,
+                    "script {}",
+                    vm::describe(&e)
+                );
+            }
+        }
+    }
+
     fn exchange(&mut self, cx: &RequestCx<'_>) -> Shared {
         Rc::clone(
             self.exchange
@@ -196,6 +284,24 @@ fn to_flow(
                 .collect();
             Flow::Respond(reply(status, &headers, &body))
         }
+        // Only `response` handlers can replace (the call refuses without a response head).
+        Some(Control::Replace {
+            status,
+            reason,
+            body,
+            headers,
+        }) => {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let bytes = http::response::simple_response(status, &headers, &body, false);
+            let bytes = match reason {
+                Some(reason) => with_reason(&bytes, status, &reason),
+                None => bytes,
+            };
+            Flow::Respond(Reply::raw(status, bytes, false))
+        }
     }
 }
 
@@ -213,7 +319,8 @@ impl Plugin for LuaPlugin {
         let Some(vm) = self.vm.clone() else {
             return Ok(Flow::Continue);
         };
-        let keep = !vm.response.is_empty();
+        self.connect(&vm, cx);
+        let keep = !vm.response.is_empty() || !vm.access_log.is_empty() || !vm.error.is_empty();
         if vm.request.is_empty() {
             if keep {
                 // The response handlers read the request.
@@ -265,6 +372,7 @@ impl Plugin for LuaPlugin {
         let Some(vm) = self.vm.clone() else {
             return Ok(Flow::Continue);
         };
+        self.connect(&vm, cx);
         if vm.response.is_empty() {
             return Ok(Flow::Continue);
         }
@@ -291,12 +399,145 @@ impl Plugin for LuaPlugin {
         }))
     }
 
-    fn on_complete(&mut self, _: &RequestCx<'_>, _: Option<u16>) {
+    fn do_intercept(
+        &mut self,
+        cx: &RequestCx<'_>,
+        host: &str,
+        port: u16,
+        sni: Option<&str>,
+    ) -> bool {
+        let Some(vm) = self.vm.clone() else {
+            return true;
+        };
+        self.connect(&vm, cx);
+        if vm.should_intercept.is_empty() {
+            return true;
+        }
+        vm.refill();
+        let run = || -> mlua::Result<bool> {
+            let flow = vm.lua.create_table()?;
+            let request = vm.lua.create_table()?;
+            request.set("host", host)?;
+            request.set("port", port)?;
+            request.set("method", "CONNECT")?;
+            flow.set("request", request)?;
+            flow.set("sni", sni)?;
+            flow.set("client_addr", cx.client.to_string())?;
+            flow.set("id", self.conn)?;
+            let flow = mlua::Value::Table(flow);
+            for handler in &vm.should_intercept {
+                if let mlua::Value::Boolean(false) =
+                    handler.call_with(std::slice::from_ref(&flow))?
+                {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
+        match run() {
+            Ok(intercept) => intercept,
+            Err(e) => {
+                // Fail-open: the flags' choice stands.
+                tracing::warn!(
+                    error.code = ErrorKind::ScriptError.code(),
+                    client = %cx.client,
+                    "script {}",
+                    vm::describe(&e)
+                );
+                true
+            }
+        }
+    }
+
+    fn on_error(&mut self, cx: &RequestCx<'_>, err: &crate::error::ProxyError) {
+        let Some(vm) = self.vm.clone() else {
+            return;
+        };
+        self.connect(&vm, cx);
+        if vm.error.is_empty() {
+            return;
+        }
+        let shared = self.exchange(cx);
+        let err = match error_table(&vm, &shared, cx, err) {
+            Ok(t) => mlua::Value::Table(t),
+            Err(_) => return,
+        };
+        self.observe(&vm, &vm.error, &shared, Some(err));
+    }
+
+    fn on_complete(&mut self, cx: &RequestCx<'_>, status: Option<u16>) {
+        if let Some(vm) = self.vm.clone() {
+            self.connect(&vm, cx);
+            if !vm.access_log.is_empty() {
+                let shared = self.exchange(cx);
+                shared.borrow_mut().status = status;
+                self.observe(&vm, &vm.access_log, &shared, None);
+            }
+        }
         // A flow a script kept past its exchange sees nothing of the next one.
         if let Some(shared) = self.exchange.take() {
             shared.borrow_mut().reset();
         }
     }
+
+    fn on_close(&mut self, cx: &RequestCx<'_>) {
+        let Some(vm) = self.vm.clone() else {
+            return;
+        };
+        self.connect(&vm, cx);
+        if !vm.client_disconnect.is_empty() {
+            self.run_conn(&vm, &vm.client_disconnect, cx);
+        }
+    }
+}
+
+/// `bytes` (a response from `simple_response`) with its status line's reason replaced.
+fn with_reason(bytes: &bytes::Bytes, status: u16, reason: &str) -> bytes::Bytes {
+    let end = bytes
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(bytes.len());
+    let mut out = format!("HTTP/1.1 {status} {reason}").into_bytes();
+    out.extend_from_slice(bytes.get(end..).unwrap_or_default());
+    bytes::Bytes::from(out)
+}
+
+/// The `err` table of `error(flow, err)` (Tiri's fields).
+fn error_table(
+    vm: &Vm,
+    shared: &Shared,
+    cx: &RequestCx<'_>,
+    err: &crate::error::ProxyError,
+) -> mlua::Result<mlua::Table> {
+    let t = vm.lua.create_table()?;
+    t.set("code", err.code())?;
+    t.set("message", err.to_string())?;
+    t.set("client_ip", cx.client.ip().to_string())?;
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    t.set("timestamp", timestamp)?;
+    let ex = shared.borrow();
+    if let (Some(req), Some(target)) = (&ex.req, &ex.target) {
+        t.set(
+            "phase",
+            if ex.res.is_some() {
+                "response"
+            } else {
+                "request"
+            },
+        )?;
+        for (key, field) in [
+            ("method", "method"),
+            ("url", "url"),
+            ("target_host", "host"),
+            ("target_port", "port"),
+        ] {
+            t.set(key, flow::request_field(&vm.lua, req, target, field)?)?;
+        }
+    }
+    Ok(t)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ fn plugin(source: &str) -> LuaPlugin {
         vm: Some(Rc::new(Vm::load(&script(source)).unwrap())),
         name: "test.lua",
         exchange: None,
+        conn: 0,
     }
 }
 
@@ -254,4 +255,12 @@ fn the_heap_stays_bounded_over_many_events() {
         }
     }
     assert!(peak < 2 * 1024 * 1024, "Lua heap peaked at {peak} bytes");
+}
+
+#[test]
+fn lua_builtin_error_is_not_an_error_handler() {
+    let p = plugin("x = 1");
+    assert!(p.vm.as_ref().unwrap().error.is_empty());
+    let p = plugin("function error(flow, err) end");
+    assert_eq!(p.vm.as_ref().unwrap().error.len(), 1);
 }

@@ -10,7 +10,17 @@ use mlua::{ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Va
 const HOOK_EVERY: u32 = 1000;
 
 /// The events a script may handle in this version.
-const EVENTS: &[&str] = &["start", "request", "response"];
+const EVENTS: &[&str] = &[
+    "start",
+    "request",
+    "response",
+    "client_connect",
+    "client_disconnect",
+    "access_log",
+    "error",
+    "should_intercept",
+    "done",
+];
 
 /// A script as loaded at start-up: shared by every worker thread.
 #[derive(Debug)]
@@ -44,6 +54,18 @@ pub(crate) struct Vm {
     pub(crate) request: Handlers,
     /// `response(flow)` handlers.
     pub(crate) response: Handlers,
+    /// `client_connect(conn)` handlers.
+    pub(crate) client_connect: Handlers,
+    /// `client_disconnect(conn)` handlers.
+    pub(crate) client_disconnect: Handlers,
+    /// `access_log(flow)` handlers.
+    pub(crate) access_log: Handlers,
+    /// `error(flow, err)` handlers.
+    pub(crate) error: Handlers,
+    /// `should_intercept(flow)` handlers.
+    pub(crate) should_intercept: Handlers,
+    /// `done()` handlers.
+    pub(crate) done: Handlers,
     /// `FAIL_CLOSED = true`: a failing handler answers 500 instead of letting the
     /// exchange go on.
     pub(crate) fail_closed: bool,
@@ -103,12 +125,20 @@ impl Vm {
         let mut vm = Vm {
             request: Vec::new(),
             response: Vec::new(),
+            client_connect: Vec::new(),
+            client_disconnect: Vec::new(),
+            access_log: Vec::new(),
+            error: Vec::new(),
+            should_intercept: Vec::new(),
+            done: Vec::new(),
             fail_closed: false,
             budget,
             limit: script.instruction_limit,
             lua,
         };
         vm.refill();
+        // Lua's own `error` is a global too: it is not an `error` handler.
+        let builtin_error: Option<Function> = vm.lua.globals().get("error").map_err(fail)?;
         let returned: Value = vm
             .lua
             .load(script.source.as_str())
@@ -118,6 +148,7 @@ impl Vm {
             .map_err(fail)?;
         let mut start = Vec::new();
         vm.collect(&returned, &mut start).map_err(fail)?;
+        vm.error.retain(|h| Some(&h.func) != builtin_error.as_ref());
         for handler in &start {
             vm.refill();
             handler.call(&Value::Nil).map_err(fail)?;
@@ -158,7 +189,13 @@ impl Vm {
                     match event {
                         "start" => start.push(handler),
                         "request" => self.request.push(handler),
-                        _ => self.response.push(handler),
+                        "response" => self.response.push(handler),
+                        "client_connect" => self.client_connect.push(handler),
+                        "client_disconnect" => self.client_disconnect.push(handler),
+                        "access_log" => self.access_log.push(handler),
+                        "error" => self.error.push(handler),
+                        "should_intercept" => self.should_intercept.push(handler),
+                        _ => self.done.push(handler),
                     }
                 }
             }
@@ -173,6 +210,20 @@ impl Handler {
         match &self.this {
             Some(this) => self.func.call::<()>((this.clone(), arg.clone())),
             None => self.func.call::<()>(arg.clone()),
+        }
+    }
+
+    /// Calls the handler with `args` (after `self` for a method) and returns its
+    /// first result.
+    pub(crate) fn call_with(&self, args: &[Value]) -> mlua::Result<Value> {
+        let args: mlua::MultiValue = args.iter().cloned().collect();
+        match &self.this {
+            Some(this) => {
+                let mut all = args;
+                all.push_front(Value::Table(this.clone()));
+                self.func.call::<Value>(all)
+            }
+            None => self.func.call::<Value>(args),
         }
     }
 }
