@@ -489,7 +489,7 @@ fn error_gets_the_stable_code_and_access_log_the_status_the_client_got() {
     assert_eq!(resp.status, 502);
     let text = request(proxy.addr, &get("http://log.test/", "")).text();
     assert!(
-        text.starts_with("connection_refused:down.test:GET,log:"),
+        text.starts_with("connection_refused:down.test:GET,log:502"),
         "{text}"
     );
 }

@@ -710,6 +710,45 @@ fn a_plugin_keeps_a_tunnel_opaque_with_do_intercept() {
 }
 
 #[test]
+fn a_lua_should_intercept_keeps_a_tunnel_opaque_and_requests_inside_read_https() {
+    let script = temp_path("should_intercept").with_extension("lua");
+    std::fs::write(
+        &script,
+        r#"function should_intercept(flow)
+             return flow.sni ~= "localhost"
+           end
+           function request(flow)
+             local r = flow.request
+             flow:reply(200, r.scheme .. " " .. r.host .. " " .. r.port .. " " .. r.url)
+           end"#,
+    )
+    .unwrap();
+    let script = path_text(&script);
+    let s = Setup::new(&["--script", &script]);
+    // SNI localhost: the script says no, the client sees the origin's own certificate.
+    let opaque = tunnel(s.proxy.addr, &s.authority(), "localhost", &[&s.pki.ca_der]);
+    assert_eq!(opaque.chain[0], s.pki.leaf_der);
+    let mut wire = opaque.into_wire();
+    wire.send(&get_in("/opaque", &s.authority()));
+    assert_eq!(wire.read_response().text(), s.echo("/opaque"));
+    // No SNI: intercepted, and the request inside is https to the tunnel's origin.
+    let intercepted = tunnel(
+        s.proxy.addr,
+        &s.ip_authority(),
+        "127.0.0.1",
+        &[&s.ca.cert_der],
+    );
+    assert_eq!(intercepted.chain[1], s.ca.cert_der);
+    let mut wire = intercepted.into_wire();
+    wire.send(&get_in("/in?x=1", "127.0.0.1"));
+    let port = s.origin.addr.port();
+    assert_eq!(
+        wire.read_response().text(),
+        format!("https 127.0.0.1 {port} https://127.0.0.1:{port}/in?x=1")
+    );
+}
+
+#[test]
 fn allow_hosts_intercepts_only_matching_tunnels() {
     let s = Setup::new(&["--allow-hosts", r"^127\.0\.0\.1:"]);
     let opaque = tunnel(s.proxy.addr, &s.authority(), "localhost", &[&s.pki.ca_der]);

@@ -254,7 +254,12 @@ async fn serve_requests(
             if let Err(err) = &result {
                 conn.chain.on_error(&cx, err);
             }
-            conn.chain.on_complete(&cx, exchange.status());
+            // An error not yet answered is answered after this, with its own status.
+            let status = match &result {
+                Err(err) if !exchange.response_started() => err.kind().status(),
+                _ => exchange.status(),
+            };
+            conn.chain.on_complete(&cx, status);
             if Exchange::enabled() {
                 exchange.set_client_label(conn.chain.client_label(&cx));
             }
