@@ -17,6 +17,7 @@
 //! `FAIL_CLOSED = true`: then the client gets 500 `proxy_internal_error`.
 
 mod flow;
+pub mod helpers;
 mod vm;
 
 use std::cell::RefCell;
@@ -82,6 +83,7 @@ impl LuaFactory {
             id: NEXT_SCRIPT.fetch_add(1, Ordering::Relaxed),
             path: path.to_path_buf(),
             source,
+            kv: config.kv.clone(),
             instruction_limit: config.script_instruction_limit,
             memory_limit: config.script_memory_limit,
         });

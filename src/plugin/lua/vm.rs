@@ -21,6 +21,8 @@ pub(crate) struct Script {
     pub(crate) path: PathBuf,
     /// The source, read once at start-up.
     pub(crate) source: String,
+    /// The key-value store of `kv` (one per process, shared by every VM).
+    pub(crate) kv: super::helpers::Kv,
     /// Instructions one event may run.
     pub(crate) instruction_limit: u64,
     /// Bytes the VM may allocate.
@@ -72,6 +74,7 @@ impl Vm {
             | StdLib::PACKAGE;
         let lua = Lua::new_with(libs, LuaOptions::default()).map_err(fail)?;
         sandbox(&lua, script).map_err(fail)?;
+        super::helpers::install(&lua, script).map_err(fail)?;
         lua.set_memory_limit(script.memory_limit).map_err(fail)?;
         let budget = Rc::new(Cell::new(script.instruction_limit));
         let left = Rc::clone(&budget);
