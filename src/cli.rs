@@ -175,6 +175,11 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value = "67108864", value_parser = parse_u64, help_heading = "Scripting")]
     pub script_memory_limit: u64,
 
+    /// Keep the scripts' `kv` store in this JSON file: loaded at start, written back
+    /// (temporary file + rename) shortly after each change and at exit [default: memory only]
+    #[arg(long, value_name = "FILE", help_heading = "Scripting")]
+    pub kv_file: Option<PathBuf>,
+
     /// Require proxy authentication with this user:pass (Basic); repeat for several users
     /// [default: none]
     #[arg(long, value_name = "USER:PASS", action = ArgAction::Append, value_parser = parse_basic_auth)]

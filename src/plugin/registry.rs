@@ -149,9 +149,20 @@ pub fn factories(config: &Config) -> Result<Vec<Arc<dyn PluginFactory>>, String>
         loaded.push(pac::NAME);
         out.push(Arc::new(factory));
     }
+    // What scripts share, made when the first one loads.
+    let mut env: Option<Arc<lua::Env>> = None;
+    let mut env_for = |config: &Config| -> Result<Arc<lua::Env>, String> {
+        if let Some(env) = &env {
+            return Ok(Arc::clone(env));
+        }
+        let made = lua::Env::new(config)?;
+        env = Some(Arc::clone(&made));
+        Ok(made)
+    };
     for name in &config.plugins {
         if lua::is_script(name) {
-            out.push(Arc::new(LuaFactory::load(Path::new(name), config)?));
+            let env = env_for(config)?;
+            out.push(Arc::new(LuaFactory::load(Path::new(name), config, &env)?));
             continue;
         }
         let Some(dotted) = resolve(name) else {
@@ -189,7 +200,8 @@ pub fn factories(config: &Config) -> Result<Vec<Arc<dyn PluginFactory>>, String>
         out.push(factory);
     }
     for path in &config.scripts {
-        out.push(Arc::new(LuaFactory::load(path, config)?));
+        let env = env_for(config)?;
+        out.push(Arc::new(LuaFactory::load(path, config, &env)?));
     }
     Ok(out)
 }

@@ -17,6 +17,7 @@
 //! `FAIL_CLOSED = true`: then the client gets 500 `proxy_internal_error`.
 
 mod flow;
+mod helpers;
 mod vm;
 
 use std::cell::RefCell;
@@ -63,6 +64,33 @@ fn placeholders() -> (RequestHead, ResponseHead) {
     }
 }
 
+/// What every script of the process shares: built once, before the first script loads.
+#[derive(Debug)]
+pub struct Env {
+    /// The `kv` store.
+    kv: helpers::Kv,
+}
+
+impl Env {
+    /// Opens `--kv-file` (or an in-memory store).
+    ///
+    /// # Errors
+    /// `--kv-file PATH: why` when the file exists but cannot be read or parsed.
+    pub fn new(config: &Config) -> Result<Arc<Env>, String> {
+        let kv = match &config.kv_file {
+            Some(path) => helpers::Kv::open(path).map_err(|why| format!("--kv-file {why}"))?,
+            None => helpers::Kv::memory(),
+        };
+        Ok(Arc::new(Env { kv }))
+    }
+
+    /// An environment around `kv`, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn with_kv(kv: helpers::Kv) -> Arc<Env> {
+        Arc::new(Env { kv })
+    }
+}
+
 /// A script, loaded at start-up; builds a [`LuaPlugin`] per client connection.
 pub struct LuaFactory {
     script: Arc<Script>,
@@ -75,13 +103,14 @@ impl LuaFactory {
     /// # Errors
     /// `script FILE: …` when the file cannot be read; `script FILE:LINE: message` when
     /// it does not compile or fails while loading or in `start`.
-    pub fn load(path: &Path, config: &Config) -> Result<Self, String> {
+    pub fn load(path: &Path, config: &Config, env: &Arc<Env>) -> Result<Self, String> {
         let source =
             std::fs::read_to_string(path).map_err(|e| format!("script {}: {e}", path.display()))?;
         let script = Arc::new(Script {
             id: NEXT_SCRIPT.fetch_add(1, Ordering::Relaxed),
             path: path.to_path_buf(),
             source,
+            env: Arc::clone(env),
             instruction_limit: config.script_instruction_limit,
             memory_limit: config.script_memory_limit,
         });

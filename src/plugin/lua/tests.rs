@@ -10,6 +10,7 @@ fn script(source: &str) -> Script {
         id: usize::MAX,
         path: PathBuf::from("dir/test.lua"),
         source: source.to_owned(),
+        env: Env::with_kv(helpers::Kv::memory()),
         instruction_limit: 100_000,
         memory_limit: 8 * 1024 * 1024,
     }

@@ -3,6 +3,7 @@
 use std::cell::Cell;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use mlua::{ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
@@ -31,6 +32,8 @@ pub(crate) struct Script {
     pub(crate) path: PathBuf,
     /// The source, read once at start-up.
     pub(crate) source: String,
+    /// What every script of the process shares.
+    pub(crate) env: Arc<super::Env>,
     /// Instructions one event may run.
     pub(crate) instruction_limit: u64,
     /// Bytes the VM may allocate.
@@ -94,6 +97,7 @@ impl Vm {
             | StdLib::PACKAGE;
         let lua = Lua::new_with(libs, LuaOptions::default()).map_err(fail)?;
         sandbox(&lua, script).map_err(fail)?;
+        super::helpers::install(&lua, script).map_err(fail)?;
         lua.set_memory_limit(script.memory_limit).map_err(fail)?;
         // Every event makes a few short-lived userdata (the flow, its request, its headers),
         // each with a finalizer. Under the incremental collector they outpaced collection:
