@@ -175,6 +175,11 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value = "67108864", value_parser = parse_u64, help_heading = "Scripting")]
     pub script_memory_limit: u64,
 
+    /// Also run the scripts' `flush` handlers (Burro's flush.lua) every this many seconds on
+    /// each worker's VM (fractions allowed) [default: only at shutdown]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_negative_numbers = true, help_heading = "Scripting")]
+    pub script_flush_interval: Option<Duration>,
+
     /// Keep the scripts' `kv` store in this JSON file: loaded at start, written back
     /// (temporary file + rename) shortly after each change and at exit [default: memory only]
     #[arg(long, value_name = "FILE", help_heading = "Scripting")]
@@ -717,6 +722,17 @@ mod tests {
         assert_eq!(cli.timeout, Duration::from_millis(500));
         assert_eq!(cli.header_timeout, Duration::from_millis(2250));
         assert_eq!(cli.grace_period, Duration::ZERO);
+    }
+
+    #[test]
+    fn script_flush_interval_is_off_by_default_and_positive() {
+        assert_eq!(parse(&[]).unwrap().script_flush_interval, None);
+        let cli = parse(&["--script-flush-interval", "2.5"]).unwrap();
+        assert_eq!(cli.script_flush_interval, Some(Duration::from_millis(2500)));
+        for bad in ["0", "-1", "x"] {
+            let err = parse(&["--script-flush-interval", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 64, "{bad}");
+        }
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub struct Config {
     pub script_instruction_limit: u64,
     /// Bytes each script VM may allocate (`--script-memory-limit`).
     pub script_memory_limit: usize,
+    /// How often scripts' `flush` handlers run besides shutdown (`--script-flush-interval`).
+    pub script_flush_interval: Option<Duration>,
     /// Where the scripts' `kv` store is kept (`--kv-file`; `None`: memory only).
     pub kv_file: Option<PathBuf>,
     /// `user:pass` credentials from `--basic-auth`; non-empty turns proxy authentication on.
@@ -247,6 +249,7 @@ impl Default for Config {
             scripts: Vec::new(),
             script_instruction_limit: 10_000_000,
             script_memory_limit: 64 * 1024 * 1024,
+            script_flush_interval: None,
             kv_file: None,
             basic_auth: Vec::new(),
             pac_file: None,
@@ -414,6 +417,7 @@ impl Config {
             scripts: cli.script,
             script_instruction_limit: cli.script_instruction_limit,
             script_memory_limit: usize::try_from(cli.script_memory_limit).unwrap_or(usize::MAX),
+            script_flush_interval: cli.script_flush_interval,
             kv_file: cli.kv_file,
             basic_auth: cli.basic_auth,
             pac_file,

@@ -58,6 +58,8 @@ pub(crate) struct Exchange {
     pub(crate) logged: bool,
     /// The status the client got (`access_log`), when the response head is gone.
     pub(crate) status: Option<u16>,
+    /// `flow.conn_id`: the client connection's id (`conn.id`; kept across exchanges).
+    pub(crate) conn: u64,
 }
 
 /// The exchange shared by the flow objects of one plugin.
@@ -78,6 +80,7 @@ impl Exchange {
             id: 0,
             logged: false,
             status: None,
+            conn: 0,
         }
     }
 
@@ -115,6 +118,7 @@ impl UserData for Flow {
             }
             Ok(ex.id)
         });
+        fields.add_field_method_get("conn_id", |_, this| Ok(this.0.borrow().conn));
         fields.add_field_method_get("client_addr", |_, this| {
             Ok(this.0.borrow().client.to_string())
         });
@@ -703,6 +707,24 @@ impl UserData for Headers {
                 };
                 for v in values {
                     list.raw_push(lua.create_string(v)?)?;
+                }
+                Ok(())
+            })?;
+            Ok(list)
+        });
+        // `{{name, value}, ...}` in order, repeats kept (mitmproxy's `items(multi=True)`).
+        methods.add_method("items", |lua, this, ()| {
+            let list = lua.create_table()?;
+            this.with(|head| {
+                let pairs: Vec<(&[u8], &[u8])> = match head {
+                    HeadRef::Req(h) => h.headers().collect(),
+                    HeadRef::Res(h) => h.headers().collect(),
+                };
+                for (name, value) in pairs {
+                    let pair = lua.create_table_with_capacity(2, 0)?;
+                    pair.raw_push(lua.create_string(name)?)?;
+                    pair.raw_push(lua.create_string(value)?)?;
+                    list.raw_push(pair)?;
                 }
                 Ok(())
             })?;

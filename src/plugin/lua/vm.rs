@@ -21,6 +21,7 @@ const EVENTS: &[&str] = &[
     "error",
     "should_intercept",
     "done",
+    "flush",
 ];
 
 /// A script as loaded at start-up: shared by every worker thread.
@@ -69,6 +70,8 @@ pub(crate) struct Vm {
     pub(crate) should_intercept: Handlers,
     /// `done()` handlers.
     pub(crate) done: Handlers,
+    /// `flush(opts)` handlers (shutdown and `--script-flush-interval`).
+    pub(crate) flush: Handlers,
     /// `FAIL_CLOSED = true`: a failing handler answers 500 instead of letting the
     /// exchange go on.
     pub(crate) fail_closed: bool,
@@ -135,6 +138,7 @@ impl Vm {
             error: Vec::new(),
             should_intercept: Vec::new(),
             done: Vec::new(),
+            flush: Vec::new(),
             fail_closed: false,
             budget,
             limit: script.instruction_limit,
@@ -173,14 +177,22 @@ impl Vm {
     }
 
     /// Finds the handlers: global functions named for events, then those of a returned
-    /// table, then the methods of each `Extensions` object.
+    /// table, then the methods of each `Extensions` object. A Burro directory's table
+    /// (marked `__burro`) is the only source: its hooks' globals are not handlers.
     fn collect(&mut self, returned: &Value, start: &mut Handlers) -> mlua::Result<()> {
         let globals = self.lua.globals();
-        let mut sources: Vec<(Table, bool)> = vec![(globals.clone(), false)];
+        let burro = match returned {
+            Value::Table(t) => t.raw_get::<Option<bool>>("__burro")? == Some(true),
+            _ => false,
+        };
+        let mut sources: Vec<(Table, bool)> = Vec::new();
+        if !burro {
+            sources.push((globals.clone(), false));
+        }
         if let Value::Table(t) = returned {
             sources.push((t.clone(), false));
         }
-        if let Some(list) = globals.get::<Option<Table>>("Extensions")? {
+        if let (false, Some(list)) = (burro, globals.get::<Option<Table>>("Extensions")?) {
             for obj in list.sequence_values::<Table>() {
                 sources.push((obj?, true));
             }
@@ -199,6 +211,7 @@ impl Vm {
                         "access_log" => self.access_log.push(handler),
                         "error" => self.error.push(handler),
                         "should_intercept" => self.should_intercept.push(handler),
+                        "flush" => self.flush.push(handler),
                         _ => self.done.push(handler),
                     }
                 }
@@ -288,9 +301,11 @@ fn sandbox(lua: &Lua, script: &Script) -> mlua::Result<()> {
     // `load` takes text only.
     lua.load(
         r#"
-        local raw_load = load
-        load = function(chunk, name, _, env)
-          return raw_load(chunk, name, "t", env)
+        local raw_load, select = load, select
+        load = function(chunk, name, _, ...)
+          -- An `env` given (even nil) replaces the chunk's globals; none keeps them.
+          if select('#', ...) == 0 then return raw_load(chunk, name, "t") end
+          return raw_load(chunk, name, "t", (...))
         end
         "#,
     )
