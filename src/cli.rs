@@ -156,13 +156,14 @@ pub struct Cli {
     pub log_format: String,
 
     /// Plugins to load, in order: proxy.py dotted names (proxy.plugin.FilterByUpstreamHostPlugin),
-    /// short class names, or paths of Lua scripts (ending in .lua); comma-separated, several
-    /// per flag, repeatable [default: none]
+    /// short class names, paths of Lua scripts (ending in .lua) or of Burro-style script
+    /// directories; comma-separated, several per flag, repeatable [default: none]
     #[arg(long, value_name = "PLUGIN", num_args = 1.., action = ArgAction::Append)]
     pub plugins: Vec<String>,
 
-    /// Lua scripts to load after the --plugins ones, in order (repeatable). A `.lua` path in
-    /// --plugins is a script too, placed among the built-ins [default: none]
+    /// Lua scripts (or Burro-style directories of hook files) to load after the --plugins ones,
+    /// in order (repeatable). A `.lua` path or a directory in --plugins is a script too, placed
+    /// among the built-ins [default: none]
     #[arg(long, value_name = "FILE", action = ArgAction::Append, help_heading = "Scripting")]
     pub script: Vec<PathBuf>,
 
