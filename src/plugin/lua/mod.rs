@@ -132,6 +132,8 @@ impl PluginFactory for LuaFactory {
             name: self.name,
             exchange: None,
             conn: 0,
+            new_req_body: None,
+            deferred: false,
         })
     }
 }
@@ -165,6 +167,10 @@ pub struct LuaPlugin {
     exchange: Option<Shared>,
     /// `conn.id`, drawn on the connection's first hook call (0: not yet).
     conn: u64,
+    /// The request body a `request` handler assigned, until `on_request_body` sends it.
+    new_req_body: Option<bytes::Bytes>,
+    /// `response` handlers wait for the whole body (`BODIES.response`).
+    deferred: bool,
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -272,6 +278,36 @@ impl LuaPlugin {
             }
         }
         Ok(())
+    }
+
+    /// Runs the `response` handlers over `res` (and the body, when it is in).
+    fn respond(
+        &mut self,
+        vm: &Vm,
+        cx: &RequestCx<'_>,
+        res: &mut ResponseHead,
+    ) -> Result<Flow, PluginError> {
+        let shared = self.exchange(cx);
+        {
+            let mut ex = shared.borrow_mut();
+            let placeholder = PLACEHOLDERS.with(|p| p.1.clone());
+            ex.res = Some(std::mem::replace(res, placeholder));
+            ex.control = None;
+        }
+        let result = Self::run(vm, &vm.response, &shared);
+        let control = {
+            let mut ex = shared.borrow_mut();
+            if let Some(r) = ex.res.take() {
+                *res = r;
+            }
+            ex.control.take()
+        };
+        if let Err(message) = result {
+            return self.failed(vm, &shared, message);
+        }
+        Ok(to_flow(control, |status, headers, body| {
+            Reply::new(status, headers, body, false)
+        }))
     }
 
     /// A handler failed: logged once per exchange; fail-open unless `FAIL_CLOSED`.
@@ -383,6 +419,7 @@ impl Plugin for LuaPlugin {
                 ex.req = Some(req.clone());
                 ex.target = Some(target.clone());
             }
+            self.new_req_body = ex.new_req_body.take();
             ex.control.take()
         };
         if let Err(message) = result {
@@ -391,6 +428,28 @@ impl Plugin for LuaPlugin {
         Ok(to_flow(control, |status, headers, body| {
             Reply::answering(req, status, headers, body)
         }))
+    }
+
+    fn wants_request_body_first(&self) -> bool {
+        self.vm.as_ref().is_some_and(|vm| vm.request_bodies)
+    }
+
+    fn on_request_body_first(&mut self, cx: &RequestCx<'_>, body: &bytes::Bytes) {
+        if self.wants_request_body_first() {
+            self.exchange(cx).borrow_mut().req_body = Some(body.clone());
+        }
+    }
+
+    fn wants_request_body(&self) -> bool {
+        self.new_req_body.is_some()
+    }
+
+    fn on_request_body(
+        &mut self,
+        _cx: &RequestCx<'_>,
+        body: bytes::Bytes,
+    ) -> Result<bytes::Bytes, PluginError> {
+        Ok(self.new_req_body.take().unwrap_or(body))
     }
 
     fn on_response(
@@ -405,27 +464,42 @@ impl Plugin for LuaPlugin {
         if vm.response.is_empty() {
             return Ok(Flow::Continue);
         }
+        if vm.response_bodies {
+            // The handlers run once the body is in (`on_whole_response`).
+            self.deferred = true;
+            return Ok(Flow::Continue);
+        }
+        self.respond(&vm, cx, res)
+    }
+
+    fn wants_whole_response(&self) -> bool {
+        self.deferred
+    }
+
+    fn on_whole_response(
+        &mut self,
+        cx: &RequestCx<'_>,
+        res: &mut ResponseHead,
+        body: Option<&bytes::Bytes>,
+    ) -> Result<(Flow, Option<bytes::Bytes>), PluginError> {
+        self.deferred = false;
+        let Some(vm) = self.vm.clone() else {
+            return Ok((Flow::Continue, None));
+        };
         let shared = self.exchange(cx);
         {
             let mut ex = shared.borrow_mut();
-            let placeholder = PLACEHOLDERS.with(|p| p.1.clone());
-            ex.res = Some(std::mem::replace(res, placeholder));
-            ex.control = None;
+            ex.res_body = body.cloned();
+            ex.res_body_open = true;
         }
-        let result = Self::run(&vm, &vm.response, &shared);
-        let control = {
+        let flow = self.respond(&vm, cx, res);
+        let new = {
             let mut ex = shared.borrow_mut();
-            if let Some(r) = ex.res.take() {
-                *res = r;
-            }
-            ex.control.take()
+            ex.res_body_open = false;
+            ex.res_body = None;
+            ex.new_res_body.take()
         };
-        if let Err(message) = result {
-            return self.failed(&vm, &shared, message);
-        }
-        Ok(to_flow(control, |status, headers, body| {
-            Reply::new(status, headers, body, false)
-        }))
+        Ok((flow?, new))
     }
 
     fn do_intercept(
@@ -483,10 +557,14 @@ impl Plugin for LuaPlugin {
             return;
         };
         self.connect(&vm, cx);
-        if vm.error.is_empty() {
+        if vm.error.is_empty() && vm.access_log.is_empty() {
             return;
         }
         let shared = self.exchange(cx);
+        shared.borrow_mut().error = Some((err.code(), err.to_string()));
+        if vm.error.is_empty() {
+            return;
+        }
         let err = match error_table(&vm, &shared, cx, err) {
             Ok(t) => mlua::Value::Table(t),
             Err(_) => return,
@@ -495,6 +573,8 @@ impl Plugin for LuaPlugin {
     }
 
     fn on_complete(&mut self, cx: &RequestCx<'_>, status: Option<u16>) {
+        self.deferred = false;
+        self.new_req_body = None;
         if let Some(vm) = self.vm.clone() {
             self.connect(&vm, cx);
             if !vm.access_log.is_empty() {

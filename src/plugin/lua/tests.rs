@@ -22,6 +22,8 @@ fn plugin(source: &str) -> LuaPlugin {
         name: "test.lua",
         exchange: None,
         conn: 0,
+        new_req_body: None,
+        deferred: false,
     }
 }
 

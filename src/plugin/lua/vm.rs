@@ -72,6 +72,10 @@ pub(crate) struct Vm {
     /// `FAIL_CLOSED = true`: a failing handler answers 500 instead of letting the
     /// exchange go on.
     pub(crate) fail_closed: bool,
+    /// `BODIES = { request = true }`: `request` handlers see whole request bodies.
+    pub(crate) request_bodies: bool,
+    /// `BODIES = { response = true }`: `response` handlers see whole response bodies.
+    pub(crate) response_bodies: bool,
     /// Instructions left for the running event.
     budget: Rc<Cell<u64>>,
     limit: u64,
@@ -136,6 +140,8 @@ impl Vm {
             should_intercept: Vec::new(),
             done: Vec::new(),
             fail_closed: false,
+            request_bodies: false,
+            response_bodies: false,
             budget,
             limit: script.instruction_limit,
             lua,
@@ -157,6 +163,7 @@ impl Vm {
             vm.refill();
             handler.call(&Value::Nil).map_err(fail)?;
         }
+        vm.bodies().map_err(fail)?;
         vm.fail_closed = vm
             .lua
             .globals()
@@ -165,6 +172,26 @@ impl Vm {
             .flatten()
             == Some(true);
         Ok(vm)
+    }
+
+    /// Reads `BODIES` (a global, or a field of an `Extensions` object): which bodies
+    /// the handlers see. Without it no body is ever buffered for this script.
+    fn bodies(&mut self) -> mlua::Result<()> {
+        let globals = self.lua.globals();
+        let mut tables: Vec<Table> = Vec::new();
+        tables.extend(globals.get::<Option<Table>>("BODIES")?);
+        if let Some(list) = globals.get::<Option<Table>>("Extensions")? {
+            for obj in list.sequence_values::<Table>() {
+                tables.extend(obj?.get::<Option<Table>>("BODIES")?);
+            }
+        }
+        for t in tables {
+            self.request_bodies |= t.get::<Option<bool>>("request")? == Some(true);
+            self.response_bodies |= t.get::<Option<bool>>("response")? == Some(true);
+        }
+        self.request_bodies &= !self.request.is_empty();
+        self.response_bodies &= !self.response.is_empty();
+        Ok(())
     }
 
     /// Gives the next event its whole instruction budget.
