@@ -105,6 +105,10 @@ pub struct Config {
     pub script_instruction_limit: u64,
     /// Bytes each script VM may allocate (`--script-memory-limit`).
     pub script_memory_limit: usize,
+    /// `--set script.name=value`: (script, option, value), checked when scripts load.
+    pub script_settings: Vec<(String, String, String)>,
+    /// `--list-commands`: print the scripts' commands and exit.
+    pub list_commands: bool,
     /// Where the scripts' `kv` store is kept (`--kv-file`; `None`: memory only).
     pub kv_file: Option<PathBuf>,
     /// `user:pass` credentials from `--basic-auth`; non-empty turns proxy authentication on.
@@ -247,6 +251,8 @@ impl Default for Config {
             scripts: Vec::new(),
             script_instruction_limit: 10_000_000,
             script_memory_limit: 64 * 1024 * 1024,
+            script_settings: Vec::new(),
+            list_commands: false,
             kv_file: None,
             basic_auth: Vec::new(),
             pac_file: None,
@@ -414,6 +420,8 @@ impl Config {
             scripts: cli.script,
             script_instruction_limit: cli.script_instruction_limit,
             script_memory_limit: usize::try_from(cli.script_memory_limit).unwrap_or(usize::MAX),
+            script_settings: cli.set,
+            list_commands: cli.list_commands,
             kv_file: cli.kv_file,
             basic_auth: cli.basic_auth,
             pac_file,

@@ -671,3 +671,98 @@ fn without_bodies_a_script_sees_nil_and_cannot_assign() {
     assert_eq!(resp.text(), "original");
     assert_eq!(origin.requests()[0].headers.get("x-body"), Some("nil"));
 }
+
+// === options and commands ===
+
+#[test]
+fn set_changes_an_option_and_configure_sees_it() {
+    let origin = Origin::fixed("allowed");
+    let proxy = spawn_proxy(&[
+        "--plugins",
+        &format!(
+            "{},proxy.plugin.FilterByClientIpPlugin",
+            example("block.lua")
+        ),
+        "--set",
+        "block.hosts=ads.example,track.example",
+    ]);
+    for host in ["ads.example", "track.example", "blocked.example"] {
+        proxy.route(host, &origin);
+    }
+    let mut client = proxy.connect();
+    // The script answers first; a host it lets through meets the next plugin, which
+    // refuses loopback clients by default (proxy.py's 418).
+    for (host, status) in [
+        ("ads.example", 403),
+        ("track.example", 403),
+        ("blocked.example", 418),
+    ] {
+        client.send(&get(&format!("http://{host}/"), ""));
+        assert_eq!(client.read_response().status, status, "{host}");
+    }
+}
+
+#[test]
+fn set_errors_stop_start_up_and_commands_are_listed() {
+    let block = example("block.lua");
+    let dir = temp_path("set-options");
+    std::fs::create_dir_all(&dir).unwrap();
+    let typed = dir.join("typed.lua").display().to_string();
+    std::fs::write(
+        &typed,
+        r#"options = { n = { default = 3 }, on = { default = false }, ratio = 0.5, name = "x" }
+           function request(flow)
+             flow:reply(200, string.format("%d %s %.2f %s", options.n, tostring(options.on),
+                                           options.ratio, options.name))
+           end"#,
+    )
+    .unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--set", "typed.n=three"], "expected an integer"),
+        (&["--set", "typed.on=maybe"], "expected a boolean"),
+        (&["--set", "typed.ratio=x"], "expected a number"),
+        (
+            &["--set", "typed.missing=1"],
+            "declares no option \"missing\"",
+        ),
+        (
+            &["--set", "other.n=1"],
+            "no loaded script is named \"other\"",
+        ),
+        (&["--set", "nodot"], "expected SCRIPT.NAME=VALUE"),
+    ];
+    for (extra, message) in cases {
+        let mut args = vec!["--script", typed.as_str()];
+        args.extend_from_slice(extra);
+        let out = ProxyBinary::run_to_end(&args);
+        assert_eq!(out.status.code(), Some(64), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{extra:?}: {stderr}");
+    }
+    // Good values reach the handler.
+    let origin = Origin::fixed("unused");
+    let proxy = spawn_proxy(&[
+        "--script",
+        &typed,
+        "--set",
+        "typed.n=7",
+        "--set",
+        "typed.on=yes",
+        "--set",
+        "typed.ratio=1.25",
+        "--set",
+        "typed.name=a=b",
+    ]);
+    proxy.route("alpha.test", &origin);
+    assert_eq!(
+        request(proxy.addr, &get("http://alpha.test/", "")).text(),
+        "7 true 1.25 a=b"
+    );
+    // --list-commands prints script.command and its help, then exits.
+    let out = ProxyBinary::run_to_end(&["--script", &block, "--list-commands"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "block.blocked\tthe hosts being blocked\n"
+    );
+}

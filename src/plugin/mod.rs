@@ -365,6 +365,11 @@ pub trait PluginFactory: Send + Sync {
     fn name(&self) -> &'static str;
     /// A fresh plugin for one client connection.
     fn build(&self) -> Box<dyn Plugin>;
+    /// The commands it offers (a script's `commands`): (name, help), for
+    /// `--list-commands`.
+    fn commands(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// The plugins of one client connection, in `--plugins` order.

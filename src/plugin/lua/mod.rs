@@ -18,6 +18,7 @@
 
 mod flow;
 mod helpers;
+mod options;
 mod vm;
 
 use std::cell::RefCell;
@@ -36,6 +37,8 @@ use crate::http::{self, RequestHead, ResponseHead, Target};
 use self::flow::{Control, Exchange, Shared};
 use self::vm::{Handlers, Script, Vm};
 use super::{Flow, Plugin, PluginError, PluginFactory, Reply, RequestCx};
+
+pub use self::options::script_name;
 
 /// Whether a `--plugins` name is a script.
 pub fn is_script(name: &str) -> bool {
@@ -95,6 +98,8 @@ impl Env {
 pub struct LuaFactory {
     script: Arc<Script>,
     name: &'static str,
+    /// `script.command` and its help, for `--list-commands`.
+    commands: Vec<(String, String)>,
 }
 
 impl LuaFactory {
@@ -106,24 +111,46 @@ impl LuaFactory {
     pub fn load(path: &Path, config: &Config, env: &Arc<Env>) -> Result<Self, String> {
         let source =
             std::fs::read_to_string(path).map_err(|e| format!("script {}: {e}", path.display()))?;
+        let name = script_name(path);
+        let settings = config
+            .script_settings
+            .iter()
+            .filter(|(script, _, _)| *script == name)
+            .map(|(_, option, value)| (option.clone(), value.clone()))
+            .collect();
         let script = Arc::new(Script {
             id: NEXT_SCRIPT.fetch_add(1, Ordering::Relaxed),
             path: path.to_path_buf(),
             source,
+            name,
+            settings,
             env: Arc::clone(env),
             instruction_limit: config.script_instruction_limit,
             memory_limit: config.script_memory_limit,
         });
-        Vm::load(&script).map_err(|e| format!("script {e}"))?;
+        let probe = Vm::load(&script).map_err(|e| format!("script {e}"))?;
+        let commands = probe
+            .commands
+            .iter()
+            .map(|c| (format!("{}.{}", script.name, c.name), c.help.clone()))
+            .collect();
         // The name lives as long as the process (factories are built once).
         let name: &'static str = Box::leak(path.display().to_string().into_boxed_str());
-        Ok(LuaFactory { script, name })
+        Ok(LuaFactory {
+            script,
+            name,
+            commands,
+        })
     }
 }
 
 impl PluginFactory for LuaFactory {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn commands(&self) -> Vec<(String, String)> {
+        self.commands.clone()
     }
 
     fn build(&self) -> Box<dyn Plugin> {

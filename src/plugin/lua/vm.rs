@@ -21,6 +21,7 @@ const EVENTS: &[&str] = &[
     "error",
     "should_intercept",
     "done",
+    "configure",
 ];
 
 /// A script as loaded at start-up: shared by every worker thread.
@@ -32,6 +33,10 @@ pub(crate) struct Script {
     pub(crate) path: PathBuf,
     /// The source, read once at start-up.
     pub(crate) source: String,
+    /// The name `--set` knows it by.
+    pub(crate) name: String,
+    /// Its `--set` options: (name, value).
+    pub(crate) settings: Vec<(String, String)>,
     /// What every script of the process shares.
     pub(crate) env: Arc<super::Env>,
     /// Instructions one event may run.
@@ -72,6 +77,8 @@ pub(crate) struct Vm {
     /// `FAIL_CLOSED = true`: a failing handler answers 500 instead of letting the
     /// exchange go on.
     pub(crate) fail_closed: bool,
+    /// The script's `commands`.
+    pub(crate) commands: Vec<super::options::Command>,
     /// `BODIES = { request = true }`: `request` handlers see whole request bodies.
     pub(crate) request_bodies: bool,
     /// `BODIES = { response = true }`: `response` handlers see whole response bodies.
@@ -140,6 +147,7 @@ impl Vm {
             should_intercept: Vec::new(),
             done: Vec::new(),
             fail_closed: false,
+            commands: Vec::new(),
             request_bodies: false,
             response_bodies: false,
             budget,
@@ -157,8 +165,24 @@ impl Vm {
             .eval()
             .map_err(fail)?;
         let mut start = Vec::new();
-        vm.collect(&returned, &mut start).map_err(fail)?;
+        let mut configure = Vec::new();
+        vm.collect(&returned, &mut start, &mut configure)
+            .map_err(fail)?;
         vm.error.retain(|h| Some(&h.func) != builtin_error.as_ref());
+        let options = super::options::apply(&vm.lua, &script.name, &script.settings)
+            .map_err(|e| format!("{}: {e}", script.path.display()))?;
+        vm.commands = super::options::commands(&vm.lua).map_err(fail)?;
+        if !configure.is_empty() {
+            let changed = vm.lua.create_table().map_err(fail)?;
+            for name in &options {
+                changed.raw_set(name.as_str(), true).map_err(fail)?;
+            }
+            let changed = Value::Table(changed);
+            for handler in &configure {
+                vm.refill();
+                handler.call(&changed).map_err(fail)?;
+            }
+        }
         for handler in &start {
             vm.refill();
             handler.call(&Value::Nil).map_err(fail)?;
@@ -201,7 +225,12 @@ impl Vm {
 
     /// Finds the handlers: global functions named for events, then those of a returned
     /// table, then the methods of each `Extensions` object.
-    fn collect(&mut self, returned: &Value, start: &mut Handlers) -> mlua::Result<()> {
+    fn collect(
+        &mut self,
+        returned: &Value,
+        start: &mut Handlers,
+        configure: &mut Handlers,
+    ) -> mlua::Result<()> {
         let globals = self.lua.globals();
         let mut sources: Vec<(Table, bool)> = vec![(globals.clone(), false)];
         if let Value::Table(t) = returned {
@@ -219,6 +248,7 @@ impl Vm {
                     let handler = Handler { func, this };
                     match event {
                         "start" => start.push(handler),
+                        "configure" => configure.push(handler),
                         "request" => self.request.push(handler),
                         "response" => self.response.push(handler),
                         "client_connect" => self.client_connect.push(handler),
