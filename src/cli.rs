@@ -180,6 +180,16 @@ pub struct Cli {
     /// each worker's VM (fractions allowed) [default: only at shutdown]
     #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_negative_numbers = true, help_heading = "Scripting")]
     pub script_flush_interval: Option<Duration>,
+    /// Set a script option declared in its `options` table: SCRIPT is the script's file
+    /// name without `.lua` (or its directory's name); the value is checked against the
+    /// option's default (a boolean, a number, a string, or a comma-separated list for a
+    /// table default); repeatable [default: none]
+    #[arg(long = "set", value_name = "SCRIPT.NAME=VALUE", action = ArgAction::Append, value_parser = parse_set, help_heading = "Scripting")]
+    pub set: Vec<(String, String, String)>,
+
+    /// Print the commands the loaded scripts define (their `commands` tables), then exit
+    #[arg(long, help_heading = "Scripting")]
+    pub list_commands: bool,
 
     /// Keep the scripts' `kv` store in this JSON file: loaded at start, written back
     /// (temporary file + rename) shortly after each change and at exit [default: memory only]
@@ -541,6 +551,17 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 /// A grace period of 0 means "stop at once", which is legitimate.
 fn parse_grace(s: &str) -> Result<Duration, String> {
     parse_seconds(s)
+}
+
+/// `--set script.name=value`: (script, name, value).
+fn parse_set(s: &str) -> Result<(String, String, String), String> {
+    let expected = || "expected SCRIPT.NAME=VALUE".to_owned();
+    let (key, value) = s.split_once('=').ok_or_else(expected)?;
+    let (script, name) = key.rsplit_once('.').ok_or_else(expected)?;
+    if script.is_empty() || name.is_empty() {
+        return Err(expected());
+    }
+    Ok((script.to_owned(), name.to_owned(), value.to_owned()))
 }
 
 /// `--basic-auth user:pass`: the colon separates the user from the password (RFC 7617 §2).

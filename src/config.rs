@@ -107,6 +107,10 @@ pub struct Config {
     pub script_memory_limit: usize,
     /// How often scripts' `flush` handlers run besides shutdown (`--script-flush-interval`).
     pub script_flush_interval: Option<Duration>,
+    /// `--set script.name=value`: (script, option, value), checked when scripts load.
+    pub script_settings: Vec<(String, String, String)>,
+    /// `--list-commands`: print the scripts' commands and exit.
+    pub list_commands: bool,
     /// Where the scripts' `kv` store is kept (`--kv-file`; `None`: memory only).
     pub kv_file: Option<PathBuf>,
     /// `user:pass` credentials from `--basic-auth`; non-empty turns proxy authentication on.
@@ -250,6 +254,8 @@ impl Default for Config {
             script_instruction_limit: 10_000_000,
             script_memory_limit: 64 * 1024 * 1024,
             script_flush_interval: None,
+            script_settings: Vec::new(),
+            list_commands: false,
             kv_file: None,
             basic_auth: Vec::new(),
             pac_file: None,
@@ -418,6 +424,8 @@ impl Config {
             script_instruction_limit: cli.script_instruction_limit,
             script_memory_limit: usize::try_from(cli.script_memory_limit).unwrap_or(usize::MAX),
             script_flush_interval: cli.script_flush_interval,
+            script_settings: cli.set,
+            list_commands: cli.list_commands,
             kv_file: cli.kv_file,
             basic_auth: cli.basic_auth,
             pac_file,

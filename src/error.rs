@@ -76,6 +76,9 @@ pub enum ErrorKind {
     HttpResponseHeaderSectionSize,
     /// The origin answered an `Upgrade` request with something unusable.
     HttpUpgradeFailed,
+    /// A response body is larger than a plugin that wanted it whole may read (it then
+    /// passes as received).
+    HttpResponseBodySize,
     /// The upstream TLS handshake failed.
     TlsProtocolError,
     /// The origin's certificate failed verification (untrusted issuer, wrong name,
@@ -119,6 +122,7 @@ impl ErrorKind {
             HttpProtocolError => "http_protocol_error",
             HttpResponseHeaderSectionSize => "http_response_header_section_size",
             HttpUpgradeFailed => "http_upgrade_failed",
+            HttpResponseBodySize => "http_response_body_size",
             TlsProtocolError => "tls_protocol_error",
             TlsCertificateError => "tls_certificate_error",
             TlsClientRejectedCertificate => "tls_client_rejected_certificate",
@@ -156,6 +160,7 @@ impl ErrorKind {
             | HttpProtocolError
             | HttpResponseHeaderSectionSize
             | HttpUpgradeFailed
+            | HttpResponseBodySize
             | TlsProtocolError
             | TlsCertificateError => Some(502),
             ProxyInternalError | ProxyConfigurationError | ScriptError => Some(500),
@@ -190,6 +195,7 @@ impl ErrorKind {
             | HttpProtocolError
             | HttpResponseHeaderSectionSize
             | HttpUpgradeFailed
+            | HttpResponseBodySize
             | TlsProtocolError
             | TlsCertificateError => Side::Upstream,
             ProxyInternalError | ProxyConfigurationError | ScriptError => Side::Internal,
@@ -324,6 +330,7 @@ mod tests {
             HttpProtocolError,
             HttpResponseHeaderSectionSize,
             HttpUpgradeFailed,
+            HttpResponseBodySize,
             TlsProtocolError,
             TlsCertificateError,
             TlsClientRejectedCertificate,

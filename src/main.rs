@@ -34,6 +34,18 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    if config.list_commands {
+        for factory in &factories {
+            for (name, help) in factory.commands() {
+                if help.is_empty() {
+                    println!("{name}");
+                } else {
+                    println!("{name}\t{help}");
+                }
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
     let _log_guard = match proxy::logging::init(&config.log) {
         Ok(guard) => guard,
         Err(err) => return exit_with(&err),

@@ -493,3 +493,276 @@ fn error_gets_the_stable_code_and_access_log_the_status_the_client_got() {
         "{text}"
     );
 }
+
+// === bodies (BODIES opt-in) ===
+
+/// `POST url` with a Content-Length body.
+fn post(url: &str, body: &[u8]) -> Vec<u8> {
+    let host = url
+        .split("//")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    let mut out = format!(
+        "POST {url} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+#[test]
+fn request_bodies_are_read_and_replaced_with_an_exact_length() {
+    // The origin echoes the body it got.
+    let origin = Origin::spawn(|req| Reply::keep(ok(&req.body.data)));
+    let path = script(
+        "request_bodies",
+        r#"BODIES = { request = true }
+           function request(flow)
+             local body = flow.request.body
+             flow.request.headers["x-seen-length"] = tostring(#body)
+             if flow.request.path == "/upper" then
+               flow.request.body = string.upper(body)
+             elseif flow.request.path == "/add" then
+               flow.request.body = "added"
+             end
+           end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    // Content-Length body, changed.
+    client.send(&post("http://alpha.test/upper", b"hello body"));
+    assert_eq!(client.read_response().text(), "HELLO BODY");
+    // Chunked body, changed: sent on with an exact length.
+    client.send(
+        b"POST http://alpha.test/upper HTTP/1.1\r\nHost: alpha.test\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nchunk\r\n3\r\ned!\r\n0\r\n\r\n",
+    );
+    assert_eq!(client.read_response().text(), "CHUNKED!");
+    // A GET gets a body; one left alone passes unchanged.
+    client.send(&get("http://alpha.test/add", ""));
+    assert_eq!(client.read_response().text(), "added");
+    client.send(&post("http://alpha.test/same", b"as is"));
+    assert_eq!(client.read_response().text(), "as is");
+    let seen = origin.requests();
+    assert_eq!(seen.len(), 4, "one keep-alive connection carried all four");
+    let lengths: Vec<&str> = seen
+        .iter()
+        .map(|r| r.headers.get("x-seen-length").unwrap())
+        .collect();
+    assert_eq!(lengths, ["10", "8", "0", "5"]);
+    assert_eq!(seen[1].headers.get("content-length"), Some("8"));
+    assert!(!seen[1].headers.has("transfer-encoding"));
+    assert_eq!(seen[2].headers.get("content-length"), Some("5"));
+    assert!(seen.iter().all(|r| r.conn == 0));
+}
+
+#[test]
+fn response_bodies_are_read_whole_and_replaced() {
+    // A chunked response from the origin.
+    let origin = Origin::spawn(|req| {
+        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Origin: yes\r\n\r\n";
+        if req.method == "HEAD" {
+            return Reply::keep(head);
+        }
+        let body = format!("body of {}", req.target);
+        Reply::keep(format!("{head}{:x}\r\n{body}\r\n0\r\n\r\n", body.len()).into_bytes())
+    });
+    let path = script(
+        "response_bodies",
+        r#"BODIES = { response = true }
+           function response(flow)
+             local r = flow.response
+             r.headers["x-original-length"] = tostring(#r.body)
+             if flow.request.path == "/swap" then
+               r.body = "swapped: " .. r.body
+               r.status_code = 201
+             elseif flow.request.path == "/reply" then
+               flow:reply(202, "replied")
+             end
+           end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(&get("http://alpha.test/swap", ""));
+    let resp = client.read_response();
+    assert_eq!(resp.status, 201);
+    assert_eq!(resp.text(), "swapped: body of /swap");
+    assert_eq!(resp.headers.get("content-length"), Some("22"));
+    assert!(!resp.headers.has("transfer-encoding"));
+    assert_eq!(resp.headers.get("x-original-length"), Some("13"));
+    assert_eq!(resp.headers.get("x-origin"), Some("yes"));
+    // Unchanged bodies are sent whole too, and the connections are kept.
+    client.send(&get("http://alpha.test/keep", ""));
+    let resp = client.read_response();
+    assert_eq!(resp.text(), "body of /keep");
+    assert_eq!(resp.headers.get("content-length"), Some("13"));
+    client.send(&get("http://alpha.test/reply", ""));
+    assert_eq!(client.read_response().text(), "replied");
+    // HEAD: the handler runs, no body is sent.
+    client.send(b"HEAD http://alpha.test/head HTTP/1.1\r\nHost: alpha.test\r\n\r\n");
+    let resp = client.read_response_to("HEAD");
+    assert_eq!(resp.status, 200);
+    client.send(&get("http://alpha.test/last", ""));
+    assert_eq!(client.read_response().text(), "body of /last");
+    let conns: Vec<usize> = origin.requests().iter().map(|r| r.conn).collect();
+    assert_eq!(
+        conns,
+        [0, 0, 0, 0, 0],
+        "the upstream connection was reused throughout"
+    );
+}
+
+#[test]
+fn bodies_over_the_limit_are_refused_or_passed_untouched() {
+    let big = pattern(8 * 1024 * 1024 + 1);
+    let sum = checksum(&big);
+    let served = big.clone();
+    let origin = Origin::spawn(move |req| {
+        if req.target == "/big" {
+            Reply::keep(ok(&served))
+        } else {
+            Reply::keep(ok(format!("got {}", req.body.data.len())))
+        }
+    });
+    let path = script(
+        "big_bodies",
+        r#"BODIES = { request = true, response = true }
+           function request(flow) end
+           function response(flow)
+             flow.response.headers["x-body"] = flow.response.body == nil and "nil" or "string"
+           end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    // A request body over 8 MiB: 413, the origin never sees it.
+    let resp = request(proxy.addr, &post("http://alpha.test/up", &big));
+    resp.assert_error(413, "http_request_body_too_large");
+    // A response body over 8 MiB passes whole, unseen by the handler.
+    let mut client = proxy.connect();
+    client.send(&get("http://alpha.test/big", ""));
+    let resp = client.read_response();
+    assert_eq!(resp.headers.get("x-body"), Some("nil"));
+    assert_eq!(resp.body.data.len(), big.len());
+    assert_eq!(checksum(&resp.body.data), sum);
+    client.send(&get("http://alpha.test/small", ""));
+    let resp = client.read_response();
+    assert_eq!(resp.text(), "got 0");
+    assert_eq!(resp.headers.get("x-body"), Some("string"));
+}
+
+#[test]
+fn without_bodies_a_script_sees_nil_and_cannot_assign() {
+    let origin = Origin::spawn(|req| Reply::keep(ok(&req.body.data)));
+    let path = script(
+        "no_bodies",
+        r#"function request(flow)
+             flow.request.headers["x-body"] = tostring(flow.request.body)
+             flow.request.body = "changed"
+           end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    let resp = request(proxy.addr, &post("http://alpha.test/", b"original"));
+    // Fail-open: the assignment raised; the body went through untouched.
+    assert_eq!(resp.text(), "original");
+    assert_eq!(origin.requests()[0].headers.get("x-body"), Some("nil"));
+}
+
+// === options and commands ===
+
+#[test]
+fn set_changes_an_option_and_configure_sees_it() {
+    let origin = Origin::fixed("allowed");
+    let proxy = spawn_proxy(&[
+        "--plugins",
+        &format!(
+            "{},proxy.plugin.FilterByClientIpPlugin",
+            example("block.lua")
+        ),
+        "--set",
+        "block.hosts=ads.example,track.example",
+    ]);
+    for host in ["ads.example", "track.example", "blocked.example"] {
+        proxy.route(host, &origin);
+    }
+    let mut client = proxy.connect();
+    // The script answers first; a host it lets through meets the next plugin, which
+    // refuses loopback clients by default (proxy.py's 418).
+    for (host, status) in [
+        ("ads.example", 403),
+        ("track.example", 403),
+        ("blocked.example", 418),
+    ] {
+        client.send(&get(&format!("http://{host}/"), ""));
+        assert_eq!(client.read_response().status, status, "{host}");
+    }
+}
+
+#[test]
+fn set_errors_stop_start_up_and_commands_are_listed() {
+    let block = example("block.lua");
+    let dir = temp_path("set-options");
+    std::fs::create_dir_all(&dir).unwrap();
+    let typed = dir.join("typed.lua").display().to_string();
+    std::fs::write(
+        &typed,
+        r#"options = { n = { default = 3 }, on = { default = false }, ratio = 0.5, name = "x" }
+           function request(flow)
+             flow:reply(200, string.format("%d %s %.2f %s", options.n, tostring(options.on),
+                                           options.ratio, options.name))
+           end"#,
+    )
+    .unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--set", "typed.n=three"], "expected an integer"),
+        (&["--set", "typed.on=maybe"], "expected a boolean"),
+        (&["--set", "typed.ratio=x"], "expected a number"),
+        (
+            &["--set", "typed.missing=1"],
+            "declares no option \"missing\"",
+        ),
+        (
+            &["--set", "other.n=1"],
+            "no loaded script is named \"other\"",
+        ),
+        (&["--set", "nodot"], "expected SCRIPT.NAME=VALUE"),
+    ];
+    for (extra, message) in cases {
+        let mut args = vec!["--script", typed.as_str()];
+        args.extend_from_slice(extra);
+        let out = ProxyBinary::run_to_end(&args);
+        assert_eq!(out.status.code(), Some(64), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{extra:?}: {stderr}");
+    }
+    // Good values reach the handler.
+    let origin = Origin::fixed("unused");
+    let proxy = spawn_proxy(&[
+        "--script",
+        &typed,
+        "--set",
+        "typed.n=7",
+        "--set",
+        "typed.on=yes",
+        "--set",
+        "typed.ratio=1.25",
+        "--set",
+        "typed.name=a=b",
+    ]);
+    proxy.route("alpha.test", &origin);
+    assert_eq!(
+        request(proxy.addr, &get("http://alpha.test/", "")).text(),
+        "7 true 1.25 a=b"
+    );
+    // --list-commands prints script.command and its help, then exits.
+    let out = ProxyBinary::run_to_end(&["--script", &block, "--list-commands"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "block.blocked\tthe hosts being blocked\n"
+    );
+}

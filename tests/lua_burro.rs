@@ -576,3 +576,75 @@ fn a_directory_that_does_not_load_stops_start_up_with_file_and_line() {
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("/no/such/burro"), "{stderr}");
 }
+
+#[test]
+fn bodies_are_read_and_replaced_when_a_hook_mentions_them() {
+    let origin = Origin::spawn(|req| {
+        Reply::keep(ok(format!(
+            "got {}",
+            String::from_utf8_lossy(&req.body.data)
+        )))
+    });
+    let before_request = r#"
+if ctx.req.path == "/upper" then
+  mut.req.set_header("x-length", ctx.req.content_length)
+  mut.req.set_body(ctx.req.body:upper())
+end
+"#;
+    let before_response = r#"
+if ctx.req.path == "/upper" then
+  mut.resp.set_body("[" .. ctx.resp.body .. "] " .. #ctx.req.body)
+end
+"#;
+    let dir = hooks(
+        "bodies",
+        &[
+            ("before_request", before_request),
+            ("before_response", before_response),
+        ],
+    );
+    let proxy = spawn_proxy(&["--plugins", &dir]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(
+        b"POST http://alpha.test/upper HTTP/1.1\r\nHost: alpha.test\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    let resp = client.read_response();
+    assert_eq!(resp.text(), "[got HELLO] 5");
+    assert_eq!(resp.headers.get("content-length"), Some("13"));
+    let seen = origin.requests();
+    assert_eq!(seen[0].body.data, b"HELLO");
+    assert_eq!(seen[0].headers.get("content-length"), Some("5"));
+    assert_eq!(
+        seen[0].headers.get("x-length"),
+        Some("5"),
+        "chunked, held: its length"
+    );
+    client.send(&get("http://alpha.test/other", ""));
+    assert_eq!(client.read_response().text(), "got ");
+}
+
+#[test]
+fn a_request_body_read_only_after_the_response_is_still_kept() {
+    let origin = Origin::fixed("ok");
+    let dir = hooks(
+        "late_body",
+        &[
+            ("after_response", r#"kv.set("last", ctx.req.body or "nil")"#),
+            (
+                "before_response",
+                r#"mut.resp.set_header("x-last", kv.get("last") or "none")"#,
+            ),
+        ],
+    );
+    let proxy = spawn_proxy(&["--plugins", &dir]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(
+        b"POST http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 4\r\n\r\nfirst",
+    );
+    assert_eq!(client.read_response().headers.get("x-last"), Some("none"));
+    client.send(&get("http://alpha.test/", ""));
+    assert_eq!(client.read_response().headers.get("x-last"), Some("firs"));
+}

@@ -34,6 +34,9 @@ use crate::http::{self, RequestHead, ResponseHead, Target};
 /// Largest request body read whole for a plugin that asked for it (larger → 413).
 pub const MAX_BUFFERED_REQUEST_BODY: usize = 8 * 1024 * 1024;
 
+/// Largest response body read whole for a plugin (see `Plugin::wants_whole_response`).
+pub const MAX_BUFFERED_RESPONSE_BODY: usize = 8 * 1024 * 1024;
+
 /// What the proxy does after a hook returns.
 #[must_use]
 #[derive(Debug)]
@@ -211,6 +214,22 @@ pub trait Plugin {
         Ok(Flow::Continue)
     }
 
+    /// Whether this plugin's `on_request` needs the whole request body (a script with
+    /// `BODIES.request`); asked before `on_request`, for requests to be forwarded. When
+    /// one does, the body is read whole first (up to [`MAX_BUFFERED_REQUEST_BODY`],
+    /// else 413) and lent to [`Plugin::on_request_body_first`]; a plugin that changes
+    /// it returns the new body from `on_request_body` (saying so in
+    /// `wants_request_body`).
+    fn wants_request_body_first(&self) -> bool {
+        false
+    }
+
+    /// The whole request body, read before `on_request` because a plugin asked for it
+    /// (empty for a request without a body). Every plugin is told.
+    fn on_request_body_first(&mut self, cx: &RequestCx<'_>, body: &Bytes) {
+        let _ = (cx, body);
+    }
+
     /// Whether this plugin wants the request body of the current exchange; asked after
     /// `on_request`. A body plugins want is read whole (up to
     /// [`MAX_BUFFERED_REQUEST_BODY`], else 413) before the origin is contacted.
@@ -230,6 +249,28 @@ pub trait Plugin {
     /// without being decoded or copied.
     fn wants_response_body(&self) -> bool {
         false
+    }
+
+    /// Whether this plugin wants the final response head and the whole decoded body
+    /// at once (a script with `BODIES.response`); asked after `on_response`. When one
+    /// does, the body is read whole (up to [`MAX_BUFFERED_RESPONSE_BODY`]) before
+    /// anything is sent to the client, then [`Plugin::on_whole_response`] runs.
+    fn wants_whole_response(&self) -> bool {
+        false
+    }
+
+    /// The final response head (editable) and the whole decoded body: `None` when the
+    /// body is over [`MAX_BUFFERED_RESPONSE_BODY`] (it then passes as received, logged
+    /// as `http_response_body_size`). Returns how to go on and, to change the body,
+    /// the new one (sent with an exact `Content-Length`).
+    fn on_whole_response(
+        &mut self,
+        cx: &RequestCx<'_>,
+        res: &mut ResponseHead,
+        body: Option<&Bytes>,
+    ) -> Result<(Flow, Option<Bytes>), PluginError> {
+        let _ = (cx, res, body);
+        Ok((Flow::Continue, None))
     }
 
     /// A piece of the decoded response body (any chunked framing removed). Returns the
@@ -324,6 +365,11 @@ pub trait PluginFactory: Send + Sync {
     fn name(&self) -> &'static str;
     /// A fresh plugin for one client connection.
     fn build(&self) -> Box<dyn Plugin>;
+    /// The commands it offers (a script's `commands`): (name, help), for
+    /// `--list-commands`.
+    fn commands(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// The plugins of one client connection, in `--plugins` order.
@@ -394,6 +440,57 @@ impl Chain {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// Whether any plugin wants the request body before `on_request`.
+    pub fn wants_request_body_first(&self) -> bool {
+        self.plugins.iter().any(|p| p.wants_request_body_first())
+    }
+
+    /// Lends the body read before `on_request` to every plugin.
+    pub fn on_request_body_first(
+        &mut self,
+        cx: &RequestCx<'_>,
+        body: &Bytes,
+    ) -> Result<(), (&'static str, PluginError)> {
+        for plugin in &mut self.plugins {
+            guard(plugin.name(), || {
+                plugin.on_request_body_first(cx, body);
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether any plugin wants the whole response at once.
+    pub fn wants_whole_response(&self) -> bool {
+        self.plugins.iter().any(|p| p.wants_whole_response())
+    }
+
+    /// Runs `on_whole_response` on every plugin that wants it, in order: the first
+    /// non-`Continue` wins; a changed body is what the next plugin sees. Returns the
+    /// new body, if any plugin changed it.
+    pub fn on_whole_response(
+        &mut self,
+        cx: &RequestCx<'_>,
+        res: &mut ResponseHead,
+        body: Option<Bytes>,
+    ) -> Result<(Flow, Option<Bytes>), (&'static str, PluginError)> {
+        let mut current = body;
+        let mut changed = None;
+        for plugin in self.plugins.iter_mut().filter(|p| p.wants_whole_response()) {
+            let (flow, new) = guard(plugin.name(), || {
+                plugin.on_whole_response(cx, res, current.as_ref())
+            })?;
+            if let Some(new) = new {
+                current = Some(new.clone());
+                changed = Some(new);
+            }
+            if !matches!(flow, Flow::Continue) {
+                return Ok((flow, changed));
+            }
+        }
+        Ok((Flow::Continue, changed))
     }
 
     /// Whether any plugin wants this exchange's request body.

@@ -203,6 +203,21 @@ pub fn factories(config: &Config) -> Result<Vec<Arc<dyn PluginFactory>>, String>
         let env = env_for(config)?;
         out.push(Arc::new(LuaFactory::load(path, config, &env)?));
     }
+    // A `--set` for a script that is not loaded is a typo, not a no-op.
+    for (script, option, _) in &config.script_settings {
+        let loaded = config
+            .plugins
+            .iter()
+            .filter(|name| lua::is_script(name))
+            .map(|name| lua::script_name(Path::new(name)))
+            .chain(config.scripts.iter().map(|p| lua::script_name(p)))
+            .any(|name| name == *script);
+        if !loaded {
+            return Err(format!(
+                "--set {script}.{option}: no loaded script is named {script:?}"
+            ));
+        }
+    }
     Ok(out)
 }
 

@@ -489,6 +489,22 @@ async fn route(
             path: head.target_bytes(),
         };
     }
+    // A body a plugin needs in `on_request` (a script's `BODIES.request`) is read
+    // first, for requests to be forwarded; it is sent on by `forward::run`.
+    let mut early_body = None;
+    if !conn.chain.is_empty()
+        && matches!(target, Target::Absolute { .. })
+        && conn.chain.wants_request_body_first()
+    {
+        let body = forward::read_body_first(client, &head, &shared.config).await?;
+        let cx = shared.plugin_cx(client);
+        conn.chain
+            .on_request_body_first(&cx, &body)
+            .map_err(|(name, e)| {
+                ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
+            })?;
+        early_body = Some(body);
+    }
     if !conn.chain.is_empty() {
         let cx = shared.plugin_cx(client);
         let flow = conn
@@ -563,7 +579,7 @@ async fn route(
                 tls: https.then(|| sni.as_deref().unwrap_or(&host)),
             };
             forward::run(
-                client, shared, head, upstream, path, exchange, conn, shutdown,
+                client, shared, head, upstream, path, early_body, exchange, conn, shutdown,
             )
             .await
             .map(Next::from)

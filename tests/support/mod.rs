@@ -1033,6 +1033,50 @@ impl ProxyBinary {
         }
     }
 
+    /// Runs the binary with `args` (plus `--port 0`) to its exit, which must come within
+    /// [`WAIT`]: for usage errors and commands that print and exit.
+    pub fn run_to_end(args: &[&str]) -> std::process::Output {
+        use std::io::Read as _;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+            .args(["--port", "0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("proxy {args:?} did not exit within {WAIT:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_end(&mut stdout)
+            .unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_end(&mut stderr)
+            .unwrap();
+        std::process::Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let kill = std::process::Command::new("kill")

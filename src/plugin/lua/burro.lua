@@ -520,6 +520,12 @@ if on_error then
   end
 end
 
+-- Request bodies reach the engine's exchange through a `request` handler: a directory
+-- that reads them in later hooks only gets one that does nothing.
+if not handlers.request and type(BODIES) == "table" and BODIES.request then
+  handlers.request = function() end
+end
+
 local flush = hook.flush
 if flush then
   handlers.flush = function(o)

@@ -60,6 +60,19 @@ pub(crate) struct Exchange {
     pub(crate) status: Option<u16>,
     /// `flow.conn_id`: the client connection's id (`conn.id`; kept across exchanges).
     pub(crate) conn: u64,
+    /// `flow.request.body` (the script asked for request bodies): the whole body.
+    pub(crate) req_body: Option<Bytes>,
+    /// A body a `request` handler assigned.
+    pub(crate) new_req_body: Option<Bytes>,
+    /// `flow.response.body` (the script asked for response bodies; `None` also when
+    /// the body was over the limit).
+    pub(crate) res_body: Option<Bytes>,
+    /// Response bodies may be assigned in this event.
+    pub(crate) res_body_open: bool,
+    /// A body a `response` handler assigned.
+    pub(crate) new_res_body: Option<Bytes>,
+    /// `flow.error`: the exchange's stable code and message, once it failed.
+    pub(crate) error: Option<(&'static str, String)>,
 }
 
 /// The exchange shared by the flow objects of one plugin.
@@ -81,6 +94,12 @@ impl Exchange {
             logged: false,
             status: None,
             conn: 0,
+            req_body: None,
+            new_req_body: None,
+            res_body: None,
+            res_body_open: false,
+            new_res_body: None,
+            error: None,
         }
     }
 
@@ -95,6 +114,12 @@ impl Exchange {
         self.id = 0;
         self.logged = false;
         self.status = None;
+        self.req_body = None;
+        self.new_req_body = None;
+        self.res_body = None;
+        self.res_body_open = false;
+        self.new_res_body = None;
+        self.error = None;
     }
 }
 
@@ -136,6 +161,16 @@ impl UserData for Flow {
             }
             lua.create_userdata(Response(Rc::clone(&this.0)))
                 .map(Value::UserData)
+        });
+        fields.add_field_method_get("error", |lua, this| {
+            let ex = this.0.borrow();
+            let Some((code, message)) = &ex.error else {
+                return Ok(Value::Nil);
+            };
+            let t = lua.create_table()?;
+            t.set("code", *code)?;
+            t.set("message", message.as_str())?;
+            Ok(Value::Table(t))
         });
         fields.add_field_method_get("metadata", |lua, this| {
             let mut ex = this.0.borrow_mut();
@@ -227,10 +262,19 @@ fn header_list(headers: Option<Table>) -> mlua::Result<Vec<(String, String)>> {
     Ok(list)
 }
 
-/// Headers the proxy frames messages with: scripts cannot set them (bodies are not
-/// scriptable yet, and a wrong length would desynchronise the connection).
+/// Headers the proxy frames messages with: scripts cannot set them (the proxy frames
+/// bodies itself; a wrong length would desynchronise the connection).
 fn is_framing(name: &str) -> bool {
     name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
+}
+
+/// A body a script assigns: a string (bytes), or `nil` for none.
+fn body_value(value: &Value, what: &str) -> mlua::Result<Bytes> {
+    match value {
+        Value::String(s) => Ok(Bytes::copy_from_slice(&s.as_bytes())),
+        Value::Nil => Ok(Bytes::new()),
+        _ => Err(mlua::Error::runtime(format!("{what} must be a string"))),
+    }
 }
 
 /// `flow.request`.
@@ -501,6 +545,13 @@ impl UserData for Request {
                     .map(Value::UserData);
             }
             let ex = this.0.borrow();
+            if &*key == "body" {
+                let body = ex.new_req_body.as_ref().or(ex.req_body.as_ref());
+                return match body {
+                    Some(b) => lua.create_string(b).map(Value::String),
+                    None => Ok(Value::Nil),
+                };
+            }
             let (Some(req), Some(target)) = (&ex.req, &ex.target) else {
                 return Err(gone());
             };
@@ -515,6 +566,15 @@ impl UserData for Request {
                     return Err(read_only(&format!("request.{}", &*key)));
                 }
                 let ex = &mut *ex;
+                if &*key == "body" {
+                    if ex.req_body.is_none() {
+                        return Err(mlua::Error::runtime(
+                            "request.body: set BODIES = { request = true } to read and change bodies",
+                        ));
+                    }
+                    ex.new_req_body = Some(body_value(&value, "request.body")?);
+                    return Ok(());
+                }
                 let (Some(req), Some(target)) = (&mut ex.req, &mut ex.target) else {
                     return Err(gone());
                 };
@@ -540,6 +600,13 @@ impl UserData for Response {
                     .map(Value::UserData);
             }
             let ex = this.0.borrow();
+            if &*key == "body" {
+                let body = ex.new_res_body.as_ref().or(ex.res_body.as_ref());
+                return match body {
+                    Some(b) if ex.res.is_some() => lua.create_string(b).map(Value::String),
+                    _ => Ok(Value::Nil),
+                };
+            }
             let Some(res) = &ex.res else {
                 // `access_log`: only the status the client got.
                 return Ok(match (&*key, ex.status) {
@@ -561,6 +628,18 @@ impl UserData for Response {
             |_, this, (key, value): (mlua::String, Value)| {
                 let key = key.to_str()?;
                 let mut ex = this.0.borrow_mut();
+                if &*key == "body" {
+                    if ex.res.is_none() {
+                        return Err(gone());
+                    }
+                    if !ex.res_body_open {
+                        return Err(mlua::Error::runtime(
+                            "response.body: set BODIES = { response = true } to read and change bodies",
+                        ));
+                    }
+                    ex.new_res_body = Some(body_value(&value, "response.body")?);
+                    return Ok(());
+                }
                 let Some(res) = &mut ex.res else {
                     return Err(gone());
                 };

@@ -21,6 +21,7 @@
 mod burro;
 mod flow;
 mod helpers;
+mod options;
 mod vm;
 
 use std::cell::RefCell;
@@ -39,6 +40,8 @@ use crate::http::{self, RequestHead, ResponseHead, Target};
 use self::flow::{Control, Exchange, Shared};
 use self::vm::{Handlers, Script, Vm};
 use super::{Flow, Plugin, PluginError, PluginFactory, Reply, RequestCx};
+
+pub use self::options::script_name;
 
 /// Whether a `--plugins` name is a script: a `.lua` file or a Burro-style directory of
 /// hook files (an existing directory, or a path ending in `/`).
@@ -99,6 +102,8 @@ impl Env {
 pub struct LuaFactory {
     script: Arc<Script>,
     name: &'static str,
+    /// `script.command` and its help, for `--list-commands`.
+    commands: Vec<(String, String)>,
 }
 
 impl LuaFactory {
@@ -113,18 +118,36 @@ impl LuaFactory {
         } else {
             std::fs::read_to_string(path).map_err(|e| format!("script {}: {e}", path.display()))?
         };
+        let name = script_name(path);
+        let settings = config
+            .script_settings
+            .iter()
+            .filter(|(script, _, _)| *script == name)
+            .map(|(_, option, value)| (option.clone(), value.clone()))
+            .collect();
         let script = Arc::new(Script {
             id: NEXT_SCRIPT.fetch_add(1, Ordering::Relaxed),
             path: path.to_path_buf(),
             source,
+            name,
+            settings,
             env: Arc::clone(env),
             instruction_limit: config.script_instruction_limit,
             memory_limit: config.script_memory_limit,
         });
-        Vm::load(&script).map_err(|e| format!("script {e}"))?;
+        let probe = Vm::load(&script).map_err(|e| format!("script {e}"))?;
+        let commands = probe
+            .commands
+            .iter()
+            .map(|c| (format!("{}.{}", script.name, c.name), c.help.clone()))
+            .collect();
         // The name lives as long as the process (factories are built once).
         let name: &'static str = Box::leak(path.display().to_string().into_boxed_str());
-        Ok(LuaFactory { script, name })
+        Ok(LuaFactory {
+            script,
+            name,
+            commands,
+        })
     }
 }
 
@@ -133,12 +156,18 @@ impl PluginFactory for LuaFactory {
         self.name
     }
 
+    fn commands(&self) -> Vec<(String, String)> {
+        self.commands.clone()
+    }
+
     fn build(&self) -> Box<dyn Plugin> {
         Box::new(LuaPlugin {
             vm: vm_for(&self.script),
             name: self.name,
             exchange: None,
             conn: 0,
+            new_req_body: None,
+            deferred: false,
         })
     }
 }
@@ -172,6 +201,10 @@ pub struct LuaPlugin {
     exchange: Option<Shared>,
     /// `conn.id`, drawn on the connection's first hook call (0: not yet).
     conn: u64,
+    /// The request body a `request` handler assigned, until `on_request_body` sends it.
+    new_req_body: Option<bytes::Bytes>,
+    /// `response` handlers wait for the whole body (`BODIES.response`).
+    deferred: bool,
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -347,6 +380,36 @@ impl LuaPlugin {
         Ok(())
     }
 
+    /// Runs the `response` handlers over `res` (and the body, when it is in).
+    fn respond(
+        &mut self,
+        vm: &Vm,
+        cx: &RequestCx<'_>,
+        res: &mut ResponseHead,
+    ) -> Result<Flow, PluginError> {
+        let shared = self.exchange(cx);
+        {
+            let mut ex = shared.borrow_mut();
+            let placeholder = PLACEHOLDERS.with(|p| p.1.clone());
+            ex.res = Some(std::mem::replace(res, placeholder));
+            ex.control = None;
+        }
+        let result = Self::run(vm, &vm.response, &shared);
+        let control = {
+            let mut ex = shared.borrow_mut();
+            if let Some(r) = ex.res.take() {
+                *res = r;
+            }
+            ex.control.take()
+        };
+        if let Err(message) = result {
+            return self.failed(vm, &shared, message);
+        }
+        Ok(to_flow(control, |status, headers, body| {
+            Reply::new(status, headers, body, false)
+        }))
+    }
+
     /// A handler failed: logged once per exchange; fail-open unless `FAIL_CLOSED`.
     fn failed(&self, vm: &Vm, shared: &Shared, message: String) -> Result<Flow, PluginError> {
         let mut ex = shared.borrow_mut();
@@ -456,6 +519,7 @@ impl Plugin for LuaPlugin {
                 ex.req = Some(req.clone());
                 ex.target = Some(target.clone());
             }
+            self.new_req_body = ex.new_req_body.take();
             ex.control.take()
         };
         if let Err(message) = result {
@@ -464,6 +528,28 @@ impl Plugin for LuaPlugin {
         Ok(to_flow(control, |status, headers, body| {
             Reply::answering(req, status, headers, body)
         }))
+    }
+
+    fn wants_request_body_first(&self) -> bool {
+        self.vm.as_ref().is_some_and(|vm| vm.request_bodies)
+    }
+
+    fn on_request_body_first(&mut self, cx: &RequestCx<'_>, body: &bytes::Bytes) {
+        if self.wants_request_body_first() {
+            self.exchange(cx).borrow_mut().req_body = Some(body.clone());
+        }
+    }
+
+    fn wants_request_body(&self) -> bool {
+        self.new_req_body.is_some()
+    }
+
+    fn on_request_body(
+        &mut self,
+        _cx: &RequestCx<'_>,
+        body: bytes::Bytes,
+    ) -> Result<bytes::Bytes, PluginError> {
+        Ok(self.new_req_body.take().unwrap_or(body))
     }
 
     fn on_response(
@@ -478,27 +564,42 @@ impl Plugin for LuaPlugin {
         if vm.response.is_empty() {
             return Ok(Flow::Continue);
         }
+        if vm.response_bodies {
+            // The handlers run once the body is in (`on_whole_response`).
+            self.deferred = true;
+            return Ok(Flow::Continue);
+        }
+        self.respond(&vm, cx, res)
+    }
+
+    fn wants_whole_response(&self) -> bool {
+        self.deferred
+    }
+
+    fn on_whole_response(
+        &mut self,
+        cx: &RequestCx<'_>,
+        res: &mut ResponseHead,
+        body: Option<&bytes::Bytes>,
+    ) -> Result<(Flow, Option<bytes::Bytes>), PluginError> {
+        self.deferred = false;
+        let Some(vm) = self.vm.clone() else {
+            return Ok((Flow::Continue, None));
+        };
         let shared = self.exchange(cx);
         {
             let mut ex = shared.borrow_mut();
-            let placeholder = PLACEHOLDERS.with(|p| p.1.clone());
-            ex.res = Some(std::mem::replace(res, placeholder));
-            ex.control = None;
+            ex.res_body = body.cloned();
+            ex.res_body_open = true;
         }
-        let result = Self::run(&vm, &vm.response, &shared);
-        let control = {
+        let flow = self.respond(&vm, cx, res);
+        let new = {
             let mut ex = shared.borrow_mut();
-            if let Some(r) = ex.res.take() {
-                *res = r;
-            }
-            ex.control.take()
+            ex.res_body_open = false;
+            ex.res_body = None;
+            ex.new_res_body.take()
         };
-        if let Err(message) = result {
-            return self.failed(&vm, &shared, message);
-        }
-        Ok(to_flow(control, |status, headers, body| {
-            Reply::new(status, headers, body, false)
-        }))
+        Ok((flow?, new))
     }
 
     fn do_intercept(
@@ -556,10 +657,14 @@ impl Plugin for LuaPlugin {
             return;
         };
         self.connect(&vm, cx);
-        if vm.error.is_empty() {
+        if vm.error.is_empty() && vm.access_log.is_empty() {
             return;
         }
         let shared = self.exchange(cx);
+        shared.borrow_mut().error = Some((err.code(), err.to_string()));
+        if vm.error.is_empty() {
+            return;
+        }
         let err = match error_table(&vm, &shared, cx, err) {
             Ok(t) => mlua::Value::Table(t),
             Err(_) => return,
@@ -568,6 +673,8 @@ impl Plugin for LuaPlugin {
     }
 
     fn on_complete(&mut self, cx: &RequestCx<'_>, status: Option<u16>) {
+        self.deferred = false;
+        self.new_req_body = None;
         if let Some(vm) = self.vm.clone() {
             self.connect(&vm, cx);
             if !vm.access_log.is_empty() {

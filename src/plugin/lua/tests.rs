@@ -10,6 +10,8 @@ fn script(source: &str) -> Script {
         id: usize::MAX,
         path: PathBuf::from("dir/test.lua"),
         source: source.to_owned(),
+        name: "test".to_owned(),
+        settings: Vec::new(),
         env: Env::with_kv(helpers::Kv::memory()),
         instruction_limit: 100_000,
         memory_limit: 8 * 1024 * 1024,
@@ -22,6 +24,8 @@ fn plugin(source: &str) -> LuaPlugin {
         name: "test.lua",
         exchange: None,
         conn: 0,
+        new_req_body: None,
+        deferred: false,
     }
 }
 

@@ -22,6 +22,7 @@ const EVENTS: &[&str] = &[
     "should_intercept",
     "done",
     "flush",
+    "configure",
 ];
 
 /// A script as loaded at start-up: shared by every worker thread.
@@ -33,6 +34,10 @@ pub(crate) struct Script {
     pub(crate) path: PathBuf,
     /// The source, read once at start-up.
     pub(crate) source: String,
+    /// The name `--set` knows it by.
+    pub(crate) name: String,
+    /// Its `--set` options: (name, value).
+    pub(crate) settings: Vec<(String, String)>,
     /// What every script of the process shares.
     pub(crate) env: Arc<super::Env>,
     /// Instructions one event may run.
@@ -75,6 +80,12 @@ pub(crate) struct Vm {
     /// `FAIL_CLOSED = true`: a failing handler answers 500 instead of letting the
     /// exchange go on.
     pub(crate) fail_closed: bool,
+    /// The script's `commands`.
+    pub(crate) commands: Vec<super::options::Command>,
+    /// `BODIES = { request = true }`: `request` handlers see whole request bodies.
+    pub(crate) request_bodies: bool,
+    /// `BODIES = { response = true }`: `response` handlers see whole response bodies.
+    pub(crate) response_bodies: bool,
     /// Instructions left for the running event.
     budget: Rc<Cell<u64>>,
     limit: u64,
@@ -140,6 +151,9 @@ impl Vm {
             done: Vec::new(),
             flush: Vec::new(),
             fail_closed: false,
+            commands: Vec::new(),
+            request_bodies: false,
+            response_bodies: false,
             budget,
             limit: script.instruction_limit,
             lua,
@@ -155,12 +169,29 @@ impl Vm {
             .eval()
             .map_err(fail)?;
         let mut start = Vec::new();
-        vm.collect(&returned, &mut start).map_err(fail)?;
+        let mut configure = Vec::new();
+        vm.collect(&returned, &mut start, &mut configure)
+            .map_err(fail)?;
         vm.error.retain(|h| Some(&h.func) != builtin_error.as_ref());
+        let options = super::options::apply(&vm.lua, &script.name, &script.settings)
+            .map_err(|e| format!("{}: {e}", script.path.display()))?;
+        vm.commands = super::options::commands(&vm.lua).map_err(fail)?;
+        if !configure.is_empty() {
+            let changed = vm.lua.create_table().map_err(fail)?;
+            for name in &options {
+                changed.raw_set(name.as_str(), true).map_err(fail)?;
+            }
+            let changed = Value::Table(changed);
+            for handler in &configure {
+                vm.refill();
+                handler.call(&changed).map_err(fail)?;
+            }
+        }
         for handler in &start {
             vm.refill();
             handler.call(&Value::Nil).map_err(fail)?;
         }
+        vm.bodies().map_err(fail)?;
         vm.fail_closed = vm
             .lua
             .globals()
@@ -171,6 +202,26 @@ impl Vm {
         Ok(vm)
     }
 
+    /// Reads `BODIES` (a global, or a field of an `Extensions` object): which bodies
+    /// the handlers see. Without it no body is ever buffered for this script.
+    fn bodies(&mut self) -> mlua::Result<()> {
+        let globals = self.lua.globals();
+        let mut tables: Vec<Table> = Vec::new();
+        tables.extend(globals.get::<Option<Table>>("BODIES")?);
+        if let Some(list) = globals.get::<Option<Table>>("Extensions")? {
+            for obj in list.sequence_values::<Table>() {
+                tables.extend(obj?.get::<Option<Table>>("BODIES")?);
+            }
+        }
+        for t in tables {
+            self.request_bodies |= t.get::<Option<bool>>("request")? == Some(true);
+            self.response_bodies |= t.get::<Option<bool>>("response")? == Some(true);
+        }
+        self.request_bodies &= !self.request.is_empty();
+        self.response_bodies &= !self.response.is_empty();
+        Ok(())
+    }
+
     /// Gives the next event its whole instruction budget.
     pub(crate) fn refill(&self) {
         self.budget.set(self.limit);
@@ -179,7 +230,12 @@ impl Vm {
     /// Finds the handlers: global functions named for events, then those of a returned
     /// table, then the methods of each `Extensions` object. A Burro directory's table
     /// (marked `__burro`) is the only source: its hooks' globals are not handlers.
-    fn collect(&mut self, returned: &Value, start: &mut Handlers) -> mlua::Result<()> {
+    fn collect(
+        &mut self,
+        returned: &Value,
+        start: &mut Handlers,
+        configure: &mut Handlers,
+    ) -> mlua::Result<()> {
         let globals = self.lua.globals();
         let burro = match returned {
             Value::Table(t) => t.raw_get::<Option<bool>>("__burro")? == Some(true),
@@ -204,6 +260,7 @@ impl Vm {
                     let handler = Handler { func, this };
                     match event {
                         "start" => start.push(handler),
+                        "configure" => configure.push(handler),
                         "request" => self.request.push(handler),
                         "response" => self.response.push(handler),
                         "client_connect" => self.client_connect.push(handler),

@@ -124,11 +124,121 @@ pub(super) async fn relay_body(
     }
 }
 
+/// A response body read from the origin and decoded (any chunked framing removed),
+/// piece by piece: what [`relay_transformed`] and the whole-body read share.
+pub(super) struct Decoding {
+    kind: BodyKind,
+    decoder: ChunkedDecoder,
+    /// Bytes still to come of a `Content-Length` body.
+    remaining: u64,
+    done: bool,
+    /// Whether the body ended with nothing after it (the connection may be reused).
+    clean: bool,
+    ranges: Vec<std::ops::Range<usize>>,
+}
+
+impl Decoding {
+    pub(super) fn new(kind: BodyKind, config: &Config) -> Self {
+        Decoding {
+            kind,
+            decoder: ChunkedDecoder::new(&config.limits),
+            remaining: match kind {
+                BodyKind::Length(n) => n,
+                _ => 0,
+            },
+            done: matches!(kind, BodyKind::Empty | BodyKind::Length(0)),
+            clean: true,
+            ranges: Vec::new(),
+        }
+    }
+
+    /// The whole body was decoded.
+    pub(super) fn done(&self) -> bool {
+        self.done
+    }
+
+    /// The body ended with no stray bytes after it (meaningful once `done`).
+    pub(super) fn clean(&self, buf: &BytesMut) -> bool {
+        self.clean && buf.is_empty()
+    }
+
+    /// Decodes what `buf` holds into `pieces` (body bytes only).
+    pub(super) fn take(
+        &mut self,
+        buf: &mut BytesMut,
+        pieces: &mut Vec<Bytes>,
+        received: &mut Recorders,
+    ) -> std::result::Result<(), Failure> {
+        if buf.is_empty() || self.done {
+            return Ok(());
+        }
+        match self.kind {
+            BodyKind::Length(_) => {
+                let take = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                let piece = buf.split_to(take).freeze();
+                received.record(&piece);
+                pieces.push(piece);
+                self.remaining -= take as u64;
+                self.done = self.remaining == 0;
+            }
+            BodyKind::Chunked => {
+                self.ranges.clear();
+                let progress = self
+                    .decoder
+                    .advance(buf, Some(&mut self.ranges))
+                    .map_err(|e| {
+                        Failure::Fatal(ProxyError::new(
+                            e.response_kind(),
+                            format!("response chunked body: {e:?}"),
+                        ))
+                    })?;
+                let piece = buf.split_to(progress.consumed).freeze();
+                received.record(&piece);
+                pieces.extend(self.ranges.iter().map(|r| piece.slice(r.clone())));
+                self.done = progress.done;
+            }
+            BodyKind::UntilClose => {
+                let piece = buf.split().freeze();
+                received.record(&piece);
+                pieces.push(piece);
+            }
+            BodyKind::Empty => self.done = true,
+        }
+        Ok(())
+    }
+
+    /// Reads more of the body into `buf`. A close ends a close-delimited body (not
+    /// clean: nothing can follow it); anywhere else it is an incomplete response.
+    pub(super) async fn fill(
+        &mut self,
+        upstream: &Stream,
+        buf: &mut BytesMut,
+        config: &Config,
+    ) -> std::result::Result<(), Failure> {
+        match read_some(upstream, buf, config.server_recvbuf_size, config.timeout).await {
+            Ok(0) if self.kind == BodyKind::UntilClose => {
+                self.done = true;
+                self.clean = false;
+                Ok(())
+            }
+            Ok(0) => Err(Failure::Fatal(ProxyError::new(
+                ErrorKind::HttpResponseIncomplete,
+                "upstream closed mid-body",
+            ))),
+            Ok(_) => Ok(()),
+            Err(e) => Err(Failure::Fatal(upstream_error(e, "reading a response body"))),
+        }
+    }
+}
+
 /// Relays a response body through the plugins that asked for it: decoded, passed
 /// through the chain piece by piece, and re-framed (`chunked` for HTTP/1.1 clients,
-/// raw bytes before a close otherwise). Memory stays bounded: one read buffer, plus
-/// whatever the plugins themselves choose to keep. Returns whether the upstream
-/// response ended cleanly with nothing after it.
+/// raw bytes before a close otherwise). `pieces` holds body bytes already decoded by
+/// `decoding`. Memory stays bounded: one read buffer, plus whatever the plugins
+/// themselves choose to keep. Returns whether the upstream response ended cleanly with
+/// nothing after it.
 #[expect(
     clippy::too_many_arguments,
     reason = "one exchange's sockets, buffers and state; a struct would only rename them"
@@ -137,7 +247,8 @@ pub(super) async fn relay_transformed(
     client: &Stream,
     upstream: &Stream,
     buf: &mut BytesMut,
-    kind: BodyKind,
+    mut decoding: Decoding,
+    mut pieces: Vec<Bytes>,
     chunked: bool,
     config: &Config,
     exchange: &mut Exchange,
@@ -150,49 +261,9 @@ pub(super) async fn relay_transformed(
             format!("plugin {name}: {e}"),
         ))
     };
-    let mut decoder = ChunkedDecoder::new(&config.limits);
-    let mut remaining = match kind {
-        BodyKind::Length(n) => n,
-        _ => 0,
-    };
-    let mut done = matches!(kind, BodyKind::Empty | BodyKind::Length(0));
-    let mut ranges = Vec::new();
-    let mut pieces: Vec<Bytes> = Vec::new();
     let mut parts: Vec<Bytes> = Vec::new();
-    let clean = loop {
-        if !buf.is_empty() && !done {
-            match kind {
-                BodyKind::Length(_) => {
-                    let take = usize::try_from(remaining)
-                        .unwrap_or(usize::MAX)
-                        .min(buf.len());
-                    let piece = buf.split_to(take).freeze();
-                    received.record(&piece);
-                    pieces.push(piece);
-                    remaining -= take as u64;
-                    done = remaining == 0;
-                }
-                BodyKind::Chunked => {
-                    ranges.clear();
-                    let progress = decoder.advance(buf, Some(&mut ranges)).map_err(|e| {
-                        Failure::Fatal(ProxyError::new(
-                            e.response_kind(),
-                            format!("response chunked body: {e:?}"),
-                        ))
-                    })?;
-                    let piece = buf.split_to(progress.consumed).freeze();
-                    received.record(&piece);
-                    pieces.extend(ranges.iter().map(|r| piece.slice(r.clone())));
-                    done = progress.done;
-                }
-                BodyKind::UntilClose => {
-                    let piece = buf.split().freeze();
-                    received.record(&piece);
-                    pieces.push(piece);
-                }
-                BodyKind::Empty => done = true,
-            }
-        }
+    loop {
+        decoding.take(buf, &mut pieces, received)?;
         for piece in pieces.drain(..) {
             let out = hooks
                 .chain
@@ -200,22 +271,12 @@ pub(super) async fn relay_transformed(
                 .map_err(plugin_failed)?;
             frame_piece(&mut parts, out, chunked);
         }
-        if done {
-            break buf.is_empty();
+        if decoding.done() {
+            break;
         }
         write_framed(client, &mut parts, config, exchange).await?;
-        match read_some(upstream, buf, config.server_recvbuf_size, config.timeout).await {
-            Ok(0) if kind == BodyKind::UntilClose => break false,
-            Ok(0) => {
-                return Err(Failure::Fatal(ProxyError::new(
-                    ErrorKind::HttpResponseIncomplete,
-                    "upstream closed mid-body",
-                )))
-            }
-            Ok(_) => {}
-            Err(e) => return Err(Failure::Fatal(upstream_error(e, "reading a response body"))),
-        }
-    };
+        decoding.fill(upstream, buf, config).await?;
+    }
     let tail = hooks
         .chain
         .on_response_end(hooks.cx)
@@ -225,12 +286,12 @@ pub(super) async fn relay_transformed(
         parts.push(Bytes::from_static(b"0\r\n\r\n"));
     }
     write_framed(client, &mut parts, config, exchange).await?;
-    Ok(clean)
+    Ok(decoding.clean(buf))
 }
 
 /// Appends `data` to `parts`, as one chunk when `chunked` (nothing for empty data:
 /// an empty chunk would end the body).
-fn frame_piece(parts: &mut Vec<Bytes>, data: Bytes, chunked: bool) {
+pub(super) fn frame_piece(parts: &mut Vec<Bytes>, data: Bytes, chunked: bool) {
     if data.is_empty() {
         return;
     }
@@ -244,7 +305,7 @@ fn frame_piece(parts: &mut Vec<Bytes>, data: Bytes, chunked: bool) {
 }
 
 /// Writes out `parts` (if any) to the client and counts them.
-async fn write_framed(
+pub(super) async fn write_framed(
     client: &Stream,
     parts: &mut Vec<Bytes>,
     config: &Config,

@@ -5,7 +5,7 @@ use crate::conn::Stream;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
-use super::body::{relay_body, relay_transformed};
+use super::body::{frame_piece, relay_body, relay_transformed, write_framed, Decoding};
 use super::request::{names_framing_header, remove_connection_listed};
 use super::upload::UploadProgress;
 use super::{upstream_error, End, Failure, Recorders, RequestFacts, HOP_BY_HOP};
@@ -14,7 +14,7 @@ use crate::conn::access::Exchange;
 use crate::conn::io::{client_io_error, read_head_bytes, write_all, write_parts, IoFail};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::{parse_response, response_body_kind, BodyKind, Parsed, ResponseHead, Version};
-use crate::plugin::{Chain, Flow, RequestCx};
+use crate::plugin::{Chain, Flow, RequestCx, MAX_BUFFERED_RESPONSE_BODY};
 
 const HEAD_READ_CHUNK: usize = 16 * 1024;
 
@@ -152,6 +152,30 @@ pub(super) async fn download(
             }
         }
     }
+    if !hooks.chain.is_empty() && hooks.chain.wants_whole_response() {
+        let mut hooks = hooks;
+        return whole_response(
+            client,
+            upstream,
+            config,
+            request,
+            exchange,
+            parts,
+            &mut hooks,
+            head,
+            buf,
+            body,
+            close_client,
+            received,
+        )
+        .await
+        .map(|(client_keep_alive, upstream_reusable)| {
+            Downloaded::Done(End {
+                client_keep_alive,
+                upstream_reusable: upstream_reusable && origin_keeps_open,
+            })
+        });
+    }
     // A plugin that wants the body gets it decoded; what comes out of the chain has a
     // length nobody knows yet, so it is re-framed: chunked for HTTP/1.1 clients,
     // close-delimited for HTTP/1.0 ones.
@@ -168,11 +192,7 @@ pub(super) async fn download(
             head.append("Transfer-Encoding", b"chunked");
         }
     }
-    if close_client {
-        head.append("Connection", b"close");
-    } else if request.version == Version::Http10 {
-        head.append("Connection", b"keep-alive");
-    }
+    connection_header(&mut head, close_client, request.version);
     head.encode_with_version(Version::Http11, parts);
     // Body bytes that came with the head leave in the same write (one syscall for a
     // small response instead of two).
@@ -196,8 +216,18 @@ pub(super) async fn download(
     let clean = if transform {
         let chunked = request.version == Version::Http11;
         let mut hooks = hooks;
+        let decoding = Decoding::new(body, config);
         relay_transformed(
-            client, upstream, &mut buf, body, chunked, config, exchange, &mut hooks, received,
+            client,
+            upstream,
+            &mut buf,
+            decoding,
+            Vec::new(),
+            chunked,
+            config,
+            exchange,
+            &mut hooks,
+            received,
         )
         .await?
     } else {
@@ -210,6 +240,155 @@ pub(super) async fn download(
         client_keep_alive: !close_client,
         upstream_reusable: clean && origin_keeps_open && body != BodyKind::UntilClose,
     }))
+}
+
+/// The response for plugins that want it whole (`Plugin::wants_whole_response`): the
+/// body is read and decoded before anything is sent, the plugins see head and body
+/// together, and the result leaves with an exact `Content-Length`. A body over
+/// [`MAX_BUFFERED_RESPONSE_BODY`] is not held: the plugins see the head alone, and the
+/// body passes on as received (re-framed, through any chunk plugins), logged as
+/// `http_response_body_size`. Returns (client keep-alive, upstream clean).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one exchange's sockets, buffers and state; a struct would only rename them"
+)]
+async fn whole_response(
+    client: &Stream,
+    upstream: &Stream,
+    config: &Config,
+    request: &RequestFacts,
+    exchange: &mut Exchange,
+    parts: &mut Vec<Bytes>,
+    hooks: &mut Hooks<'_, '_>,
+    mut head: ResponseHead,
+    mut buf: BytesMut,
+    body: BodyKind,
+    close_client: bool,
+    received: &mut Recorders,
+) -> std::result::Result<(bool, bool), Failure> {
+    let plugin_failed = |(name, e): (&'static str, crate::plugin::PluginError)| {
+        Failure::Fatal(ProxyError::new(
+            ErrorKind::ProxyInternalError,
+            format!("plugin {name}: {e}"),
+        ))
+    };
+    let mut decoding = Decoding::new(body, config);
+    let mut pieces: Vec<Bytes> = Vec::new();
+    let mut size = 0usize;
+    let mut over = matches!(body, BodyKind::Length(n) if n > MAX_BUFFERED_RESPONSE_BODY as u64);
+    while !over {
+        let before = pieces.len();
+        decoding.take(&mut buf, &mut pieces, received)?;
+        size += pieces[before..].iter().map(Bytes::len).sum::<usize>();
+        over = size > MAX_BUFFERED_RESPONSE_BODY;
+        if decoding.done() || over {
+            break;
+        }
+        decoding.fill(upstream, &mut buf, config).await?;
+    }
+    let whole = (!over).then(|| concat(&pieces));
+    let (flow, new_body) = hooks
+        .chain
+        .on_whole_response(hooks.cx, &mut head, whole.clone())
+        .map_err(plugin_failed)?;
+    match flow {
+        Flow::Continue => {}
+        Flow::Close => return Ok((false, false)),
+        Flow::Respond(reply) => {
+            write_all(client, &reply.bytes, config.timeout)
+                .await
+                .map_err(|e| Failure::Fatal(client_io_error(e, "writing a plugin's reply")))?;
+            exchange.set_status(reply.status);
+            exchange.add_bytes(reply.bytes.len() as u64);
+            // Whatever of the origin's body was not read stays unread.
+            let clean = decoding.done() && decoding.clean(&buf);
+            return Ok((!close_client && !reply.close, clean));
+        }
+    }
+    let streamed = over && new_body.is_none();
+    if over {
+        tracing::warn!(
+            error.code = ErrorKind::HttpResponseBodySize.code(),
+            "a response body over {MAX_BUFFERED_RESPONSE_BODY} bytes passes unseen by the plugins that wanted it whole"
+        );
+    }
+    if streamed {
+        // Re-framed as in the chunk-plugin path: the decoded prefix, then the rest.
+        let chunked = request.version == Version::Http11;
+        let close_client = close_client || !chunked;
+        head.remove("content-length");
+        head.remove("transfer-encoding");
+        if chunked {
+            head.append("Transfer-Encoding", b"chunked");
+        }
+        connection_header(&mut head, close_client, request.version);
+        head.encode_with_version(Version::Http11, parts);
+        write_framed(client, parts, config, exchange).await?;
+        exchange.set_status(head.status());
+        let clean = relay_transformed(
+            client, upstream, &mut buf, decoding, pieces, chunked, config, exchange, hooks,
+            received,
+        )
+        .await?;
+        return Ok((!close_client, clean));
+    }
+    // The whole body, changed or not, then through any chunk plugins.
+    let mut data = new_body.or(whole).unwrap_or_default();
+    if hooks.chain.wants_response_body() {
+        let out = hooks
+            .chain
+            .on_response_chunk(hooks.cx, data)
+            .map_err(plugin_failed)?;
+        let tail = hooks
+            .chain
+            .on_response_end(hooks.cx)
+            .map_err(plugin_failed)?;
+        data = concat(&[out, tail]);
+    }
+    head.remove("transfer-encoding");
+    if request.is_head || !response_may_have_body(head.status()) {
+        // HEAD, 204, 304: the origin's Content-Length (if any) describes another message.
+    } else {
+        head.set("Content-Length", data.len().to_string().as_bytes());
+    }
+    // An unread (or close-delimited) origin body: the upstream is not reused.
+    let clean = decoding.done() && decoding.clean(&buf);
+    connection_header(&mut head, close_client, request.version);
+    head.encode_with_version(Version::Http11, parts);
+    if !request.is_head && response_may_have_body(head.status()) {
+        frame_piece(parts, data, false);
+    }
+    let sent: usize = parts.iter().map(Bytes::len).sum();
+    write_parts(client, parts, config.timeout)
+        .await
+        .map_err(|e| Failure::Fatal(client_io_error(e, "writing a response")))?;
+    exchange.set_status(head.status());
+    exchange.add_bytes(sent as u64);
+    Ok((!close_client, clean))
+}
+
+/// Whether a response with this status carries a body (RFC 9110 §6.4.1).
+fn response_may_have_body(status: u16) -> bool {
+    !(status == 204 || status == 304 || (100..200).contains(&status))
+}
+
+/// `Connection: close` when the client connection ends here; `keep-alive` for an
+/// HTTP/1.0 client that keeps it.
+fn connection_header(head: &mut ResponseHead, close_client: bool, version: Version) {
+    if close_client {
+        head.append("Connection", b"close");
+    } else if version == Version::Http10 {
+        head.append("Connection", b"keep-alive");
+    }
+}
+
+/// One `Bytes` of `pieces` (no copy for zero or one piece).
+fn concat(pieces: &[Bytes]) -> Bytes {
+    match pieces {
+        [] => Bytes::new(),
+        [one] => one.clone(),
+        many => Bytes::from(many.concat()),
+    }
 }
 
 /// Removes hop-by-hop headers from a response (the ones `Connection` lists too).

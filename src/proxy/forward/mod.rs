@@ -63,6 +63,7 @@ pub async fn run(
     mut head: RequestHead,
     target: Upstream<'_>,
     path: Bytes,
+    early_body: Option<Bytes>,
     exchange: &mut Exchange,
     conn: &mut ConnState,
     shutdown: &watch::Receiver<bool>,
@@ -96,7 +97,24 @@ pub async fn run(
     // A body a plugin asked for is read whole now, rewritten, and sent right behind the
     // head with an exact length; nothing is left to upload from the client afterwards.
     let mut rewritten: Option<Bytes> = None;
-    if body != BodyKind::Empty && !chain.is_empty() && chain.wants_request_body() {
+    if let Some(early) = early_body {
+        // Read before `on_request` (see `read_body_first`): the client has no more.
+        let had_body = body != BodyKind::Empty;
+        let new = if chain.wants_request_body() {
+            chain.on_request_body(&cx, early).map_err(|(name, e)| {
+                ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
+            })?
+        } else {
+            early
+        };
+        if had_body || !new.is_empty() {
+            head.remove("transfer-encoding");
+            head.remove("expect");
+            head.set("Content-Length", new.len().to_string().as_bytes());
+            rewritten = Some(new);
+        }
+        body = BodyKind::Empty;
+    } else if body != BodyKind::Empty && !chain.is_empty() && chain.wants_request_body() {
         let whole = read_whole_body(client, &head, body, config).await?;
         let new = chain.on_request_body(&cx, whole).map_err(|(name, e)| {
             ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
@@ -193,6 +211,28 @@ pub async fn run(
                 return Ok(end.client_keep_alive);
             }
         }
+    }
+}
+
+/// The whole request body, for plugins that need it before `on_request` (empty when
+/// the request has none). Framing is checked as `run` checks it; over
+/// [`crate::plugin::MAX_BUFFERED_REQUEST_BODY`] is 413 before any upstream is contacted.
+pub async fn read_body_first(
+    client: &mut Client,
+    head: &RequestHead,
+    config: &Config,
+) -> Result<Bytes> {
+    if names_framing_header(head) {
+        return Err(ProxyError::new(
+            ErrorKind::HttpRequestError,
+            "Connection names a framing header",
+        ));
+    }
+    match request_body_kind(head)
+        .map_err(|e| ProxyError::new(e.request_kind(), format!("request framing: {e:?}")))?
+    {
+        BodyKind::Empty | BodyKind::Length(0) => Ok(Bytes::new()),
+        kind => read_whole_body(client, head, kind, config).await,
     }
 }
 

@@ -445,6 +445,8 @@ mod tests {
             id: usize::MAX,
             path: PathBuf::from("t.lua"),
             source: String::new(),
+            name: "test".to_owned(),
+            settings: Vec::new(),
             env: super::super::Env::with_kv(kv.clone()),
             instruction_limit: 100_000,
             memory_limit: 8 * 1024 * 1024,
