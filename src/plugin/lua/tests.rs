@@ -293,3 +293,16 @@ fn a_burro_directory_collects_only_its_hooks() {
         (0, 1, 1)
     );
 }
+
+#[test]
+fn a_burro_directory_vm_stays_small_when_idle() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugin_examples/lua/burro/metric");
+    let mut s = script(&burro::source(&dir).unwrap());
+    s.path = dir;
+    let vm = Vm::load(&s).unwrap();
+    vm.lua.gc_collect().unwrap();
+    let used = vm.lua.used_memory();
+    assert!(used < 1024 * 1024, "{used} bytes");
+    assert_eq!((vm.access_log.len(), vm.flush.len()), (1, 1));
+    assert!(vm.request.is_empty() && vm.response.is_empty());
+}
