@@ -264,7 +264,8 @@ local CTX = setmetatable({}, {
 local function live_request(what)
   local r = phase == "request" and request_of()
   if not r then
-    error(what .. ": the request was sent already", 3)
+    local why = cur and "the request was sent already" or "no request in this hook"
+    error(what .. ": " .. why, 3)
   end
   cache = nil
   return r
@@ -344,7 +345,8 @@ local function response_target(what)
   end
   local s = phase == "response" and response_of()
   if not s then
-    error(what .. ": the response was sent already", 3)
+    local why = cur and "the response was sent already" or "no response in this hook"
+    error(what .. ": " .. why, 3)
   end
   cache = nil
   return s
