@@ -766,3 +766,39 @@ fn set_errors_stop_start_up_and_commands_are_listed() {
         "block.blocked\tthe hosts being blocked\n"
     );
 }
+
+#[test]
+fn a_flow_kept_past_its_exchange_sees_nothing_of_the_next() {
+    let origin = Origin::fixed("hello");
+    let path = script(
+        "kept_flow",
+        r#"local kept, kept_headers
+           function request(flow)
+             if kept then
+               local ok, err = pcall(function() return kept.request.method end)
+               local hok, herr = pcall(function() return kept_headers["host"] end)
+               local sok, serr = pcall(function() kept.request.path = "/stolen" end)
+               flow.request.headers["x-stale"] = table.concat({
+                 tostring(ok), tostring(err):match("event is over") or tostring(err),
+                 tostring(hok), tostring(herr):match("event is over") or tostring(herr),
+                 tostring(sok), tostring(serr):match("event is over") or tostring(serr),
+                 tostring(kept) }, ",")
+             end
+             kept, kept_headers = flow, flow.request.headers
+           end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    for _ in 0..2 {
+        client.send(&get("http://alpha.test/a", ""));
+        assert_eq!(client.read_response().text(), "hello");
+    }
+    let seen = origin.requests();
+    assert_eq!(seen[0].headers.get("x-stale"), None);
+    assert_eq!(
+        seen[1].headers.get("x-stale"),
+        Some("false,event is over,false,event is over,false,event is over,flow (over)")
+    );
+    assert_eq!(seen[1].target, "/a");
+}

@@ -1,17 +1,24 @@
-//! The `flow` object scripts see: userdata over the exchange's heads, materialised
-//! lazily (reading `flow.request.method` builds no table of headers).
+//! The `flow` object scripts see, over the exchange's heads, materialised lazily
+//! (reading `flow.request.method` builds no table of headers).
 //!
 //! The proxy lends the heads to the script for the length of one event: they are moved
-//! into [`Exchange`] and moved back after the handlers ran. A flow kept past its event
-//! reads what was saved of the request and nothing else.
+//! into [`Exchange`] and moved back after the handlers ran.
+//!
+//! `flow`, `flow.request`, `flow.response` and their `headers` are light userdata: a
+//! value naming (exchange, part), with one metatable per VM for all of them. Making one
+//! allocates nothing and leaves nothing for the collector: per-event full userdata (and
+//! their finalizers) had been most of a script's cost per request. The exchange is found
+//! through this thread's table of live exchanges, by index and generation: a flow kept
+//! past its exchange names a generation that is gone, and every use of it is an error
+//! ("this flow's event is over"); it never sees a later exchange.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use mlua::{AnyUserData, Lua, MetaMethod, Table, UserData, UserDataFields, UserDataMethods, Value};
+use mlua::{Function, LightUserData, Lua, MetaMethod, Table, Value};
 
 use crate::http::{host_header_value, RequestHead, ResponseHead, Scheme, Target};
 
@@ -73,6 +80,16 @@ pub(crate) struct Exchange {
     pub(crate) new_res_body: Option<Bytes>,
     /// `flow.error`: the exchange's stable code and message, once it failed.
     pub(crate) error: Option<(&'static str, String)>,
+    /// This exchange's entry in the thread's live table, once a flow value was made.
+    token: Option<Token>,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            unregister(token);
+        }
+    }
 }
 
 /// The exchange shared by the flow objects of one plugin.
@@ -100,6 +117,7 @@ impl Exchange {
             res_body_open: false,
             new_res_body: None,
             error: None,
+            token: None,
         }
     }
 
@@ -120,6 +138,225 @@ impl Exchange {
         self.res_body_open = false;
         self.new_res_body = None;
         self.error = None;
+        // Flows of the finished exchange stop resolving.
+        if let Some(token) = self.token.take() {
+            unregister(token);
+        }
+    }
+}
+
+// === handles: light userdata naming (exchange, part) ===
+
+/// Which object of an exchange a handle names.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Part {
+    Flow = 1,
+    Request = 2,
+    Response = 3,
+    RequestHeaders = 4,
+    ResponseHeaders = 5,
+}
+
+const PART_BITS: u32 = 3;
+/// Generations wrap within this mask (index in the low 32 bits, generation above).
+const GEN_MASK: u64 = (1 << 28) - 1;
+
+/// A live exchange's place in [`LIVE`]: slot index and generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Token(u64);
+
+/// This thread's live exchanges (weak: the plugin owns its exchange).
+#[derive(Default)]
+struct Live {
+    slots: Vec<(u64, Weak<RefCell<Exchange>>)>,
+    free: Vec<u32>,
+}
+
+thread_local! {
+    static LIVE: RefCell<Live> = RefCell::new(Live::default());
+}
+
+fn register(shared: &Shared) -> Token {
+    LIVE.with(|live| {
+        let mut live = live.borrow_mut();
+        let weak = Rc::downgrade(shared);
+        let index = match live.free.pop() {
+            Some(i) => i,
+            None => {
+                live.slots.push((0, Weak::new()));
+                u32::try_from(live.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        let slot = &mut live.slots[index as usize];
+        slot.0 = (slot.0 + 1) & GEN_MASK;
+        slot.1 = weak;
+        Token(slot.0 << 32 | u64::from(index))
+    })
+}
+
+fn unregister(token: Token) {
+    let index = (token.0 & u64::from(u32::MAX)) as u32;
+    // During thread teardown the table may be gone already: nothing to free then.
+    let _ = LIVE.try_with(|live| {
+        let mut live = live.borrow_mut();
+        if let Some(slot) = live.slots.get_mut(index as usize) {
+            if slot.0 == token.0 >> 32 {
+                slot.0 = (slot.0 + 1) & GEN_MASK;
+                slot.1 = Weak::new();
+                live.free.push(index);
+            }
+        }
+    });
+}
+
+/// The value naming `part` of the exchange `token`.
+fn handle(token: Token, part: Part) -> Value {
+    let raw = token.0 << PART_BITS | part as u64;
+    Value::LightUserData(LightUserData(raw as usize as *mut std::ffi::c_void))
+}
+
+/// The live exchange and part a handle names.
+fn resolve(ud: LightUserData) -> mlua::Result<(Shared, Token, Part)> {
+    let raw = ud.0 as usize as u64;
+    let part = match raw & ((1 << PART_BITS) - 1) {
+        1 => Part::Flow,
+        2 => Part::Request,
+        3 => Part::Response,
+        4 => Part::RequestHeaders,
+        5 => Part::ResponseHeaders,
+        _ => return Err(mlua::Error::runtime("not a flow object")),
+    };
+    let token = Token(raw >> PART_BITS);
+    let index = (token.0 & u64::from(u32::MAX)) as usize;
+    let shared = LIVE.with(|live| {
+        let live = live.borrow();
+        live.slots
+            .get(index)
+            .filter(|slot| slot.0 == token.0 >> 32)
+            .and_then(|slot| slot.1.upgrade())
+    });
+    match shared {
+        Some(shared) => Ok((shared, token, part)),
+        None => Err(gone()),
+    }
+}
+
+/// The methods `__index` hands out, made once per VM.
+struct Methods {
+    reply: Function,
+    kill: Function,
+    replace: Function,
+    get_all: Function,
+    add: Function,
+    items: Function,
+}
+
+/// Installs the metatable of the flow handles in `lua` (once per VM).
+///
+/// # Errors
+/// Lua could not allocate the functions.
+pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
+    let methods = Rc::new(Methods {
+        reply: lua.create_function(
+            |_,
+             (ud, status, body, headers): (
+                LightUserData,
+                u16,
+                Option<mlua::String>,
+                Option<Table>,
+            )| {
+                let (shared, _, _) = expect(ud, Part::Flow, "reply")?;
+                reply(&shared, status, body, headers)
+            },
+        )?,
+        kill: lua.create_function(|_, ud: LightUserData| {
+            let (shared, _, _) = expect(ud, Part::Flow, "kill")?;
+            shared.borrow_mut().control = Some(Control::Kill);
+            Ok(())
+        })?,
+        replace: lua.create_function(|_, (ud, response): (LightUserData, Table)| {
+            let (shared, _, _) = expect(ud, Part::Flow, "replace")?;
+            replace(&shared, response)
+        })?,
+        get_all: lua.create_function(|lua, (ud, name): (LightUserData, mlua::String)| {
+            let (shared, _, part) = resolve(ud)?;
+            get_all(lua, &headers_of(&shared, part)?, &name.to_str()?)
+        })?,
+        add: lua.create_function(
+            |_, (ud, name, value): (LightUserData, mlua::String, Value)| {
+                let (shared, _, part) = resolve(ud)?;
+                add(&headers_of(&shared, part)?, &name.to_str()?, &value)
+            },
+        )?,
+        items: lua.create_function(|lua, ud: LightUserData| {
+            let (shared, _, part) = resolve(ud)?;
+            items(lua, &headers_of(&shared, part)?)
+        })?,
+    });
+    let mt = lua.create_table()?;
+    let m = Rc::clone(&methods);
+    mt.set(
+        MetaMethod::Index.name(),
+        lua.create_function(move |lua, (ud, key): (LightUserData, mlua::String)| {
+            let (shared, token, part) = resolve(ud)?;
+            let key = key.to_str()?;
+            match part {
+                Part::Flow => flow_index(lua, &shared, token, &key, &m),
+                Part::Request => request_index(lua, &shared, token, &key),
+                Part::Response => response_index(lua, &shared, token, &key),
+                Part::RequestHeaders | Part::ResponseHeaders => {
+                    headers_index(lua, &headers_of(&shared, part)?, &key, &m)
+                }
+            }
+        })?,
+    )?;
+    mt.set(
+        MetaMethod::NewIndex.name(),
+        lua.create_function(
+            |_, (ud, key, value): (LightUserData, mlua::String, Value)| {
+                let (shared, _, part) = resolve(ud)?;
+                let key = key.to_str()?;
+                match part {
+                    Part::Flow => Err(read_only(&format!("flow.{}", &*key))),
+                    Part::Request => request_newindex(&shared, &key, &value),
+                    Part::Response => response_newindex(&shared, &key, value),
+                    Part::RequestHeaders | Part::ResponseHeaders => {
+                        headers_newindex(&headers_of(&shared, part)?, &key, &value)
+                    }
+                }
+            },
+        )?,
+    )?;
+    mt.set(
+        MetaMethod::ToString.name(),
+        lua.create_function(|_, ud: LightUserData| {
+            Ok(match resolve(ud) {
+                Ok((_, _, part)) => format!("{part:?}").to_lowercase(),
+                Err(_) => "flow (over)".to_owned(),
+            })
+        })?,
+    )?;
+    lua.set_type_metatable::<LightUserData>(Some(mt));
+    Ok(())
+}
+
+/// A method's `self`: the flow it was called on.
+fn expect(ud: LightUserData, part: Part, what: &str) -> mlua::Result<(Shared, Token, Part)> {
+    let found = resolve(ud)?;
+    if found.2 != part {
+        return Err(mlua::Error::runtime(format!(
+            "{what}: call it on a flow (flow:{what}(...))"
+        )));
+    }
+    Ok(found)
+}
+
+/// The headers object a handle names.
+fn headers_of(shared: &Shared, part: Part) -> mlua::Result<Headers<'_>> {
+    match part {
+        Part::RequestHeaders => Ok(Headers(shared, Side::Request)),
+        Part::ResponseHeaders => Ok(Headers(shared, Side::Response)),
+        _ => Err(mlua::Error::runtime("not a headers object")),
     }
 }
 
@@ -131,39 +368,43 @@ fn read_only(what: &str) -> mlua::Error {
     mlua::Error::runtime(format!("{what} cannot be changed here"))
 }
 
-/// `flow`.
-pub(crate) struct Flow(pub(crate) Shared);
-
-impl UserData for Flow {
-    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
-        fields.add_field_method_get("id", |_, this| {
-            let mut ex = this.0.borrow_mut();
+/// `flow.<key>`: fields, then methods (`reply`, `kill`, `replace`).
+fn flow_index(
+    lua: &Lua,
+    shared: &Shared,
+    token: Token,
+    key: &str,
+    m: &Methods,
+) -> mlua::Result<Value> {
+    match key {
+        "id" => {
+            let mut ex = shared.borrow_mut();
             if ex.id == 0 {
                 ex.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(ex.id)
-        });
-        fields.add_field_method_get("conn_id", |_, this| Ok(this.0.borrow().conn));
-        fields.add_field_method_get("client_addr", |_, this| {
-            Ok(this.0.borrow().client.to_string())
-        });
-        fields.add_field_method_get("request", |lua, this| {
-            if this.0.borrow().req.is_none() {
-                return Ok(Value::Nil);
-            }
-            lua.create_userdata(Request(Rc::clone(&this.0)))
-                .map(Value::UserData)
-        });
-        fields.add_field_method_get("response", |lua, this| {
-            let ex = this.0.borrow();
-            if ex.res.is_none() && ex.status.is_none() {
-                return Ok(Value::Nil);
-            }
-            lua.create_userdata(Response(Rc::clone(&this.0)))
-                .map(Value::UserData)
-        });
-        fields.add_field_method_get("error", |lua, this| {
-            let ex = this.0.borrow();
+            Ok(Value::Integer(ex.id as i64))
+        }
+        "conn_id" => Ok(Value::Integer(
+            i64::try_from(shared.borrow().conn).unwrap_or(i64::MAX),
+        )),
+        "client_addr" => lua
+            .create_string(shared.borrow().client.to_string())
+            .map(Value::String),
+        "request" => Ok(if shared.borrow().req.is_none() {
+            Value::Nil
+        } else {
+            handle(token, Part::Request)
+        }),
+        "response" => {
+            let ex = shared.borrow();
+            Ok(if ex.res.is_none() && ex.status.is_none() {
+                Value::Nil
+            } else {
+                handle(token, Part::Response)
+            })
+        }
+        "error" => {
+            let ex = shared.borrow();
             let Some((code, message)) = &ex.error else {
                 return Ok(Value::Nil);
             };
@@ -171,79 +412,82 @@ impl UserData for Flow {
             t.set("code", *code)?;
             t.set("message", message.as_str())?;
             Ok(Value::Table(t))
-        });
-        fields.add_field_method_get("metadata", |lua, this| {
-            let mut ex = this.0.borrow_mut();
+        }
+        "metadata" => {
+            let mut ex = shared.borrow_mut();
             match &ex.metadata {
-                Some(t) => Ok(t.clone()),
+                Some(t) => Ok(Value::Table(t.clone())),
                 None => {
                     let t = lua.create_table()?;
                     ex.metadata = Some(t.clone());
-                    Ok(t)
+                    Ok(Value::Table(t))
                 }
             }
-        });
+        }
+        "reply" => Ok(Value::Function(m.reply.clone())),
+        "kill" => Ok(Value::Function(m.kill.clone())),
+        "replace" => Ok(Value::Function(m.replace.clone())),
+        _ => Ok(Value::Nil),
     }
+}
 
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method(
-            "reply",
-            |_, this, (status, body, headers): (u16, Option<mlua::String>, Option<Table>)| {
-                if !(200..=999).contains(&status) {
-                    return Err(mlua::Error::runtime(format!(
-                        "reply: status {status} is not 200..999"
-                    )));
-                }
-                let body = body.map(|b| b.as_bytes().to_vec()).unwrap_or_default();
-                let list = header_list(headers)?;
-                this.0.borrow_mut().control = Some(Control::Reply {
-                    status,
-                    body,
-                    headers: list,
-                });
-                Ok(())
-            },
-        );
-        methods.add_method("replace", |_, this, response: Table| {
-            if this.0.borrow().res.is_none() {
-                return Err(mlua::Error::runtime(
-                    "replace: only from response (use flow:reply in request)",
-                ));
-            }
-            let status = response.get::<Option<u16>>("status_code")?.unwrap_or(200);
-            if !(200..=999).contains(&status) || status == 204 || status == 304 {
-                return Err(mlua::Error::runtime(format!(
-                    "replace: status {status} is not 200..999 (204 and 304 carry no body)"
-                )));
-            }
-            let reason = match response.get::<Option<mlua::String>>("reason")? {
-                Some(r) => {
-                    let r = r.to_str()?.to_owned();
-                    if r.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
-                        return Err(mlua::Error::runtime("replace: reason holds a control byte"));
-                    }
-                    Some(r)
-                }
-                None => None,
-            };
-            let body = response
-                .get::<Option<mlua::String>>("body")?
-                .map(|b| b.as_bytes().to_vec())
-                .unwrap_or_default();
-            let headers = header_list(response.get::<Option<Table>>("headers")?)?;
-            this.0.borrow_mut().control = Some(Control::Replace {
-                status,
-                reason,
-                body,
-                headers,
-            });
-            Ok(())
-        });
-        methods.add_method("kill", |_, this, ()| {
-            this.0.borrow_mut().control = Some(Control::Kill);
-            Ok(())
-        });
+/// `flow:reply(status, body?, headers?)`.
+fn reply(
+    shared: &Shared,
+    status: u16,
+    body: Option<mlua::String>,
+    headers: Option<Table>,
+) -> mlua::Result<()> {
+    if !(200..=999).contains(&status) {
+        return Err(mlua::Error::runtime(format!(
+            "reply: status {status} is not 200..999"
+        )));
     }
+    let body = body.map(|b| b.as_bytes().to_vec()).unwrap_or_default();
+    let list = header_list(headers)?;
+    shared.borrow_mut().control = Some(Control::Reply {
+        status,
+        body,
+        headers: list,
+    });
+    Ok(())
+}
+
+/// `flow:replace(response)`.
+fn replace(shared: &Shared, response: Table) -> mlua::Result<()> {
+    if shared.borrow().res.is_none() {
+        return Err(mlua::Error::runtime(
+            "replace: only from response (use flow:reply in request)",
+        ));
+    }
+    let status = response.get::<Option<u16>>("status_code")?.unwrap_or(200);
+    if !(200..=999).contains(&status) || status == 204 || status == 304 {
+        return Err(mlua::Error::runtime(format!(
+            "replace: status {status} is not 200..999 (204 and 304 carry no body)"
+        )));
+    }
+    let reason = match response.get::<Option<mlua::String>>("reason")? {
+        Some(r) => {
+            let r = r.to_str()?.to_owned();
+            if r.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
+                return Err(mlua::Error::runtime("replace: reason holds a control byte"));
+            }
+            Some(r)
+        }
+        None => None,
+    };
+    let body = response
+        .get::<Option<mlua::String>>("body")?
+        .map(|b| b.as_bytes().to_vec())
+        .unwrap_or_default();
+    let headers = header_list(response.get::<Option<Table>>("headers")?)?;
+    shared.borrow_mut().control = Some(Control::Replace {
+        status,
+        reason,
+        body,
+        headers,
+    });
+    Ok(())
 }
 
 /// The `{name = value}` headers of a reply, framing headers dropped.
@@ -276,9 +520,6 @@ fn body_value(value: &Value, what: &str) -> mlua::Result<Bytes> {
         _ => Err(mlua::Error::runtime(format!("{what} must be a string"))),
     }
 }
-
-/// `flow.request`.
-struct Request(Shared);
 
 /// `host:port` split, brackets dropped from an IPv6 literal.
 fn split_host(authority: &[u8]) -> (String, Option<u16>) {
@@ -535,150 +776,125 @@ fn set_request_field(
     Ok(())
 }
 
-impl UserData for Request {
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_meta_method(MetaMethod::Index, |lua, this, key: mlua::String| {
-            let key = key.to_str()?;
-            if &*key == "headers" {
-                return lua
-                    .create_userdata(Headers(Rc::clone(&this.0), Side::Request))
-                    .map(Value::UserData);
-            }
-            let ex = this.0.borrow();
-            if &*key == "body" {
-                let body = ex.new_req_body.as_ref().or(ex.req_body.as_ref());
-                return match body {
-                    Some(b) => lua.create_string(b).map(Value::String),
-                    None => Ok(Value::Nil),
-                };
-            }
-            let (Some(req), Some(target)) = (&ex.req, &ex.target) else {
-                return Err(gone());
-            };
-            request_field(lua, req, target, &key)
+/// `flow.request.<key>`.
+fn request_index(lua: &Lua, shared: &Shared, token: Token, key: &str) -> mlua::Result<Value> {
+    if key == "headers" {
+        return Ok(handle(token, Part::RequestHeaders));
+    }
+    let ex = shared.borrow();
+    if key == "body" {
+        let body = ex.new_req_body.as_ref().or(ex.req_body.as_ref());
+        return match body {
+            Some(b) => lua.create_string(b).map(Value::String),
+            None => Ok(Value::Nil),
+        };
+    }
+    let (Some(req), Some(target)) = (&ex.req, &ex.target) else {
+        return Err(gone());
+    };
+    request_field(lua, req, target, key)
+}
+
+/// `flow.request.<key> = value`.
+fn request_newindex(shared: &Shared, key: &str, value: &Value) -> mlua::Result<()> {
+    let mut ex = shared.borrow_mut();
+    if !ex.req_live {
+        return Err(read_only(&format!("request.{key}")));
+    }
+    let ex = &mut *ex;
+    if key == "body" {
+        if ex.req_body.is_none() {
+            return Err(mlua::Error::runtime(
+                "request.body: set BODIES = { request = true } to read and change bodies",
+            ));
+        }
+        ex.new_req_body = Some(body_value(value, "request.body")?);
+        return Ok(());
+    }
+    let (Some(req), Some(target)) = (&mut ex.req, &mut ex.target) else {
+        return Err(gone());
+    };
+    set_request_field(req, target, key, value)
+}
+
+/// `flow.response.<key>`.
+fn response_index(lua: &Lua, shared: &Shared, token: Token, key: &str) -> mlua::Result<Value> {
+    let ex = shared.borrow();
+    if key == "headers" {
+        return Ok(if ex.res.is_none() {
+            Value::Nil
+        } else {
+            handle(token, Part::ResponseHeaders)
         });
-        methods.add_meta_method(
-            MetaMethod::NewIndex,
-            |_, this, (key, value): (mlua::String, Value)| {
-                let key = key.to_str()?;
-                let mut ex = this.0.borrow_mut();
-                if !ex.req_live {
-                    return Err(read_only(&format!("request.{}", &*key)));
-                }
-                let ex = &mut *ex;
-                if &*key == "body" {
-                    if ex.req_body.is_none() {
-                        return Err(mlua::Error::runtime(
-                            "request.body: set BODIES = { request = true } to read and change bodies",
-                        ));
-                    }
-                    ex.new_req_body = Some(body_value(&value, "request.body")?);
-                    return Ok(());
-                }
-                let (Some(req), Some(target)) = (&mut ex.req, &mut ex.target) else {
-                    return Err(gone());
-                };
-                set_request_field(req, target, &key, &value)
-            },
-        );
+    }
+    if key == "body" {
+        let body = ex.new_res_body.as_ref().or(ex.res_body.as_ref());
+        return match body {
+            Some(b) if ex.res.is_some() => lua.create_string(b).map(Value::String),
+            _ => Ok(Value::Nil),
+        };
+    }
+    let Some(res) = &ex.res else {
+        // `access_log`: only the status the client got.
+        return Ok(match (key, ex.status) {
+            ("status_code", Some(status)) => Value::Integer(i64::from(status)),
+            _ => Value::Nil,
+        });
+    };
+    match key {
+        "status_code" => Ok(Value::Integer(i64::from(res.status()))),
+        "reason" => lua.create_string(res.reason()).map(Value::String),
+        "version" => lua
+            .create_string(res.version().as_bytes())
+            .map(Value::String),
+        _ => Ok(Value::Nil),
     }
 }
 
-/// `flow.response`.
-struct Response(Shared);
-
-impl UserData for Response {
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_meta_method(MetaMethod::Index, |lua, this, key: mlua::String| {
-            let key = key.to_str()?;
-            if &*key == "headers" {
-                if this.0.borrow().res.is_none() {
-                    return Ok(Value::Nil);
-                }
-                return lua
-                    .create_userdata(Headers(Rc::clone(&this.0), Side::Response))
-                    .map(Value::UserData);
-            }
-            let ex = this.0.borrow();
-            if &*key == "body" {
-                let body = ex.new_res_body.as_ref().or(ex.res_body.as_ref());
-                return match body {
-                    Some(b) if ex.res.is_some() => lua.create_string(b).map(Value::String),
-                    _ => Ok(Value::Nil),
-                };
-            }
-            let Some(res) = &ex.res else {
-                // `access_log`: only the status the client got.
-                return Ok(match (&*key, ex.status) {
-                    ("status_code", Some(status)) => Value::Integer(i64::from(status)),
-                    _ => Value::Nil,
-                });
-            };
-            match &*key {
-                "status_code" => Ok(Value::Integer(i64::from(res.status()))),
-                "reason" => lua.create_string(res.reason()).map(Value::String),
-                "version" => lua
-                    .create_string(res.version().as_bytes())
-                    .map(Value::String),
-                _ => Ok(Value::Nil),
-            }
-        });
-        methods.add_meta_method(
-            MetaMethod::NewIndex,
-            |_, this, (key, value): (mlua::String, Value)| {
-                let key = key.to_str()?;
-                let mut ex = this.0.borrow_mut();
-                if &*key == "body" {
-                    if ex.res.is_none() {
-                        return Err(gone());
-                    }
-                    if !ex.res_body_open {
-                        return Err(mlua::Error::runtime(
-                            "response.body: set BODIES = { response = true } to read and change bodies",
-                        ));
-                    }
-                    ex.new_res_body = Some(body_value(&value, "response.body")?);
-                    return Ok(());
-                }
-                let Some(res) = &mut ex.res else {
-                    return Err(gone());
-                };
-                match (&*key, value) {
-                    ("status_code", Value::Integer(code)) => {
-                        let code = u16::try_from(code)
-                            .ok()
-                            .filter(|c| (200..=999).contains(c))
-                            .ok_or_else(|| {
-                                mlua::Error::runtime("response.status_code must be 200..999")
-                            })?;
-                        let reason = Bytes::copy_from_slice(res.reason());
-                        res.set_status(code, reason);
-                    }
-                    ("reason", Value::String(reason)) => {
-                        let reason = reason.as_bytes();
-                        if reason
-                            .iter()
-                            .any(|&b| (b < b' ' && b != b'\t') || b == 0x7f)
-                        {
-                            return Err(mlua::Error::runtime(
-                                "response.reason holds a control byte",
-                            ));
-                        }
-                        let reason = Bytes::copy_from_slice(&reason);
-                        res.set_status(res.status(), reason);
-                    }
-                    ("status_code" | "reason", _) => {
-                        return Err(mlua::Error::runtime(format!(
-                            "response.{}: wrong type",
-                            &*key
-                        )))
-                    }
-                    (other, _) => return Err(read_only(&format!("response.{other}"))),
-                }
-                Ok(())
-            },
-        );
+/// `flow.response.<key> = value`.
+fn response_newindex(shared: &Shared, key: &str, value: Value) -> mlua::Result<()> {
+    let mut ex = shared.borrow_mut();
+    if key == "body" {
+        if ex.res.is_none() {
+            return Err(gone());
+        }
+        if !ex.res_body_open {
+            return Err(mlua::Error::runtime(
+                "response.body: set BODIES = { response = true } to read and change bodies",
+            ));
+        }
+        ex.new_res_body = Some(body_value(&value, "response.body")?);
+        return Ok(());
     }
+    let Some(res) = &mut ex.res else {
+        return Err(gone());
+    };
+    match (key, value) {
+        ("status_code", Value::Integer(code)) => {
+            let code = u16::try_from(code)
+                .ok()
+                .filter(|c| (200..=999).contains(c))
+                .ok_or_else(|| mlua::Error::runtime("response.status_code must be 200..999"))?;
+            let reason = Bytes::copy_from_slice(res.reason());
+            res.set_status(code, reason);
+        }
+        ("reason", Value::String(reason)) => {
+            let reason = reason.as_bytes();
+            if reason
+                .iter()
+                .any(|&b| (b < b' ' && b != b'\t') || b == 0x7f)
+            {
+                return Err(mlua::Error::runtime("response.reason holds a control byte"));
+            }
+            let reason = Bytes::copy_from_slice(&reason);
+            res.set_status(res.status(), reason);
+        }
+        ("status_code" | "reason", _) => {
+            return Err(mlua::Error::runtime(format!("response.{key}: wrong type")))
+        }
+        (other, _) => return Err(read_only(&format!("response.{other}"))),
+    }
+    Ok(())
 }
 
 /// Which head a `headers` object edits.
@@ -689,9 +905,9 @@ enum Side {
 }
 
 /// `flow.request.headers` / `flow.response.headers`: case-insensitive, over the head.
-struct Headers(Shared, Side);
+struct Headers<'a>(&'a Shared, Side);
 
-impl Headers {
+impl Headers<'_> {
     /// Reads the head.
     fn with<T>(&self, f: impl FnOnce(HeadRef<'_>) -> mlua::Result<T>) -> mlua::Result<T> {
         let ex = self.0.borrow();
@@ -774,76 +990,91 @@ fn check_name(name: &str) -> mlua::Result<()> {
     Ok(())
 }
 
-impl UserData for Headers {
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("get_all", |lua, this, name: mlua::String| {
-            let name = name.to_str()?;
-            let list = lua.create_table()?;
-            this.with(|head| {
-                let values: Vec<&[u8]> = match head {
-                    HeadRef::Req(h) => h.headers_named(&name).collect(),
-                    HeadRef::Res(h) => h.headers_named(&name).collect(),
-                };
-                for v in values {
-                    list.raw_push(lua.create_string(v)?)?;
-                }
-                Ok(())
-            })?;
-            Ok(list)
-        });
-        // `{{name, value}, ...}` in order, repeats kept (mitmproxy's `items(multi=True)`).
-        methods.add_method("items", |lua, this, ()| {
-            let list = lua.create_table()?;
-            this.with(|head| {
-                let pairs: Vec<(&[u8], &[u8])> = match head {
-                    HeadRef::Req(h) => h.headers().collect(),
-                    HeadRef::Res(h) => h.headers().collect(),
-                };
-                for (name, value) in pairs {
-                    let pair = lua.create_table_with_capacity(2, 0)?;
-                    pair.raw_push(lua.create_string(name)?)?;
-                    pair.raw_push(lua.create_string(value)?)?;
-                    list.raw_push(pair)?;
-                }
-                Ok(())
-            })?;
-            Ok(list)
-        });
-        methods.add_method("add", |_, this, (name, value): (mlua::String, Value)| {
-            let name = name.to_str()?;
-            check_name(&name)?;
-            let value = header_value(&value)?;
-            this.with_mut(|mut head| head.append(&name, &value))
-        });
-        methods.add_meta_method(MetaMethod::Index, |lua, this, name: mlua::String| {
-            let name = name.to_str()?;
-            this.with(|head| {
-                let value = match head {
-                    HeadRef::Req(h) => h.header(&name),
-                    HeadRef::Res(h) => h.header(&name),
-                };
-                match value {
-                    Some(v) => lua.create_string(v).map(Value::String),
-                    None => Ok(Value::Nil),
-                }
-            })
-        });
-        methods.add_meta_method(
-            MetaMethod::NewIndex,
-            |_, this, (name, value): (mlua::String, Value)| {
-                let name = name.to_str()?;
-                check_name(&name)?;
-                if value.is_nil() {
-                    return this.with_mut(|mut head| head.remove(&name));
-                }
-                let value = header_value(&value)?;
-                this.with_mut(|mut head| head.set(&name, &value))
-            },
-        );
-    }
+/// `headers:get_all(name)`.
+fn get_all(lua: &Lua, headers: &Headers<'_>, name: &str) -> mlua::Result<Table> {
+    let list = lua.create_table()?;
+    headers.with(|head| {
+        let values: Vec<&[u8]> = match head {
+            HeadRef::Req(h) => h.headers_named(name).collect(),
+            HeadRef::Res(h) => h.headers_named(name).collect(),
+        };
+        for v in values {
+            list.raw_push(lua.create_string(v)?)?;
+        }
+        Ok(())
+    })?;
+    Ok(list)
 }
 
-/// Makes the `flow` value for one event.
-pub(crate) fn flow_value(lua: &Lua, shared: &Shared) -> mlua::Result<AnyUserData> {
-    lua.create_userdata(Flow(Rc::clone(shared)))
+/// `headers:items()`: `{{name, value}, ...}` in order, repeats kept (mitmproxy's
+/// `items(multi=True)`).
+fn items(lua: &Lua, headers: &Headers<'_>) -> mlua::Result<Table> {
+    let list = lua.create_table()?;
+    headers.with(|head| {
+        let pairs: Vec<(&[u8], &[u8])> = match head {
+            HeadRef::Req(h) => h.headers().collect(),
+            HeadRef::Res(h) => h.headers().collect(),
+        };
+        for (name, value) in pairs {
+            let pair = lua.create_table_with_capacity(2, 0)?;
+            pair.raw_push(lua.create_string(name)?)?;
+            pair.raw_push(lua.create_string(value)?)?;
+            list.raw_push(pair)?;
+        }
+        Ok(())
+    })?;
+    Ok(list)
+}
+
+/// `headers:add(name, value)`.
+fn add(headers: &Headers<'_>, name: &str, value: &Value) -> mlua::Result<()> {
+    check_name(name)?;
+    let value = header_value(value)?;
+    headers.with_mut(|mut head| head.append(name, &value))
+}
+
+/// `headers[name]`: the first value, or the methods `get_all` and `add`.
+fn headers_index(lua: &Lua, headers: &Headers<'_>, name: &str, m: &Methods) -> mlua::Result<Value> {
+    match name {
+        "get_all" => return Ok(Value::Function(m.get_all.clone())),
+        "add" => return Ok(Value::Function(m.add.clone())),
+        "items" => return Ok(Value::Function(m.items.clone())),
+        _ => {}
+    }
+    headers.with(|head| {
+        let value = match head {
+            HeadRef::Req(h) => h.header(name),
+            HeadRef::Res(h) => h.header(name),
+        };
+        match value {
+            Some(v) => lua.create_string(v).map(Value::String),
+            None => Ok(Value::Nil),
+        }
+    })
+}
+
+/// `headers[name] = value` (`nil` removes every value).
+fn headers_newindex(headers: &Headers<'_>, name: &str, value: &Value) -> mlua::Result<()> {
+    check_name(name)?;
+    if value.is_nil() {
+        return headers.with_mut(|mut head| head.remove(name));
+    }
+    let value = header_value(value)?;
+    headers.with_mut(|mut head| head.set(name, &value))
+}
+
+/// The `flow` value for one event (registers the exchange on first use).
+pub(crate) fn flow_value(shared: &Shared) -> Value {
+    let token = {
+        let mut ex = shared.borrow_mut();
+        match ex.token {
+            Some(token) => token,
+            None => {
+                let token = register(shared);
+                ex.token = Some(token);
+                token
+            }
+        }
+    };
+    handle(token, Part::Flow)
 }

@@ -331,7 +331,7 @@ impl LuaPlugin {
     fn observe(&self, vm: &Vm, handlers: &Handlers, shared: &Shared, extra: Option<mlua::Value>) {
         vm.refill();
         let run = || -> mlua::Result<()> {
-            let flow = mlua::Value::UserData(flow::flow_value(&vm.lua, shared)?);
+            let flow = flow::flow_value(shared);
             let args = match extra {
                 Some(extra) => vec![flow, extra],
                 None => vec![flow],
@@ -369,8 +369,7 @@ impl LuaPlugin {
     /// Runs `handlers` with the flow; `Ok(true)` when they all returned.
     fn run(vm: &Vm, handlers: &Handlers, shared: &Shared) -> Result<(), String> {
         vm.refill();
-        let flow = flow::flow_value(&vm.lua, shared).map_err(|e| vm::describe(&e))?;
-        let flow = mlua::Value::UserData(flow);
+        let flow = flow::flow_value(shared);
         for handler in handlers {
             handler.call(&flow).map_err(|e| vm::describe(&e))?;
             if shared.borrow().control.is_some() {
@@ -683,8 +682,9 @@ impl Plugin for LuaPlugin {
                 self.observe(&vm, &vm.access_log, &shared, None);
             }
         }
-        // A flow a script kept past its exchange sees nothing of the next one.
-        if let Some(shared) = self.exchange.take() {
+        // Kept for the next exchange; a flow a script kept past this one stops resolving
+        // (see `flow`), so it sees nothing of the next.
+        if let Some(shared) = &self.exchange {
             shared.borrow_mut().reset();
         }
     }

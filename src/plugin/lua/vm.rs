@@ -111,6 +111,7 @@ impl Vm {
             | StdLib::PACKAGE;
         let lua = Lua::new_with(libs, LuaOptions::default()).map_err(fail)?;
         sandbox(&lua, script).map_err(fail)?;
+        super::flow::install(&lua).map_err(fail)?;
         super::helpers::install(&lua, script).map_err(fail)?;
         lua.set_memory_limit(script.memory_limit).map_err(fail)?;
         // Every event makes a few short-lived userdata (the flow, its request, its headers),
