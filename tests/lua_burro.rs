@@ -643,3 +643,34 @@ fn a_request_body_read_only_after_the_response_is_still_kept() {
     client.send(&get("http://alpha.test/", ""));
     assert_eq!(client.read_response().headers.get("x-last"), Some("firs"));
 }
+
+#[test]
+fn options_declared_in_shared_are_set_with_the_directory_name() {
+    let dir = hooks(
+        "opts",
+        &[
+            (
+                "_shared",
+                r#"options = { greeting = { default = "hi", help = "what to say" } }"#,
+            ),
+            (
+                "before_request",
+                r#"mut.req.set_header("x-greeting", options.greeting)"#,
+            ),
+        ],
+    );
+    let name = PathBuf::from(dir.trim_end_matches('/'))
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let origin = Origin::fixed("ok");
+    let set = format!("{name}.greeting=hello");
+    let proxy = spawn_proxy(&["--plugins", &dir, "--set", &set]);
+    proxy.route("alpha.test", &origin);
+    request(proxy.addr, &get("http://alpha.test/", ""));
+    assert_eq!(
+        origin.requests()[0].headers.get("x-greeting"),
+        Some("hello")
+    );
+}
