@@ -18,8 +18,12 @@
 //!   event that handler is receiving; past [`MAX_DEPTH`] generations `bus.emit` refuses
 //!   (returns an error), and this worker holds at most [`MAX_PENDING`] undelivered events.
 //! * **Data** is copied between VMs as `json.encode` would copy it: nil, booleans,
-//!   numbers, UTF-8 strings and tables of them; a function, userdata or thread is refused
-//!   with an error, and so are cycles.
+//!   numbers, UTF-8 strings and tables of them, at most [`MAX_DATA`] bytes as JSON; a
+//!   function, userdata or thread is refused with an error, and so are cycles. (With
+//!   [`MAX_PENDING`], a worker holds at most 64 MiB of undelivered data per queue.)
+//! * **`start` and `done`**: an emit from `start` reaches the VMs already loaded on that
+//!   thread (scripts earlier in the chain; none during the start-up check) and the other
+//!   workers' inboxes; an emit from `done` (at shutdown) is logged and reaches no script.
 //!
 //! Each emit is logged at INFO (target `proxy::script`) with the `script` and `name`.
 //! A `bus_event` handler that fails is logged with `script_error`, like any handler.
@@ -38,6 +42,9 @@ pub const MAX_DEPTH: u32 = 8;
 
 /// Events one worker holds undelivered (its own queue, and its inbox).
 pub const MAX_PENDING: usize = 1024;
+
+/// The most bytes an event's data may take, as JSON (64 KiB).
+pub const MAX_DATA: usize = 64 * 1024;
 
 /// The longest event name, in bytes.
 const MAX_NAME: usize = 256;
@@ -201,6 +208,12 @@ fn emit(bus: &Bus, script: &str, name: &Value, data: &Value) -> Result<(), Strin
             why.strip_prefix("json.encode: ").unwrap_or(&why)
         )
     })?;
+    let mut size = Counter(0);
+    if serde_json::to_writer(&mut size, &data).is_err() || size.0 > MAX_DATA {
+        return Err(format!(
+            "bus.emit: data larger than {MAX_DATA} bytes as JSON"
+        ));
+    }
     let depth = CURRENT.with(Cell::get) + 1;
     if depth > MAX_DEPTH {
         return Err(format!(
@@ -244,6 +257,23 @@ fn post(bus: &Bus, message: &Message) {
         }
         mail.push_back(message.clone());
         inbox.has_mail.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Counts the bytes written to it, and refuses past [`MAX_DATA`].
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        if self.0 > MAX_DATA {
+            return Err(std::io::Error::other("too large"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -301,6 +331,7 @@ mod tests {
               emitted = bus.emit("hello", {x = 1, list = {"a", "b"}})
               during = kv.get("got")
               refused = bus.emit("bad", {f = print})
+              too_big = bus.emit("big", string.rep("x", 65 * 1024))
               bad_name = bus.emit(42)
             end
             got = 0
@@ -311,6 +342,7 @@ mod tests {
         assert_eq!(global(&emitter, "during"), "nil", "not inside the handler");
         assert!(global(&emitter, "refused").contains("cannot encode a function"));
         assert!(global(&emitter, "bad_name").contains("must be a string"));
+        assert!(global(&emitter, "too_big").contains("larger than"));
         assert_eq!(
             global(&listener, "listing()"),
             r#"hello={"list":["a","b"],"x":1}"#

@@ -98,7 +98,7 @@ impl Root {
         let rel = relative(name, false)?;
         let parent = match self.existing_parent(&rel) {
             Ok(parent) => parent,
-            Err(why) if why == NOT_FOUND => return Ok(false),
+            Err(why) if why == NOT_FOUND || why == NOT_DIR => return Ok(false),
             Err(why) => return Err(why),
         };
         match std::fs::symlink_metadata(parent.join(last(&rel)?)) {
@@ -214,7 +214,7 @@ impl Root {
             return Err(ESCAPES.to_owned());
         }
         if !real.is_dir() {
-            return Err("not a directory".to_owned());
+            return Err(NOT_DIR.to_owned());
         }
         Ok(real)
     }
@@ -467,6 +467,7 @@ impl Lib {
 }
 
 const NOT_FOUND: &str = "no such file or directory";
+const NOT_DIR: &str = "not a directory";
 const ESCAPES: &str = "leads outside the directory (symbolic link)";
 
 /// `name` as a relative path of plain parts (`.` and empty parts dropped).
@@ -592,6 +593,7 @@ mod tests {
         assert!(root.exists(b"a/b/c.txt").unwrap());
         assert!(root.exists(b"a/b").unwrap());
         assert!(!root.exists(b"a/x/y").unwrap());
+        assert!(!root.exists(b"top.json/y").unwrap());
         root.rename(b"a/b/c.txt", b"d/e.txt").unwrap();
         assert!(!root.exists(b"a/b/c.txt").unwrap());
         assert_eq!(
