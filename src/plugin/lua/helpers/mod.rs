@@ -52,7 +52,8 @@ pub(crate) const DECODE: GeneralPurpose = GeneralPurpose::new(
 
 // === installing the libraries ===
 
-/// Adds `log`, `json`, `base64`, `time`, `kv`, `bus`, `artifacts` and `data_store` to `lua`'s globals for `script`.
+/// Adds `log`, `json`, `base64`, `time`, `kv`, `bus`, `artifacts` and `data_store` to
+/// `lua`'s globals for `script`.
 ///
 /// # Errors
 /// Lua could not allocate the tables.
