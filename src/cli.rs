@@ -196,6 +196,17 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", help_heading = "Scripting")]
     pub kv_file: Option<PathBuf>,
 
+    /// Directory the scripts' `artifacts` helper reads and writes (created if missing); names
+    /// stay inside it (no `..`, absolute paths or symbolic links leading out); 64 MiB per
+    /// file [default: none: artifacts calls fail]
+    #[arg(long, value_name = "DIR", help_heading = "Scripting")]
+    pub artifacts_dir: Option<PathBuf>,
+
+    /// Directory the scripts' `data_store` helper reads (read-only, same rules as
+    /// --artifacts-dir) [default: none: data_store calls fail]
+    #[arg(long, value_name = "DIR", help_heading = "Scripting")]
+    pub data_dir: Option<PathBuf>,
+
     /// Require proxy authentication with this user:pass (Basic); repeat for several users
     /// [default: none]
     #[arg(long, value_name = "USER:PASS", action = ArgAction::Append, value_parser = parse_basic_auth)]

@@ -113,6 +113,10 @@ pub struct Config {
     pub list_commands: bool,
     /// Where the scripts' `kv` store is kept (`--kv-file`; `None`: memory only).
     pub kv_file: Option<PathBuf>,
+    /// The directory scripts' `artifacts` may use (`--artifacts-dir`; `None`: none).
+    pub artifacts_dir: Option<PathBuf>,
+    /// The directory scripts' `data_store` may read (`--data-dir`; `None`: none).
+    pub data_dir: Option<PathBuf>,
     /// `user:pass` credentials from `--basic-auth`; non-empty turns proxy authentication on.
     pub basic_auth: Vec<String>,
     /// The PAC file to serve (`--pac-file`): the file's bytes, or the literal text when no
@@ -257,6 +261,8 @@ impl Default for Config {
             script_settings: Vec::new(),
             list_commands: false,
             kv_file: None,
+            artifacts_dir: None,
+            data_dir: None,
             basic_auth: Vec::new(),
             pac_file: None,
             pac_file_url_path: "/".to_owned(),
@@ -427,6 +433,8 @@ impl Config {
             script_settings: cli.set,
             list_commands: cli.list_commands,
             kv_file: cli.kv_file,
+            artifacts_dir: cli.artifacts_dir,
+            data_dir: cli.data_dir,
             basic_auth: cli.basic_auth,
             pac_file,
             pac_file_url_path: cli.pac_file_url_path,

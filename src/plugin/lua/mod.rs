@@ -76,25 +76,49 @@ fn placeholders() -> (RequestHead, ResponseHead) {
 pub struct Env {
     /// The `kv` store.
     kv: helpers::Kv,
+    /// The workers' inboxes for `bus.emit`.
+    bus: helpers::Bus,
+    /// `--artifacts-dir` (created when missing).
+    artifacts: Option<Arc<helpers::Root>>,
+    /// `--data-dir`.
+    data: Option<Arc<helpers::Root>>,
 }
 
 impl Env {
-    /// Opens `--kv-file` (or an in-memory store).
+    /// Opens `--kv-file` (or an in-memory store), `--artifacts-dir` and `--data-dir`.
     ///
     /// # Errors
-    /// `--kv-file PATH: why` when the file exists but cannot be read or parsed.
+    /// `--kv-file PATH: why` when the file exists but cannot be read or parsed;
+    /// `--artifacts-dir DIR: why` / `--data-dir DIR: why` when the directory cannot be
+    /// made (artifacts) or does not exist (data).
     pub fn new(config: &Config) -> Result<Arc<Env>, String> {
         let kv = match &config.kv_file {
             Some(path) => helpers::Kv::open(path).map_err(|why| format!("--kv-file {why}"))?,
             None => helpers::Kv::memory(),
         };
-        Ok(Arc::new(Env { kv }))
+        let root = |dir: &Option<std::path::PathBuf>, create: bool, flag: &str| {
+            dir.as_deref()
+                .map(|dir| helpers::Root::open(dir, create).map(Arc::new))
+                .transpose()
+                .map_err(|why| format!("{flag} {why}"))
+        };
+        Ok(Arc::new(Env {
+            kv,
+            bus: helpers::Bus::default(),
+            artifacts: root(&config.artifacts_dir, true, "--artifacts-dir")?,
+            data: root(&config.data_dir, false, "--data-dir")?,
+        }))
     }
 
     /// An environment around `kv`, for unit tests.
     #[cfg(test)]
     pub(crate) fn with_kv(kv: helpers::Kv) -> Arc<Env> {
-        Arc::new(Env { kv })
+        Arc::new(Env {
+            kv,
+            bus: helpers::Bus::default(),
+            artifacts: None,
+            data: None,
+        })
     }
 }
 
@@ -188,8 +212,26 @@ fn vm_for(script: &Script) -> Option<Rc<Vm>> {
                 None
             }
         };
+        if vm.as_ref().is_some_and(|vm| !vm.bus_event.is_empty()) {
+            helpers::bus::join(&script.env.bus);
+        }
         vms.borrow_mut().insert(script.id, vm.clone());
         vm
+    })
+}
+
+/// This thread's VMs, in script order (for `bus` delivery).
+pub(crate) fn vms_on_this_thread() -> Vec<Rc<Vm>> {
+    VMS.with(|vms| {
+        let Ok(vms) = vms.try_borrow() else {
+            return Vec::new();
+        };
+        let mut loaded: Vec<(usize, Rc<Vm>)> = vms
+            .iter()
+            .filter_map(|(id, vm)| vm.as_ref().map(|vm| (*id, Rc::clone(vm))))
+            .collect();
+        loaded.sort_by_key(|(id, _)| *id);
+        loaded.into_iter().map(|(_, vm)| vm).collect()
     })
 }
 
@@ -294,6 +336,8 @@ pub fn done_on_this_thread() {
 impl LuaPlugin {
     /// The connection's first hook call: `client_connect(conn)`.
     fn connect(&mut self, vm: &Vm, cx: &RequestCx<'_>) {
+        // Every hook comes here first: bus events from other workers are delivered now.
+        helpers::bus::poll();
         if self.conn != 0 {
             return;
         }

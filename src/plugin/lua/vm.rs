@@ -23,6 +23,7 @@ const EVENTS: &[&str] = &[
     "done",
     "flush",
     "configure",
+    "bus_event",
 ];
 
 /// A script as loaded at start-up: shared by every worker thread.
@@ -77,6 +78,8 @@ pub(crate) struct Vm {
     pub(crate) done: Handlers,
     /// `flush(opts)` handlers (shutdown and `--script-flush-interval`).
     pub(crate) flush: Handlers,
+    /// `bus_event(name, data)` handlers (see `helpers::bus`).
+    pub(crate) bus_event: Handlers,
     /// `FAIL_CLOSED = true`: a failing handler answers 500 instead of letting the
     /// exchange go on.
     pub(crate) fail_closed: bool,
@@ -151,6 +154,7 @@ impl Vm {
             should_intercept: Vec::new(),
             done: Vec::new(),
             flush: Vec::new(),
+            bus_event: Vec::new(),
             fail_closed: false,
             commands: Vec::new(),
             request_bodies: false,
@@ -270,6 +274,7 @@ impl Vm {
                         "error" => self.error.push(handler),
                         "should_intercept" => self.should_intercept.push(handler),
                         "flush" => self.flush.push(handler),
+                        "bus_event" => self.bus_event.push(handler),
                         _ => self.done.push(handler),
                     }
                 }
@@ -281,25 +286,32 @@ impl Vm {
 
 impl Handler {
     /// Calls the handler with `arg` (after `self` for a method).
+    /// Events it emits on the bus are delivered when the outermost handler returns.
     pub(crate) fn call(&self, arg: &Value) -> mlua::Result<()> {
-        match &self.this {
+        super::helpers::bus::enter();
+        let result = match &self.this {
             Some(this) => self.func.call::<()>((this.clone(), arg.clone())),
             None => self.func.call::<()>(arg.clone()),
-        }
+        };
+        super::helpers::bus::leave();
+        result
     }
 
     /// Calls the handler with `args` (after `self` for a method) and returns its
     /// first result.
     pub(crate) fn call_with(&self, args: &[Value]) -> mlua::Result<Value> {
         let args: mlua::MultiValue = args.iter().cloned().collect();
-        match &self.this {
+        super::helpers::bus::enter();
+        let result = match &self.this {
             Some(this) => {
                 let mut all = args;
                 all.push_front(Value::Table(this.clone()));
                 self.func.call::<Value>(all)
             }
             None => self.func.call::<Value>(args),
-        }
+        };
+        super::helpers::bus::leave();
+        result
     }
 }
 

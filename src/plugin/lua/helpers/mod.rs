@@ -15,7 +15,14 @@
 //! * `time.unix()` (float seconds), `time.rfc3339()` (UTC), `time.date(fmt?)` (`os.date`
 //!   conversions, UTC, default `%Y-%m-%d`).
 //! * `kv.get/get_base64/set/delete/list`: the process's [`Kv`] store (see [`kv`]).
+//! * `bus.emit(name, data?) -> err` (nil on success, as in the seed): see [`bus`] for the
+//!   delivery to `bus_event(name, data)` handlers.
+//! * `artifacts.write/read/exists/delete/rename/list` (`--artifacts-dir`) and
+//!   `data_store.exists/read/list(path, exts?)` (`--data-dir`, read-only): see [`files`]
+//!   for the path rules; without the flag every call returns `nil, "… no --…-dir"`.
 
+pub(crate) mod bus;
+pub(crate) mod files;
 pub(crate) mod kv;
 
 use std::sync::Arc;
@@ -26,6 +33,8 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use mlua::{Function, Lua, Table, Value};
 
+pub(crate) use self::bus::Bus;
+pub(crate) use self::files::Root;
 pub(crate) use self::kv::Kv;
 use super::vm::Script;
 
@@ -43,7 +52,8 @@ pub(crate) const DECODE: GeneralPurpose = GeneralPurpose::new(
 
 // === installing the libraries ===
 
-/// Adds `log`, `json`, `base64`, `time` and `kv` to `lua`'s globals for `script`.
+/// Adds `log`, `json`, `base64`, `time`, `kv`, `bus`, `artifacts` and `data_store` to
+/// `lua`'s globals for `script`.
 ///
 /// # Errors
 /// Lua could not allocate the tables.
@@ -54,6 +64,12 @@ pub(crate) fn install(lua: &Lua, script: &Script) -> mlua::Result<()> {
     globals.set("base64", base64_table(lua)?)?;
     globals.set("time", time_table(lua)?)?;
     globals.set("kv", kv_table(lua, script.env.kv.clone())?)?;
+    let name: Arc<str> = script.path.display().to_string().into();
+    globals.set("bus", bus::bus_table(lua, Arc::clone(&script.env), name)?)?;
+    let artifacts = script.env.artifacts.clone();
+    globals.set("artifacts", files::artifacts_table(lua, artifacts)?)?;
+    let data = script.env.data.clone();
+    globals.set("data_store", files::data_store_table(lua, data)?)?;
     Ok(())
 }
 
