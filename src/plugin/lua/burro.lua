@@ -528,6 +528,34 @@ if not handlers.request and type(BODIES) == "table" and BODIES.request then
   handlers.request = function() end
 end
 
+-- WebSocket hooks, on the engine's websocket_* events (inert where the engine has none):
+-- `ctx` reads the upgrade request and its 101; ws_msg.lua gets `msg` (`type`,
+-- `content` (assignable), `from_client`, `msg:drop()`).
+local ws_open, ws_msg, ws_close = hook.ws_open, hook.ws_msg, hook.ws_close
+if ws_open then
+  handlers.websocket_start = function(flow)
+    begin(flow, "ws")
+    ws_open()
+    over()
+  end
+end
+if ws_msg then
+  handlers.websocket_message = function(flow, m)
+    begin(flow, "ws")
+    msg = m
+    ws_msg()
+    msg = nil
+    over()
+  end
+end
+if ws_close then
+  handlers.websocket_end = function(flow)
+    begin(flow, "ws")
+    ws_close()
+    over()
+  end
+end
+
 local flush = hook.flush
 if flush then
   handlers.flush = function(o)

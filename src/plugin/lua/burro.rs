@@ -17,8 +17,10 @@
 //! | `close.lua` | `client_disconnect` | the client connection ended |
 //! | `flush.lua` | `flush` | at shutdown and every `--script-flush-interval` |
 //!
-//! `ws_open.lua`, `ws_msg.lua` and `ws_close.lua` are compiled (so a broken one stops
-//! start-up) but not run: the engine has no WebSocket events yet.
+//! `ws_open.lua`, `ws_msg.lua` (with `msg`: `type`, `content`, `from_client`, `drop()`)
+//! and `ws_close.lua` map to `websocket_start`, `websocket_message` and `websocket_end`
+//! when the engine has those events; until then they are compiled (a broken one stops
+//! start-up) and a warning says they are not run.
 //!
 //! Bodies are read whole only for a directory whose files mention them (unless
 //! `_shared.lua` sets `BODIES` itself): `req.body` or `req.set_body` opts in to request
@@ -42,8 +44,12 @@ pub(crate) const HOOKS: &[&str] = &[
     "flush",
 ];
 
-/// Hooks with no event to run them yet.
-const NOT_RUN: &[&str] = &["ws_open", "ws_msg", "ws_close"];
+/// Hooks whose event the engine may not have yet: (hook, event).
+const MAYBE_NOT_RUN: &[(&str, &str)] = &[
+    ("ws_open", "websocket_start"),
+    ("ws_msg", "websocket_message"),
+    ("ws_close", "websocket_end"),
+];
 
 /// The prelude: builds `ctx`/`mut` around the flow and binds the hooks to events.
 const PRELUDE: &str = include_str!("burro.lua");
@@ -81,7 +87,10 @@ pub(crate) fn source(dir: &Path) -> Result<String, String> {
     for &hook in HOOKS {
         let path = dir.join(format!("{hook}.lua"));
         if let Some(text) = read(&path)? {
-            if NOT_RUN.contains(&hook) {
+            let missing = MAYBE_NOT_RUN
+                .iter()
+                .any(|&(h, event)| h == hook && !super::vm::EVENTS.contains(&event));
+            if missing {
                 tracing::warn!(
                     script = %path.display(),
                     "{hook}.lua is not run: WebSocket events are not available yet"
