@@ -802,3 +802,32 @@ fn a_flow_kept_past_its_exchange_sees_nothing_of_the_next() {
     );
     assert_eq!(seen[1].target, "/a");
 }
+
+#[test]
+fn tiri_interceptors_example_changes_both_heads() {
+    let origin =
+        Origin::spawn(|_| Reply::keep(response(200, &[("Cache-Control", "max-age=60")], "ok")));
+    let proxy = spawn_proxy(&["--script", &example("tiri_interceptors.lua")]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(&get("http://alpha.test/", "User-Agent: curl/8\r\n"));
+    let resp = client.read_response();
+    assert_eq!(resp.text(), "ok");
+    assert_eq!(resp.headers.get_all("cache-control"), ["no-cache"]);
+    let seen = origin.requests();
+    assert_eq!(seen[0].headers.get_all("user-agent"), ["Kotuku-Proxy/1.0"]);
+    // The same flow id on both sides.
+    let id = seen[0].headers.get("x-flow-id").unwrap();
+    assert!(id.parse::<u64>().unwrap() > 0);
+    assert_eq!(resp.headers.get("x-proxy-flow"), Some(id));
+}
+
+#[test]
+fn mitmproxy_add_header_example_reaches_the_client() {
+    let origin = Origin::fixed("hello");
+    let proxy = spawn_proxy(&["--script", &example("mitmproxy_add_header.lua")]);
+    proxy.route("alpha.test", &origin);
+    let resp = request(proxy.addr, &get("http://alpha.test/", ""));
+    assert_eq!(resp.text(), "hello");
+    assert_eq!(resp.headers.get("newheader"), Some("foo"));
+}
