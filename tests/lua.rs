@@ -831,3 +831,42 @@ fn mitmproxy_add_header_example_reaches_the_client() {
     assert_eq!(resp.text(), "hello");
     assert_eq!(resp.headers.get("newheader"), Some("foo"));
 }
+
+#[test]
+fn mitmproxy_event_names_run_as_written() {
+    let origin = Origin::fixed("hello");
+    let path = script(
+        "mitm_events",
+        r#"local log = {}
+           function start() log[#log + 1] = "start" end
+           function clientconnect(conn) log[#log + 1] = "clientconnect" end
+           function request(flow)
+             if flow.request.host == "log.test" then
+               flow:reply(200, table.concat(log, ","))
+             else
+               log[#log + 1] = "request"
+             end
+           end
+           function response(flow) log[#log + 1] = "response" end
+           function clientdisconnect(conn) log[#log + 1] = "clientdisconnect" end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    {
+        let mut client = proxy.connect();
+        client.send(&get("http://alpha.test/", ""));
+        assert_eq!(client.read_response().text(), "hello");
+    }
+    let mut client = proxy.connect();
+    client.send(&get("http://alpha.test/", ""));
+    assert_eq!(client.read_response().text(), "hello");
+    client.send(&get("http://log.test/", ""));
+    let text = client.read_response().text();
+    // Each worker VM runs `start` once; the first connection's disconnect may still be
+    // on its way, so only its prefix is fixed.
+    assert!(
+        text.starts_with("start,clientconnect,request,response,"),
+        "{text}"
+    );
+    assert!(text.ends_with("clientconnect,request,response"), "{text}");
+}

@@ -318,6 +318,12 @@ pub trait Plugin {
         true
     }
 
+    /// The client's TLS handshake inside an intercepted CONNECT to `host:port` completed;
+    /// `sni` is the name the proxy's leaf was made for. Observing only.
+    fn on_tls_handshake(&mut self, cx: &RequestCx<'_>, host: &str, port: u16, sni: &str) {
+        let _ = (cx, host, port, sni);
+    }
+
     /// A request is about to be forwarded to `host:port` (after `on_request` and the
     /// request-body hooks): return sinks to get a copy of the bytes sent and received
     /// (proxy.py's `handle_upstream_chunk`, observing only). Taps never change what is
@@ -592,6 +598,17 @@ impl Chain {
             }
         }
         Ok(true)
+    }
+
+    /// Runs `on_tls_handshake` on every plugin.
+    pub fn on_tls_handshake(&mut self, cx: &RequestCx<'_>, host: &str, port: u16, sni: &str) {
+        for plugin in &mut self.plugins {
+            let name = plugin.name();
+            let _ = guard(name, || {
+                plugin.on_tls_handshake(cx, host, port, sni);
+                Ok(())
+            });
+        }
     }
 
     /// Every plugin's wire taps for an exchange about to be forwarded: (sent, received).

@@ -407,18 +407,23 @@ async fn intercept(
         }
         Err(err) => Some(err),
     };
+    let client = Client {
+        stream,
+        buf: BytesMut::new(),
+        addr,
+        intercepted: true,
+    };
+    if !conn.chain.is_empty() {
+        let cx = shared.plugin_cx(&client);
+        conn.chain.on_tls_handshake(&cx, &host, port, &tls_name);
+    }
     conn.origin = Some(Box::new(Origin {
         host,
         port,
         tls_name,
         error,
     }));
-    Some(Client {
-        stream,
-        buf: BytesMut::new(),
-        addr,
-        intercepted: true,
-    })
+    Some(client)
 }
 
 type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;

@@ -588,16 +588,7 @@ impl Plugin for LuaPlugin {
         }
         vm.refill();
         let run = || -> mlua::Result<bool> {
-            let flow = vm.lua.create_table()?;
-            let request = vm.lua.create_table()?;
-            request.set("host", host)?;
-            request.set("port", port)?;
-            request.set("method", "CONNECT")?;
-            flow.set("request", request)?;
-            flow.set("sni", sni)?;
-            flow.set("client_addr", cx.client.to_string())?;
-            flow.set("id", self.conn)?;
-            let flow = mlua::Value::Table(flow);
+            let flow = tunnel_flow(&vm, cx, self.conn, host, port, sni)?;
             for handler in &vm.should_intercept {
                 if let mlua::Value::Boolean(false) =
                     handler.call_with(std::slice::from_ref(&flow))?
@@ -619,6 +610,32 @@ impl Plugin for LuaPlugin {
                 );
                 true
             }
+        }
+    }
+
+    fn on_tls_handshake(&mut self, cx: &RequestCx<'_>, host: &str, port: u16, sni: &str) {
+        let Some(vm) = self.vm.clone() else {
+            return;
+        };
+        self.connect(&vm, cx);
+        if vm.tls_handshake.is_empty() {
+            return;
+        }
+        vm.refill();
+        let run = || -> mlua::Result<()> {
+            let flow = tunnel_flow(&vm, cx, self.conn, host, port, Some(sni))?;
+            for handler in &vm.tls_handshake {
+                handler.call(&flow)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = run() {
+            tracing::warn!(
+                error.code = ErrorKind::ScriptError.code(),
+                client = %cx.client,
+                "script {}",
+                vm::describe(&e)
+            );
         }
     }
 
@@ -669,6 +686,28 @@ impl Plugin for LuaPlugin {
             self.run_conn(&vm, &vm.client_disconnect, cx);
         }
     }
+}
+
+/// The flow of a CONNECT tunnel's events (`should_intercept`, `tls_handshake`): a plain
+/// table, `request` holding the CONNECT's host, port and method.
+fn tunnel_flow(
+    vm: &Vm,
+    cx: &RequestCx<'_>,
+    conn: u64,
+    host: &str,
+    port: u16,
+    sni: Option<&str>,
+) -> mlua::Result<mlua::Value> {
+    let flow = vm.lua.create_table()?;
+    let request = vm.lua.create_table()?;
+    request.set("host", host)?;
+    request.set("port", port)?;
+    request.set("method", "CONNECT")?;
+    flow.set("request", request)?;
+    flow.set("sni", sni)?;
+    flow.set("client_addr", cx.client.to_string())?;
+    flow.set("id", conn)?;
+    Ok(mlua::Value::Table(flow))
 }
 
 /// `bytes` (a response from `simple_response`) with its status line's reason replaced.

@@ -23,6 +23,11 @@ const EVENTS: &[&str] = &[
     "done",
     "configure",
     "bus_event",
+    "tls_handshake",
+    // mitmproxy's and Roxy's names for the connection events.
+    "clientconnect",
+    "connect",
+    "clientdisconnect",
 ];
 
 /// A script as loaded at start-up: shared by every worker thread.
@@ -77,6 +82,8 @@ pub(crate) struct Vm {
     pub(crate) done: Handlers,
     /// `bus_event(name, data)` handlers (see `helpers::bus`).
     pub(crate) bus_event: Handlers,
+    /// `tls_handshake(flow)` handlers.
+    pub(crate) tls_handshake: Handlers,
     /// `FAIL_CLOSED = true`: a failing handler answers 500 instead of letting the
     /// exchange go on.
     pub(crate) fail_closed: bool,
@@ -151,6 +158,7 @@ impl Vm {
             should_intercept: Vec::new(),
             done: Vec::new(),
             bus_event: Vec::new(),
+            tls_handshake: Vec::new(),
             fail_closed: false,
             commands: Vec::new(),
             request_bodies: false,
@@ -262,6 +270,9 @@ impl Vm {
                         "error" => self.error.push(handler),
                         "should_intercept" => self.should_intercept.push(handler),
                         "bus_event" => self.bus_event.push(handler),
+                        "tls_handshake" => self.tls_handshake.push(handler),
+                        "clientconnect" | "connect" => self.client_connect.push(handler),
+                        "clientdisconnect" => self.client_disconnect.push(handler),
                         _ => self.done.push(handler),
                     }
                 }
