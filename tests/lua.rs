@@ -870,3 +870,55 @@ fn mitmproxy_event_names_run_as_written() {
     );
     assert!(text.ends_with("clientconnect,request,response"), "{text}");
 }
+
+// === intercept / resume ===
+
+const PAUSING: &str = r#"local waiting = {}
+   function request(flow)
+     local path = flow.request.path
+     if path == "/pause" then
+       flow:intercept()
+       waiting[#waiting + 1] = flow
+     elseif path == "/resume" then
+       local n = #waiting
+       for _, f in ipairs(waiting) do f:resume() end
+       waiting = {}
+       flow:reply(200, tostring(n))
+     end
+   end"#;
+
+#[test]
+fn a_paused_flow_waits_until_another_handler_resumes_it() {
+    let origin = Origin::fixed("went on");
+    let path = script("pausing", PAUSING);
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    let mut paused = proxy.connect();
+    paused.send(&get("http://alpha.test/pause", ""));
+    // Another connection resumes it once it is waiting (each try answers how many it
+    // resumed; the first request may not have reached its handler yet).
+    let mut resumed = 0;
+    for _ in 0..1000 {
+        resumed = request(proxy.addr, &get("http://alpha.test/resume", ""))
+            .text()
+            .parse()
+            .unwrap();
+        if resumed > 0 {
+            break;
+        }
+    }
+    assert_eq!(resumed, 1);
+    assert_eq!(paused.read_response().text(), "went on");
+    assert_eq!(origin.requests().len(), 1);
+}
+
+#[test]
+fn a_paused_flow_nobody_resumes_times_out_with_a_stable_code() {
+    let origin = Origin::fixed("never");
+    let path = script("pausing_alone", PAUSING);
+    let proxy = spawn_proxy(&["--script", &path, "--timeout", "1"]);
+    proxy.route("alpha.test", &origin);
+    let resp = request(proxy.addr, &get("http://alpha.test/pause", ""));
+    resp.assert_error(504, "flow_paused_timeout");
+    assert_eq!(origin.accepted(), 0);
+}

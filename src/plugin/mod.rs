@@ -214,6 +214,14 @@ pub trait Plugin {
         Ok(Flow::Continue)
     }
 
+    /// After `on_request` or `on_response` let the exchange go on: a future the exchange
+    /// must wait for before it goes further (a script's `flow:intercept()`, until
+    /// `flow:resume()`), or `None`. The proxy waits at most `--timeout`, then answers
+    /// 504 `flow_paused_timeout`.
+    fn hold(&mut self) -> Option<Hold> {
+        None
+    }
+
     /// Whether this plugin's `on_request` needs the whole request body (a script with
     /// `BODIES.request`); asked before `on_request`, for requests to be forwarded. When
     /// one does, the body is read whole first (up to [`MAX_BUFFERED_REQUEST_BODY`],
@@ -365,6 +373,9 @@ pub trait Plugin {
     }
 }
 
+/// What an exchange waits for when a plugin holds it (see [`Plugin::hold`]).
+pub type Hold = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
 /// Builds a plugin for each new client connection. Built once from `Config`.
 pub trait PluginFactory: Send + Sync {
     /// The name `--plugins` knows it by (proxy.py's dotted name for built-ins).
@@ -446,6 +457,35 @@ impl Chain {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// Every plugin's hold on the exchange (see [`Plugin::hold`]), awaited in order.
+    pub fn hold(&mut self) -> Option<Hold> {
+        let holds: Vec<Hold> = self.plugins.iter_mut().filter_map(|p| p.hold()).collect();
+        if holds.is_empty() {
+            return None;
+        }
+        Some(Box::pin(async move {
+            for hold in holds {
+                hold.await;
+            }
+        }))
+    }
+
+    /// Waits out the plugins' holds, for at most `limit`.
+    ///
+    /// # Errors
+    /// `flow_paused_timeout` when a hold outlasts `limit`.
+    pub async fn wait_holds(&mut self, limit: std::time::Duration) -> crate::error::Result<()> {
+        let Some(hold) = self.hold() else {
+            return Ok(());
+        };
+        tokio::time::timeout(limit, hold).await.map_err(|_| {
+            crate::error::ProxyError::new(
+                crate::error::ErrorKind::FlowPausedTimeout,
+                "a script paused this exchange (flow:intercept) and nothing resumed it",
+            )
+        })
     }
 
     /// Whether any plugin wants the request body before `on_request`.

@@ -519,7 +519,7 @@ async fn route(
                 ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
             })?;
         match flow {
-            Flow::Continue => {}
+            Flow::Continue => conn.chain.wait_holds(shared.config.timeout).await?,
             Flow::Close => return Ok(Next::Close),
             Flow::Respond(reply) => {
                 let request_target = head.effective_target_bytes();

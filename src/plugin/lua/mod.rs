@@ -500,6 +500,11 @@ impl Plugin for LuaPlugin {
         }))
     }
 
+    fn hold(&mut self) -> Option<crate::plugin::Hold> {
+        let pause = self.exchange.as_ref()?.borrow().paused.clone()?;
+        Some(Box::pin(pause.resumed()))
+    }
+
     fn wants_request_body_first(&self) -> bool {
         self.vm.as_ref().is_some_and(|vm| vm.request_bodies)
     }
