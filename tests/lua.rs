@@ -474,14 +474,17 @@ fn error_gets_the_stable_code_and_access_log_the_status_the_client_got() {
                flow:reply(200, table.concat(log, ","))
              end
            end
-           function error(flow, err)
-             log[#log + 1] = err.code .. ":" .. err.target_host .. ":" .. err.method
-           end
            function access_log(flow)
              if flow.request.host ~= "log.test" then
                log[#log + 1] = "log:" .. tostring(flow.response and flow.response.status_code)
              end
-           end"#,
+           end
+           -- In a returned table: a global `error` would hide Lua's own.
+           return { error = function(flow, err)
+             log[#log + 1] = table.concat({ err.code, err.target_host, err.method, err.phase,
+               tostring(err.target_port), err.url, err.client_ip, err.clientIP,
+               type(err.timestamp), flow.error.code }, ":")
+           end }"#,
     );
     let proxy = spawn_proxy(&["--script", &path]);
     proxy.names.insert("down.test", refused_addr());
@@ -489,7 +492,9 @@ fn error_gets_the_stable_code_and_access_log_the_status_the_client_got() {
     assert_eq!(resp.status, 502);
     let text = request(proxy.addr, &get("http://log.test/", "")).text();
     assert!(
-        text.starts_with("connection_refused:down.test:GET,log:502"),
+        text.starts_with(
+            "connection_refused:down.test:GET:connect:80:http://down.test/:127.0.0.1:127.0.0.1:number:connection_refused,log:502"
+        ),
         "{text}"
     );
 }

@@ -742,26 +742,45 @@ fn error_table(
         .map(|d| d.as_secs_f64())
         .unwrap_or_default();
     t.set("timestamp", timestamp)?;
+    t.set("phase", phase(err.kind()))?;
+    // Tiri spells these in camel case.
+    t.set("clientIP", cx.client.ip().to_string())?;
     let ex = shared.borrow();
     if let (Some(req), Some(target)) = (&ex.req, &ex.target) {
-        t.set(
-            "phase",
-            if ex.res.is_some() {
-                "response"
-            } else {
-                "request"
-            },
-        )?;
-        for (key, field) in [
-            ("method", "method"),
-            ("url", "url"),
-            ("target_host", "host"),
-            ("target_port", "port"),
+        for (keys, field) in [
+            (&["method"][..], "method"),
+            (&["url"][..], "url"),
+            (&["target_host", "targetHost"][..], "host"),
+            (&["target_port", "targetPort"][..], "port"),
         ] {
-            t.set(key, flow::request_field(&vm.lua, req, target, field)?)?;
+            let value = flow::request_field(&vm.lua, req, target, field)?;
+            for key in keys {
+                t.set(*key, value.clone())?;
+            }
         }
     }
     Ok(t)
+}
+
+/// Where in the exchange an error of this kind happens: `request` (the client's
+/// request), `connect` (reaching the origin), `response` (the origin's response) or
+/// `proxy` (the proxy itself, a plugin or a script).
+fn phase(kind: ErrorKind) -> &'static str {
+    use crate::error::Side;
+    match kind {
+        ErrorKind::DnsError
+        | ErrorKind::DnsTimeout
+        | ErrorKind::ConnectionRefused
+        | ErrorKind::DestinationUnavailable
+        | ErrorKind::ConnectionTimeout
+        | ErrorKind::TlsProtocolError
+        | ErrorKind::TlsCertificateError => "connect",
+        kind => match kind.side() {
+            Side::Client => "request",
+            Side::Upstream => "response",
+            Side::Internal => "proxy",
+        },
+    }
 }
 
 #[cfg(test)]
