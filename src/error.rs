@@ -90,6 +90,9 @@ pub enum ErrorKind {
     ProxyInternalError,
     /// The configuration is invalid.
     ProxyConfigurationError,
+    /// A script paused the exchange (`flow:intercept()`) and nothing resumed it within
+    /// `--timeout`.
+    FlowPausedTimeout,
     /// A Lua script's event handler failed (raised, ran past its instruction budget or
     /// its VM's memory cap). Logged; the exchange goes on unless the script fails closed.
     ScriptError,
@@ -130,6 +133,7 @@ impl ErrorKind {
             ProxyInternalError => "proxy_internal_error",
             ProxyConfigurationError => "proxy_configuration_error",
             ScriptError => "script_error",
+            FlowPausedTimeout => "flow_paused_timeout",
         }
     }
 
@@ -164,6 +168,7 @@ impl ErrorKind {
             | TlsProtocolError
             | TlsCertificateError => Some(502),
             ProxyInternalError | ProxyConfigurationError | ScriptError => Some(500),
+            FlowPausedTimeout => Some(504),
         }
     }
 
@@ -198,7 +203,9 @@ impl ErrorKind {
             | HttpResponseBodySize
             | TlsProtocolError
             | TlsCertificateError => Side::Upstream,
-            ProxyInternalError | ProxyConfigurationError | ScriptError => Side::Internal,
+            ProxyInternalError | ProxyConfigurationError | ScriptError | FlowPausedTimeout => {
+                Side::Internal
+            }
         }
     }
 
@@ -338,6 +345,7 @@ mod tests {
             ProxyInternalError,
             ProxyConfigurationError,
             ScriptError,
+            FlowPausedTimeout,
         ];
         let mut seen = std::collections::HashSet::new();
         for kind in all {

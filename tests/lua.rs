@@ -474,14 +474,17 @@ fn error_gets_the_stable_code_and_access_log_the_status_the_client_got() {
                flow:reply(200, table.concat(log, ","))
              end
            end
-           function error(flow, err)
-             log[#log + 1] = err.code .. ":" .. err.target_host .. ":" .. err.method
-           end
            function access_log(flow)
              if flow.request.host ~= "log.test" then
                log[#log + 1] = "log:" .. tostring(flow.response and flow.response.status_code)
              end
-           end"#,
+           end
+           -- In a returned table: a global `error` would hide Lua's own.
+           return { error = function(flow, err)
+             log[#log + 1] = table.concat({ err.code, err.target_host, err.method, err.phase,
+               tostring(err.target_port), err.url, err.client_ip, err.clientIP,
+               type(err.timestamp), flow.error.code }, ":")
+           end }"#,
     );
     let proxy = spawn_proxy(&["--script", &path]);
     proxy.names.insert("down.test", refused_addr());
@@ -489,7 +492,9 @@ fn error_gets_the_stable_code_and_access_log_the_status_the_client_got() {
     assert_eq!(resp.status, 502);
     let text = request(proxy.addr, &get("http://log.test/", "")).text();
     assert!(
-        text.starts_with("connection_refused:down.test:GET,log:502"),
+        text.starts_with(
+            "connection_refused:down.test:GET:connect:80:http://down.test/:127.0.0.1:127.0.0.1:number:connection_refused,log:502"
+        ),
         "{text}"
     );
 }
@@ -801,4 +806,124 @@ fn a_flow_kept_past_its_exchange_sees_nothing_of_the_next() {
         Some("false,event is over,false,event is over,false,event is over,flow (over)")
     );
     assert_eq!(seen[1].target, "/a");
+}
+
+#[test]
+fn tiri_interceptors_example_changes_both_heads() {
+    let origin =
+        Origin::spawn(|_| Reply::keep(response(200, &[("Cache-Control", "max-age=60")], "ok")));
+    let proxy = spawn_proxy(&["--script", &example("tiri_interceptors.lua")]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(&get("http://alpha.test/", "User-Agent: curl/8\r\n"));
+    let resp = client.read_response();
+    assert_eq!(resp.text(), "ok");
+    assert_eq!(resp.headers.get_all("cache-control"), ["no-cache"]);
+    let seen = origin.requests();
+    assert_eq!(seen[0].headers.get_all("user-agent"), ["Kotuku-Proxy/1.0"]);
+    // The same flow id on both sides.
+    let id = seen[0].headers.get("x-flow-id").unwrap();
+    assert!(id.parse::<u64>().unwrap() > 0);
+    assert_eq!(resp.headers.get("x-proxy-flow"), Some(id));
+}
+
+#[test]
+fn mitmproxy_add_header_example_reaches_the_client() {
+    let origin = Origin::fixed("hello");
+    let proxy = spawn_proxy(&["--script", &example("mitmproxy_add_header.lua")]);
+    proxy.route("alpha.test", &origin);
+    let resp = request(proxy.addr, &get("http://alpha.test/", ""));
+    assert_eq!(resp.text(), "hello");
+    assert_eq!(resp.headers.get("newheader"), Some("foo"));
+}
+
+#[test]
+fn mitmproxy_event_names_run_as_written() {
+    let origin = Origin::fixed("hello");
+    let path = script(
+        "mitm_events",
+        r#"local log = {}
+           function start() log[#log + 1] = "start" end
+           function clientconnect(conn) log[#log + 1] = "clientconnect" end
+           function request(flow)
+             if flow.request.host == "log.test" then
+               flow:reply(200, table.concat(log, ","))
+             else
+               log[#log + 1] = "request"
+             end
+           end
+           function response(flow) log[#log + 1] = "response" end
+           function clientdisconnect(conn) log[#log + 1] = "clientdisconnect" end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    {
+        let mut client = proxy.connect();
+        client.send(&get("http://alpha.test/", ""));
+        assert_eq!(client.read_response().text(), "hello");
+    }
+    let mut client = proxy.connect();
+    client.send(&get("http://alpha.test/", ""));
+    assert_eq!(client.read_response().text(), "hello");
+    client.send(&get("http://log.test/", ""));
+    let text = client.read_response().text();
+    // Each worker VM runs `start` once; the first connection's disconnect may still be
+    // on its way, so only its prefix is fixed.
+    assert!(
+        text.starts_with("start,clientconnect,request,response,"),
+        "{text}"
+    );
+    assert!(text.ends_with("clientconnect,request,response"), "{text}");
+}
+
+// === intercept / resume ===
+
+const PAUSING: &str = r#"local waiting = {}
+   function request(flow)
+     local path = flow.request.path
+     if path == "/pause" then
+       flow:intercept()
+       waiting[#waiting + 1] = flow
+     elseif path == "/resume" then
+       local n = #waiting
+       for _, f in ipairs(waiting) do f:resume() end
+       waiting = {}
+       flow:reply(200, tostring(n))
+     end
+   end"#;
+
+#[test]
+fn a_paused_flow_waits_until_another_handler_resumes_it() {
+    let origin = Origin::fixed("went on");
+    let path = script("pausing", PAUSING);
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    let mut paused = proxy.connect();
+    paused.send(&get("http://alpha.test/pause", ""));
+    // Another connection resumes it once it is waiting (each try answers how many it
+    // resumed; the first request may not have reached its handler yet).
+    let mut resumed = 0;
+    for _ in 0..1000 {
+        resumed = request(proxy.addr, &get("http://alpha.test/resume", ""))
+            .text()
+            .parse()
+            .unwrap();
+        if resumed > 0 {
+            break;
+        }
+    }
+    assert_eq!(resumed, 1);
+    assert_eq!(paused.read_response().text(), "went on");
+    assert_eq!(origin.requests().len(), 1);
+}
+
+#[test]
+fn a_paused_flow_nobody_resumes_times_out_with_a_stable_code() {
+    let origin = Origin::fixed("never");
+    let path = script("pausing_alone", PAUSING);
+    let proxy = spawn_proxy(&["--script", &path, "--timeout", "1"]);
+    proxy.route("alpha.test", &origin);
+    let resp = request(proxy.addr, &get("http://alpha.test/pause", ""));
+    resp.assert_error(504, "flow_paused_timeout");
+    assert_eq!(origin.accepted(), 0);
 }

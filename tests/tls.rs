@@ -710,16 +710,21 @@ fn a_plugin_keeps_a_tunnel_opaque_with_do_intercept() {
 }
 
 #[test]
-fn a_lua_should_intercept_keeps_a_tunnel_opaque_and_requests_inside_read_https() {
+fn lua_should_intercept_keeps_a_tunnel_opaque_tls_handshake_fires_and_requests_inside_read_https() {
     let script = temp_path("should_intercept").with_extension("lua");
     std::fs::write(
         &script,
-        r#"function should_intercept(flow)
+        r#"local handshakes = {}
+           function should_intercept(flow)
              return flow.sni ~= "localhost"
+           end
+           function tls_handshake(flow)
+             handshakes[#handshakes + 1] = flow.request.host .. "/" .. flow.sni
            end
            function request(flow)
              local r = flow.request
-             flow:reply(200, r.scheme .. " " .. r.host .. " " .. r.port .. " " .. r.url)
+             flow:reply(200, r.scheme .. " " .. r.host .. " " .. r.port .. " " .. r.url
+                             .. " " .. table.concat(handshakes, ","))
            end"#,
     )
     .unwrap();
@@ -744,7 +749,7 @@ fn a_lua_should_intercept_keeps_a_tunnel_opaque_and_requests_inside_read_https()
     let port = s.origin.addr.port();
     assert_eq!(
         wire.read_response().text(),
-        format!("https 127.0.0.1 {port} https://127.0.0.1:{port}/in?x=1")
+        format!("https 127.0.0.1 {port} https://127.0.0.1:{port}/in?x=1 127.0.0.1/127.0.0.1")
     );
 }
 

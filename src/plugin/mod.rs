@@ -214,6 +214,14 @@ pub trait Plugin {
         Ok(Flow::Continue)
     }
 
+    /// After `on_request` or `on_response` let the exchange go on: a future the exchange
+    /// must wait for before it goes further (a script's `flow:intercept()`, until
+    /// `flow:resume()`), or `None`. The proxy waits at most `--timeout`, then answers
+    /// 504 `flow_paused_timeout`.
+    fn hold(&mut self) -> Option<Hold> {
+        None
+    }
+
     /// Whether this plugin's `on_request` needs the whole request body (a script with
     /// `BODIES.request`); asked before `on_request`, for requests to be forwarded. When
     /// one does, the body is read whole first (up to [`MAX_BUFFERED_REQUEST_BODY`],
@@ -318,6 +326,12 @@ pub trait Plugin {
         true
     }
 
+    /// The client's TLS handshake inside an intercepted CONNECT to `host:port` completed;
+    /// `sni` is the name the proxy's leaf was made for. Observing only.
+    fn on_tls_handshake(&mut self, cx: &RequestCx<'_>, host: &str, port: u16, sni: &str) {
+        let _ = (cx, host, port, sni);
+    }
+
     /// A request is about to be forwarded to `host:port` (after `on_request` and the
     /// request-body hooks): return sinks to get a copy of the bytes sent and received
     /// (proxy.py's `handle_upstream_chunk`, observing only). Taps never change what is
@@ -358,6 +372,9 @@ pub trait Plugin {
         None
     }
 }
+
+/// What an exchange waits for when a plugin holds it (see [`Plugin::hold`]).
+pub type Hold = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
 /// Builds a plugin for each new client connection. Built once from `Config`.
 pub trait PluginFactory: Send + Sync {
@@ -440,6 +457,35 @@ impl Chain {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// Every plugin's hold on the exchange (see [`Plugin::hold`]), awaited in order.
+    pub fn hold(&mut self) -> Option<Hold> {
+        let holds: Vec<Hold> = self.plugins.iter_mut().filter_map(|p| p.hold()).collect();
+        if holds.is_empty() {
+            return None;
+        }
+        Some(Box::pin(async move {
+            for hold in holds {
+                hold.await;
+            }
+        }))
+    }
+
+    /// Waits out the plugins' holds, for at most `limit`.
+    ///
+    /// # Errors
+    /// `flow_paused_timeout` when a hold outlasts `limit`.
+    pub async fn wait_holds(&mut self, limit: std::time::Duration) -> crate::error::Result<()> {
+        let Some(hold) = self.hold() else {
+            return Ok(());
+        };
+        tokio::time::timeout(limit, hold).await.map_err(|_| {
+            crate::error::ProxyError::new(
+                crate::error::ErrorKind::FlowPausedTimeout,
+                "a script paused this exchange (flow:intercept) and nothing resumed it",
+            )
+        })
     }
 
     /// Whether any plugin wants the request body before `on_request`.
@@ -592,6 +638,17 @@ impl Chain {
             }
         }
         Ok(true)
+    }
+
+    /// Runs `on_tls_handshake` on every plugin.
+    pub fn on_tls_handshake(&mut self, cx: &RequestCx<'_>, host: &str, port: u16, sni: &str) {
+        for plugin in &mut self.plugins {
+            let name = plugin.name();
+            let _ = guard(name, || {
+                plugin.on_tls_handshake(cx, host, port, sni);
+                Ok(())
+            });
+        }
     }
 
     /// Every plugin's wire taps for an exchange about to be forwarded: (sent, received).

@@ -407,18 +407,23 @@ async fn intercept(
         }
         Err(err) => Some(err),
     };
+    let client = Client {
+        stream,
+        buf: BytesMut::new(),
+        addr,
+        intercepted: true,
+    };
+    if !conn.chain.is_empty() {
+        let cx = shared.plugin_cx(&client);
+        conn.chain.on_tls_handshake(&cx, &host, port, &tls_name);
+    }
     conn.origin = Some(Box::new(Origin {
         host,
         port,
         tls_name,
         error,
     }));
-    Some(Client {
-        stream,
-        buf: BytesMut::new(),
-        addr,
-        intercepted: true,
-    })
+    Some(client)
 }
 
 type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -514,7 +519,7 @@ async fn route(
                 ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
             })?;
         match flow {
-            Flow::Continue => {}
+            Flow::Continue => conn.chain.wait_holds(shared.config.timeout).await?,
             Flow::Close => return Ok(Next::Close),
             Flow::Respond(reply) => {
                 let request_target = head.effective_target_bytes();

@@ -82,6 +82,21 @@ pub(crate) struct Exchange {
     pub(crate) error: Option<(&'static str, String)>,
     /// This exchange's entry in the thread's live table, once a flow value was made.
     token: Option<Token>,
+    /// `flow:intercept()` paused the exchange; `flow:resume()` releases it.
+    pub(crate) paused: Option<Rc<Pause>>,
+}
+
+/// A paused exchange's latch.
+#[derive(Default)]
+pub(crate) struct Pause {
+    notify: tokio::sync::Notify,
+}
+
+impl Pause {
+    /// Resolves once `flow:resume()` ran (at once if it already did).
+    pub(crate) async fn resumed(self: Rc<Self>) {
+        self.notify.notified().await;
+    }
 }
 
 impl Drop for Exchange {
@@ -118,6 +133,7 @@ impl Exchange {
             new_res_body: None,
             error: None,
             token: None,
+            paused: None,
         }
     }
 
@@ -138,6 +154,7 @@ impl Exchange {
         self.res_body_open = false;
         self.new_res_body = None;
         self.error = None;
+        self.paused = None;
         // Flows of the finished exchange stop resolving.
         if let Some(token) = self.token.take() {
             unregister(token);
@@ -249,6 +266,8 @@ struct Methods {
     get_all: Function,
     add: Function,
     items: Function,
+    intercept: Function,
+    resume: Function,
 }
 
 /// Installs the metatable of the flow handles in `lua` (once per VM).
@@ -277,6 +296,23 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
         replace: lua.create_function(|_, (ud, response): (LightUserData, Table)| {
             let (shared, _, _) = expect(ud, Part::Flow, "replace")?;
             replace(&shared, response)
+        })?,
+        intercept: lua.create_function(|_, ud: LightUserData| {
+            let (shared, _, _) = expect(ud, Part::Flow, "intercept")?;
+            let mut ex = shared.borrow_mut();
+            if ex.paused.is_none() {
+                ex.paused = Some(Rc::new(Pause::default()));
+            }
+            Ok(())
+        })?,
+        resume: lua.create_function(|_, ud: LightUserData| {
+            let (shared, _, _) = expect(ud, Part::Flow, "resume")?;
+            let paused = shared.borrow_mut().paused.take();
+            if let Some(pause) = paused {
+                // Stores a permit when the proxy is not waiting yet.
+                pause.notify.notify_one();
+            }
+            Ok(())
         })?,
         get_all: lua.create_function(|lua, (ud, name): (LightUserData, mlua::String)| {
             let (shared, _, part) = resolve(ud)?;
@@ -427,6 +463,9 @@ fn flow_index(
         "reply" => Ok(Value::Function(m.reply.clone())),
         "kill" => Ok(Value::Function(m.kill.clone())),
         "replace" => Ok(Value::Function(m.replace.clone())),
+        "intercept" => Ok(Value::Function(m.intercept.clone())),
+        "resume" => Ok(Value::Function(m.resume.clone())),
+        "intercepted" => Ok(Value::Boolean(shared.borrow().paused.is_some())),
         _ => Ok(Value::Nil),
     }
 }

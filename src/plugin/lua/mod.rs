@@ -573,6 +573,11 @@ impl Plugin for LuaPlugin {
         }))
     }
 
+    fn hold(&mut self) -> Option<crate::plugin::Hold> {
+        let pause = self.exchange.as_ref()?.borrow().paused.clone()?;
+        Some(Box::pin(pause.resumed()))
+    }
+
     fn wants_request_body_first(&self) -> bool {
         self.vm.as_ref().is_some_and(|vm| vm.request_bodies)
     }
@@ -661,16 +666,7 @@ impl Plugin for LuaPlugin {
         }
         vm.refill();
         let run = || -> mlua::Result<bool> {
-            let flow = vm.lua.create_table()?;
-            let request = vm.lua.create_table()?;
-            request.set("host", host)?;
-            request.set("port", port)?;
-            request.set("method", "CONNECT")?;
-            flow.set("request", request)?;
-            flow.set("sni", sni)?;
-            flow.set("client_addr", cx.client.to_string())?;
-            flow.set("id", self.conn)?;
-            let flow = mlua::Value::Table(flow);
+            let flow = tunnel_flow(&vm, cx, self.conn, host, port, sni)?;
             for handler in &vm.should_intercept {
                 if let mlua::Value::Boolean(false) =
                     handler.call_with(std::slice::from_ref(&flow))?
@@ -692,6 +688,32 @@ impl Plugin for LuaPlugin {
                 );
                 true
             }
+        }
+    }
+
+    fn on_tls_handshake(&mut self, cx: &RequestCx<'_>, host: &str, port: u16, sni: &str) {
+        let Some(vm) = self.vm.clone() else {
+            return;
+        };
+        self.connect(&vm, cx);
+        if vm.tls_handshake.is_empty() {
+            return;
+        }
+        vm.refill();
+        let run = || -> mlua::Result<()> {
+            let flow = tunnel_flow(&vm, cx, self.conn, host, port, Some(sni))?;
+            for handler in &vm.tls_handshake {
+                handler.call(&flow)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = run() {
+            tracing::warn!(
+                error.code = ErrorKind::ScriptError.code(),
+                client = %cx.client,
+                "script {}",
+                vm::describe(&e)
+            );
         }
     }
 
@@ -744,6 +766,28 @@ impl Plugin for LuaPlugin {
     }
 }
 
+/// The flow of a CONNECT tunnel's events (`should_intercept`, `tls_handshake`): a plain
+/// table, `request` holding the CONNECT's host, port and method.
+fn tunnel_flow(
+    vm: &Vm,
+    cx: &RequestCx<'_>,
+    conn: u64,
+    host: &str,
+    port: u16,
+    sni: Option<&str>,
+) -> mlua::Result<mlua::Value> {
+    let flow = vm.lua.create_table()?;
+    let request = vm.lua.create_table()?;
+    request.set("host", host)?;
+    request.set("port", port)?;
+    request.set("method", "CONNECT")?;
+    flow.set("request", request)?;
+    flow.set("sni", sni)?;
+    flow.set("client_addr", cx.client.to_string())?;
+    flow.set("id", conn)?;
+    Ok(mlua::Value::Table(flow))
+}
+
 /// `bytes` (a response from `simple_response`) with its status line's reason replaced.
 fn with_reason(bytes: &bytes::Bytes, status: u16, reason: &str) -> bytes::Bytes {
     let end = bytes
@@ -771,26 +815,45 @@ fn error_table(
         .map(|d| d.as_secs_f64())
         .unwrap_or_default();
     t.set("timestamp", timestamp)?;
+    t.set("phase", phase(err.kind()))?;
+    // Tiri spells these in camel case.
+    t.set("clientIP", cx.client.ip().to_string())?;
     let ex = shared.borrow();
     if let (Some(req), Some(target)) = (&ex.req, &ex.target) {
-        t.set(
-            "phase",
-            if ex.res.is_some() {
-                "response"
-            } else {
-                "request"
-            },
-        )?;
-        for (key, field) in [
-            ("method", "method"),
-            ("url", "url"),
-            ("target_host", "host"),
-            ("target_port", "port"),
+        for (keys, field) in [
+            (&["method"][..], "method"),
+            (&["url"][..], "url"),
+            (&["target_host", "targetHost"][..], "host"),
+            (&["target_port", "targetPort"][..], "port"),
         ] {
-            t.set(key, flow::request_field(&vm.lua, req, target, field)?)?;
+            let value = flow::request_field(&vm.lua, req, target, field)?;
+            for key in keys {
+                t.set(*key, value.clone())?;
+            }
         }
     }
     Ok(t)
+}
+
+/// Where in the exchange an error of this kind happens: `request` (the client's
+/// request), `connect` (reaching the origin), `response` (the origin's response) or
+/// `proxy` (the proxy itself, a plugin or a script).
+fn phase(kind: ErrorKind) -> &'static str {
+    use crate::error::Side;
+    match kind {
+        ErrorKind::DnsError
+        | ErrorKind::DnsTimeout
+        | ErrorKind::ConnectionRefused
+        | ErrorKind::DestinationUnavailable
+        | ErrorKind::ConnectionTimeout
+        | ErrorKind::TlsProtocolError
+        | ErrorKind::TlsCertificateError => "connect",
+        kind => match kind.side() {
+            Side::Client => "request",
+            Side::Upstream => "response",
+            Side::Internal => "proxy",
+        },
+    }
 }
 
 #[cfg(test)]

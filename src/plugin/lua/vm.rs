@@ -24,6 +24,11 @@ pub(crate) const EVENTS: &[&str] = &[
     "flush",
     "configure",
     "bus_event",
+    "tls_handshake",
+    // mitmproxy's and Roxy's names for the connection events.
+    "clientconnect",
+    "connect",
+    "clientdisconnect",
 ];
 
 /// A script as loaded at start-up: shared by every worker thread.
@@ -80,6 +85,8 @@ pub(crate) struct Vm {
     pub(crate) flush: Handlers,
     /// `bus_event(name, data)` handlers (see `helpers::bus`).
     pub(crate) bus_event: Handlers,
+    /// `tls_handshake(flow)` handlers.
+    pub(crate) tls_handshake: Handlers,
     /// `FAIL_CLOSED = true`: a failing handler answers 500 instead of letting the
     /// exchange go on.
     pub(crate) fail_closed: bool,
@@ -155,6 +162,7 @@ impl Vm {
             done: Vec::new(),
             flush: Vec::new(),
             bus_event: Vec::new(),
+            tls_handshake: Vec::new(),
             fail_closed: false,
             commands: Vec::new(),
             request_bodies: false,
@@ -275,6 +283,9 @@ impl Vm {
                         "should_intercept" => self.should_intercept.push(handler),
                         "flush" => self.flush.push(handler),
                         "bus_event" => self.bus_event.push(handler),
+                        "tls_handshake" => self.tls_handshake.push(handler),
+                        "clientconnect" | "connect" => self.client_connect.push(handler),
+                        "clientdisconnect" => self.client_disconnect.push(handler),
                         _ => self.done.push(handler),
                     }
                 }

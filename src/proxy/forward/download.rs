@@ -129,7 +129,11 @@ pub(super) async fn download(
                 ))
             })?;
         match flow {
-            Flow::Continue => {}
+            Flow::Continue => hooks
+                .chain
+                .wait_holds(config.timeout)
+                .await
+                .map_err(Failure::Fatal)?,
             // Close without a reply: nothing was sent, nothing is reused.
             Flow::Close => {
                 return Ok(Downloaded::Done(End {
@@ -292,7 +296,11 @@ async fn whole_response(
         .on_whole_response(hooks.cx, &mut head, whole.clone())
         .map_err(plugin_failed)?;
     match flow {
-        Flow::Continue => {}
+        Flow::Continue => hooks
+            .chain
+            .wait_holds(config.timeout)
+            .await
+            .map_err(Failure::Fatal)?,
         Flow::Close => return Ok((false, false)),
         Flow::Respond(reply) => {
             write_all(client, &reply.bytes, config.timeout)
