@@ -9,6 +9,7 @@ pub mod head;
 pub mod parse;
 pub mod response;
 pub mod target;
+pub mod websocket;
 
 pub use body::{
     request_body_kind, response_body_kind, BodyKind, ChunkedDecoder, FramingError, Progress,

@@ -20,6 +20,9 @@ const EVENTS: &[&str] = &[
     "access_log",
     "error",
     "should_intercept",
+    "websocket_start",
+    "websocket_message",
+    "websocket_end",
     "done",
 ];
 
@@ -67,6 +70,12 @@ pub(crate) struct Vm {
     pub(crate) error: Handlers,
     /// `should_intercept(flow)` handlers.
     pub(crate) should_intercept: Handlers,
+    /// `websocket_start(flow)` handlers.
+    pub(crate) websocket_start: Handlers,
+    /// `websocket_message(flow, msg)` handlers.
+    pub(crate) websocket_message: Handlers,
+    /// `websocket_end(flow)` handlers.
+    pub(crate) websocket_end: Handlers,
     /// `done()` handlers.
     pub(crate) done: Handlers,
     /// `FAIL_CLOSED = true`: a failing handler answers 500 instead of letting the
@@ -134,6 +143,9 @@ impl Vm {
             access_log: Vec::new(),
             error: Vec::new(),
             should_intercept: Vec::new(),
+            websocket_start: Vec::new(),
+            websocket_message: Vec::new(),
+            websocket_end: Vec::new(),
             done: Vec::new(),
             fail_closed: false,
             budget,
@@ -165,6 +177,14 @@ impl Vm {
             .flatten()
             == Some(true);
         Ok(vm)
+    }
+
+    /// Whether the script handles any WebSocket event (its flow then keeps the upgrade
+    /// request for them).
+    pub(crate) fn has_websocket_handlers(&self) -> bool {
+        !self.websocket_start.is_empty()
+            || !self.websocket_message.is_empty()
+            || !self.websocket_end.is_empty()
     }
 
     /// Gives the next event its whole instruction budget.
@@ -199,6 +219,9 @@ impl Vm {
                         "access_log" => self.access_log.push(handler),
                         "error" => self.error.push(handler),
                         "should_intercept" => self.should_intercept.push(handler),
+                        "websocket_start" => self.websocket_start.push(handler),
+                        "websocket_message" => self.websocket_message.push(handler),
+                        "websocket_end" => self.websocket_end.push(handler),
                         _ => self.done.push(handler),
                     }
                 }
