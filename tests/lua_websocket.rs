@@ -432,6 +432,9 @@ fn protocol_violation_closes_both_sides_with_1002_and_a_stable_code() {
     let (first, payload, _) = read_frame(&mut wire);
     assert_eq!(first, CLOSE);
     assert_eq!(&payload[..2], 1002u16.to_be_bytes());
+    // As an endpoint does after a Close; the proxy closes once it saw that (or after a
+    // short while).
+    wire.shutdown_write();
     wire.expect_eof();
     recv(&rx);
     let mut to_origin = Wire::from_bytes(recv(&rx));
@@ -458,13 +461,17 @@ fn a_message_over_8_mib_closes_both_sides_with_1009() {
     let proxy = spawn_proxy(&["--plugins", &path]);
     proxy.route("ws.test", &origin);
     let mut wire = upgrade(&proxy, "/", "");
-    // A header announcing 9 MiB is enough: the payload is never waited for.
+    // The header announcing 9 MiB is enough: the payload is never waited for. What
+    // follows of it is read and discarded while the proxy closes, so that the Close is
+    // not lost to a reset.
     let mut head = vec![0x82, 0x80 | 127];
     head.extend_from_slice(&(9u64 << 20).to_be_bytes());
     head.extend_from_slice(&MASK);
+    head.extend_from_slice(&vec![b'x'; 100 * 1024]);
     wire.send(&head);
     let (first, payload, _) = read_frame(&mut wire);
     assert_eq!((first, &payload[..2]), (CLOSE, &1009u16.to_be_bytes()[..]));
+    wire.shutdown_write();
     wire.expect_eof();
     recv(&rx);
     let (first, payload, _) = read_frame(&mut Wire::from_bytes(recv(&rx)));
@@ -501,4 +508,25 @@ fn a_failing_handler_forwards_unless_the_script_fails_closed() {
             close(ws);
         }
     }
+}
+
+#[test]
+fn a_fail_closed_start_handler_closes_the_session_with_1011() {
+    let (origin, rx) = raw_origin(|wire, tx| {
+        tx.send(read_frame(wire).2).unwrap();
+    });
+    let path = script(
+        "ws_start_fails",
+        r#"FAIL_CLOSED = true
+           function websocket_start(flow) error("no") end
+           function websocket_message(flow, msg) end"#,
+    );
+    let proxy = spawn_proxy(&["--plugins", &path]);
+    proxy.route("ws.test", &origin);
+    let mut wire = upgrade(&proxy, "/", "");
+    let (first, payload, _) = read_frame(&mut wire);
+    assert_eq!((first, &payload[..2]), (CLOSE, &1011u16.to_be_bytes()[..]));
+    recv(&rx);
+    let (first, payload, _) = read_frame(&mut Wire::from_bytes(recv(&rx)));
+    assert_eq!((first, &payload[..2]), (CLOSE, &1011u16.to_be_bytes()[..]));
 }

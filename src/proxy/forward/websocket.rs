@@ -13,6 +13,10 @@
 //! A protocol violation, a message over the bound or a failing plugin ends the session:
 //! both peers get a Close (1002, 1009, 1011), unless a frame to that peer was cut short
 //! or it already got one, and the error is returned with its stable code.
+//!
+//! Memory: per direction, one frame being read (at most the bound) and the message
+//! being reassembled (its frames as received plus its payload, the bound each): a few
+//! times 8 MiB at worst, and nothing while idle.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -21,7 +25,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use crate::conn::io::{client_io_error, shutdown_write, write_all};
+use crate::conn::io::{client_io_error, read_some, shutdown_write, write_all};
 use crate::conn::Stream;
 use crate::error::{ErrorKind, ProxyError, Result};
 use crate::http::websocket::{
@@ -167,7 +171,8 @@ pub(super) async fn relay(
 }
 
 /// Sends a Close with `code` to each peer that did not get one yet and whose stream is
-/// at a frame boundary (best effort, bounded by `--timeout`).
+/// at a frame boundary (best effort, bounded by `--timeout`), then lingers so that the
+/// Close is read before the connections close.
 async fn close_both(
     s: &Session<'_, '_>,
     client: &Stream,
@@ -193,6 +198,28 @@ async fn close_both(
         }
         s.got_close[index].set(true);
     }
+    tokio::join!(linger(client, s.idle), linger(upstream, s.idle));
+}
+
+/// Reads and discards what the peer still sends (its Close in reply, the rest of a
+/// message too big) until it closes, for a short, bounded while: closing with unread
+/// input would reset the connection, and a reset can discard our Close before the peer
+/// reads it.
+async fn linger(stream: &Stream, idle: Duration) {
+    const LINGER_BYTES: usize = 256 * 1024;
+    let deadline = tokio::time::Instant::now() + idle.min(Duration::from_secs(2));
+    let mut drained = 0;
+    let mut scratch = BytesMut::new();
+    while drained < LINGER_BYTES {
+        scratch.clear();
+        let read =
+            tokio::time::timeout_at(deadline, read_some(stream, &mut scratch, 16 * 1024, idle))
+                .await;
+        match read {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
 }
 
 /// Closes the session with 1011 on both sides before any frame was relayed (a plugin
@@ -204,6 +231,7 @@ pub(super) async fn refuse(client: &Stream, upstream: &Stream, idle: Duration) -
         let to_server = close_frame(CLOSE_INTERNAL_ERROR, "proxy error", Some(mask));
         let _ = write_all(upstream, &to_server, idle).await;
     }
+    tokio::join!(linger(client, idle), linger(upstream, idle));
     if sent {
         to_client.len() as u64
     } else {
