@@ -288,6 +288,12 @@ fn messages_are_changed_both_ways_dropped_and_events_run_in_order() {
         Message::binary(vec![1u8, 2, 3, 255]),
         "reversed on the way up, and back on the way down"
     );
+    // 16- and 64-bit lengths, both ways.
+    for len in [300usize, 70_000] {
+        let big: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        ws.send(Message::binary(big.clone())).unwrap();
+        assert_eq!(next_message(&mut ws), Message::binary(big));
+    }
     ws.send(Message::text("drop me")).unwrap();
     // A fragmented message with a ping between its fragments.
     ws.send(Message::Frame(Frame::message(
@@ -320,13 +326,21 @@ fn messages_are_changed_both_ways_dropped_and_events_run_in_order() {
         [
             Message::text("hello [c /chat]"),
             Message::binary(vec![255u8, 3, 2, 1]),
+            Message::binary((0..300).rev().map(|i| (i % 253) as u8).collect::<Vec<u8>>()),
+            Message::binary(
+                (0..70_000)
+                    .rev()
+                    .map(|i| (i % 253) as u8)
+                    .collect::<Vec<u8>>()
+            ),
             Message::text("fragmented [c /chat]"),
         ],
         "the dropped message never reached the origin"
     );
     assert_eq!(
         events(&proxy),
-        "start /chat 101,c:text,s:text,c:binary,s:binary,c:text,c:text,s:text,end,log 101"
+        "start /chat 101,c:text,s:text,c:binary,s:binary,c:binary,s:binary,c:binary,s:binary,\
+         c:text,c:text,s:text,end,log 101"
     );
 }
 
@@ -529,4 +543,30 @@ fn a_fail_closed_start_handler_closes_the_session_with_1011() {
     recv(&rx);
     let (first, payload, _) = read_frame(&mut Wire::from_bytes(recv(&rx)));
     assert_eq!((first, &payload[..2]), (CLOSE, &1011u16.to_be_bytes()[..]));
+}
+
+#[test]
+fn an_idle_session_ends_after_the_timeout_as_a_raw_relay_does() {
+    let (origin, _seen) = echo_origin();
+    let path = script(
+        "ws_idle",
+        &format!(
+            r#"{EVENT_LOG}
+            function request(flow) answer(flow) end
+            function websocket_message(flow, msg) note("message") end
+            function websocket_end(flow) note("end") end
+            function error(flow, err) note(err.code) end"#
+        ),
+    );
+    let proxy = spawn_proxy(&["--plugins", &path, "--timeout", "0.3"]);
+    proxy.route("ws.test", &origin);
+    let wire = upgrade(&proxy, "/", "");
+    let mut ws = ws_client(&wire);
+    ws.send(Message::text("one")).unwrap();
+    assert_eq!(next_message(&mut ws), Message::text("one"));
+    // Then nothing moves: the proxy closes both connections.
+    let mut rest = Vec::new();
+    ws.get_mut().read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(events(&proxy), "message,message,end,client_timeout");
 }
