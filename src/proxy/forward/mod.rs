@@ -10,8 +10,9 @@
 //!
 //! This file holds the exchange and its retry; each phase has a file of its own:
 //! `request` (rewriting the head, reading a whole body for the plugins), `upload` (the
-//! request body), `download` (interim and final response heads) and `body` (relaying a
-//! response body, as framed or through the plugins).
+//! request body), `download` (interim and final response heads), `body` (relaying a
+//! response body, as framed or through the plugins) and `websocket` (the relay after a
+//! `101` when a plugin wants WebSocket messages; other upgrades are copied raw).
 
 mod body;
 mod download;
