@@ -350,3 +350,95 @@ fn masking_matches_the_bytewise_definition_at_every_length() {
     let c = fresh_mask().unwrap();
     assert!(a != b || b != c, "three equal random masks");
 }
+
+/// A small deterministic xorshift stream.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// What a reader made of a byte stream, comparable across ways of feeding it.
+fn outcome(
+    from_client: bool,
+    max: usize,
+    wire: &[u8],
+    cuts: &[usize],
+) -> (Vec<String>, Option<FrameError>) {
+    let mut reader = Reader::new(from_client, max);
+    let mut buf = BytesMut::new();
+    let mut seen = Vec::new();
+    let mut start = 0;
+    for end in cuts.iter().copied().chain([wire.len()]) {
+        buf.extend_from_slice(&wire[start..end]);
+        start = end;
+        loop {
+            match reader.next(&mut buf) {
+                Ok(Some(Event::Control { kind, raw })) => seen.push(format!("{kind:?} {raw:?}")),
+                Ok(Some(Event::Message { kind, raw, payload })) => {
+                    assert!(raw.len() >= payload.len() + 2);
+                    seen.push(format!("{kind:?} {raw:?} {payload:?}"));
+                }
+                Ok(None) => break,
+                Err(e) => return (seen, Some(e)),
+            }
+        }
+    }
+    (seen, None)
+}
+
+#[test]
+fn random_streams_give_the_same_events_however_they_are_cut() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for round in 0..3000 {
+        let from_client = rng.below(2) == 0;
+        let mut wire = Vec::new();
+        for _ in 0..1 + rng.below(6) {
+            // Mostly plausible frames (any FIN, opcode, RSV, mask), sometimes raw noise.
+            if rng.below(8) == 0 {
+                for _ in 0..rng.below(20) {
+                    wire.push(rng.below(256) as u8);
+                }
+                continue;
+            }
+            let opcode = [0u8, 1, 2, 8, 9, 10, 3, 11][rng.below(8) as usize];
+            let fin = if rng.below(3) == 0 { 0 } else { 0x80 };
+            let rsv = if rng.below(20) == 0 { 0x40 } else { 0 };
+            let masked = if rng.below(10) == 0 {
+                !from_client
+            } else {
+                from_client
+            };
+            let len = [0usize, 1, 5, 125, 126, 300][rng.below(6) as usize];
+            let payload: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+            let mask = [rng.below(256) as u8, 7, 1, rng.below(256) as u8];
+            wire.extend(raw_frame(
+                fin | rsv | opcode,
+                &payload,
+                masked.then_some(mask),
+            ));
+        }
+        let max = [64usize, 400, MAX_MESSAGE][rng.below(3) as usize];
+        let whole = outcome(from_client, max, &wire, &[]);
+        let bytewise: Vec<usize> = (1..wire.len()).collect();
+        assert_eq!(
+            outcome(from_client, max, &wire, &bytewise),
+            whole,
+            "round {round}"
+        );
+        let mut cuts: Vec<usize> = (0..rng.below(5))
+            .map(|_| rng.below(wire.len() as u64 + 1) as usize)
+            .collect();
+        cuts.sort_unstable();
+        assert_eq!(
+            outcome(from_client, max, &wire, &cuts),
+            whole,
+            "round {round}"
+        );
+    }
+}
