@@ -182,8 +182,9 @@ impl Reader {
             self.check(&header, length, header_len)?;
             // `check` bounded the length, so this fits.
             let total = header_len + usize::try_from(length).unwrap_or(usize::MAX);
+            // Not reserved ahead: a header announcing 8 MiB costs nothing until the
+            // bytes come.
             if buf.len() < total {
-                buf.reserve(total - buf.len());
                 return Ok(None);
             }
             let raw = buf.split_to(total);
