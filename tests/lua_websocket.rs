@@ -570,3 +570,76 @@ fn an_idle_session_ends_after_the_timeout_as_a_raw_relay_does() {
     assert!(rest.is_empty(), "{rest:?}");
     assert_eq!(events(&proxy), "message,message,end,client_timeout");
 }
+
+#[test]
+fn a_masked_frame_from_the_origin_is_a_violation_too() {
+    let (origin, rx) = raw_origin(|wire, tx| {
+        wire.send(&frame(0x82, b"masked", Some(MASK)));
+        tx.send(read_frame(wire).2).unwrap();
+    });
+    let path = script(
+        "ws_origin_violation",
+        &format!(
+            r#"{EVENT_LOG}
+            function request(flow) answer(flow) end
+            function websocket_message(flow, msg) note("message") end
+            function error(flow, err) note(err.code) end"#
+        ),
+    );
+    let proxy = spawn_proxy(&["--plugins", &path]);
+    proxy.route("ws.test", &origin);
+    let mut wire = upgrade(&proxy, "/", "");
+    let (first, payload, _) = read_frame(&mut wire);
+    assert_eq!((first, &payload[..2]), (CLOSE, &1002u16.to_be_bytes()[..]));
+    wire.shutdown_write();
+    wire.expect_eof();
+    recv(&rx);
+    let (first, payload, raw) = read_frame(&mut Wire::from_bytes(recv(&rx)));
+    assert_eq!((first, &payload[..2]), (CLOSE, &1002u16.to_be_bytes()[..]));
+    assert_eq!(raw[1] & 0x80, 0x80, "masked towards the origin");
+    assert_eq!(events(&proxy), "websocket_protocol_error");
+}
+
+#[test]
+fn a_close_from_the_origin_ends_the_session_cleanly() {
+    let origin = Origin::accepting(move |stream, _| {
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut ws = tungstenite::accept(stream).unwrap();
+        let first = ws.read().unwrap();
+        ws.send(first).unwrap();
+        ws.close(None).unwrap();
+        // Until the client's Close comes back.
+        while ws.read().is_ok() {}
+    });
+    let path = script(
+        "ws_origin_close",
+        &format!(
+            r#"{EVENT_LOG}
+            function request(flow) answer(flow) end
+            function websocket_message(flow, msg) note("message") end
+            function websocket_end(flow) note("end") end
+            function error(flow, err) note(err.code) end"#
+        ),
+    );
+    let proxy = spawn_proxy(&["--plugins", &path]);
+    proxy.route("ws.test", &origin);
+    let wire = upgrade(&proxy, "/", "");
+    let mut ws = ws_client(&wire);
+    ws.send(Message::text("bye")).unwrap();
+    assert_eq!(next_message(&mut ws), Message::text("bye"));
+    // The origin's Close arrives; tungstenite answers it, then the proxy closes.
+    match ws.read() {
+        Ok(Message::Close(_)) => {}
+        other => panic!("expected the origin's Close, got {other:?}"),
+    }
+    loop {
+        match ws.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let mut rest = Vec::new();
+    ws.get_mut().read_to_end(&mut rest).unwrap();
+    assert_eq!(events(&proxy), "message,message,end", "no error");
+}
