@@ -30,7 +30,7 @@ TLS=0
 MINT_HOSTS=100
 
 ALL_SCENARIOS="ka newconn 1m connect rss"
-ALL_TARGETS="direct relay proxy proxy-log proxy-base proxy-2w proxy-plugins proxy-lua proxy.py tinyproxy squid"
+ALL_TARGETS="direct relay proxy proxy-log proxy-base proxy-2w proxy-plugins proxy-lua proxy-burro proxy.py tinyproxy squid"
 # TLS interception: run only when asked for (--tls, or named in --only), with their own targets.
 TLS_SCENARIOS="tls-ka tls-newconn tls-mint"
 TLS_TARGETS="direct-tls tunnel proxy proxy-log proxy.py mitmdump"
@@ -59,6 +59,8 @@ Targets:   $ALL_TARGETS
   proxy-plugins  as proxy, plus --basic-auth and FilterByUpstreamHostPlugin (the chain's cost)
   proxy-lua  as proxy, plus plugin_examples/lua/add_header.lua (a Lua request handler that
              adds one header: the scripting engine's cost per request)
+  proxy-burro as proxy, plus a Burro-style script directory holding only after_response.lua,
+             which counts each request into kv (the issue's second scripting target)
   proxy.py   proxy.py 2.4.10 (--num-acceptors 1 --num-workers 1), pinned to core $PROXY_CORE
   tinyproxy  tinyproxy (MaxClients 2000, logging off), pinned to core $PROXY_CORE
   squid      squid (-N, no cache, no disk), pinned to core $PROXY_CORE
@@ -577,7 +579,7 @@ start_target() { # name -> 0 if started (PORT[name] set)
   case "$t" in
     direct) return 0 ;;
     relay) start_relay ;;
-    proxy|proxy-log|proxy-base|proxy-2w|proxy-plugins|proxy-lua)
+    proxy|proxy-log|proxy-base|proxy-2w|proxy-plugins|proxy-lua|proxy-burro)
       [ -x "$PROXY_BIN" ] || return 1
       if [ "$t" = proxy-base ] && { [ -z "$BASE_BIN" ] || [ ! -x "$BASE_BIN" ]; }; then return 1; fi
       rm -f "$TMP/$t.port"
@@ -595,6 +597,15 @@ start_target() { # name -> 0 if started (PORT[name] set)
         spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
           --num-workers 1 --log-file /dev/null --log-level e \
           --plugins "$ROOT/plugin_examples/lua/add_header.lua"
+      elif [ "$t" = proxy-burro ]; then
+        mkdir -p "$TMP/burro-count"
+        cat > "$TMP/burro-count/after_response.lua" <<'LUA'
+local n = tonumber((kv.get("requests"))) or 0
+kv.set("requests", n + 1)
+LUA
+        spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
+          --num-workers 1 --log-file /dev/null --log-level e \
+          --plugins "$TMP/burro-count/"
       elif [ "$t" = proxy-plugins ]; then
         # The cost of the chain: basic auth plus a host filter on every request.
         spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \

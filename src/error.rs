@@ -81,6 +81,16 @@ pub enum ErrorKind {
     HttpResponseBodySize,
     /// The upstream TLS handshake failed.
     TlsProtocolError,
+    /// A peer of a WebSocket session whose frames the proxy parses (a plugin wants its
+    /// messages) broke RFC 6455: an unmasked client frame, a masked server frame, reserved
+    /// bits or opcodes, a long or fragmented control frame, broken fragmentation, or an
+    /// extension the origin accepted although it was not offered. Counted on the upstream
+    /// side whichever peer it was: the log line names the peer. Both sides get a Close
+    /// with status 1002.
+    WebsocketProtocolError,
+    /// A WebSocket message whose frames exceed the 8 MiB a relay reassembles for the
+    /// plugins; both sides get a Close with status 1009.
+    WebsocketMessageTooLarge,
     /// The origin's certificate failed verification (untrusted issuer, wrong name,
     /// expired…).
     TlsCertificateError,
@@ -127,6 +137,8 @@ impl ErrorKind {
             HttpUpgradeFailed => "http_upgrade_failed",
             HttpResponseBodySize => "http_response_body_size",
             TlsProtocolError => "tls_protocol_error",
+            WebsocketProtocolError => "websocket_protocol_error",
+            WebsocketMessageTooLarge => "websocket_message_too_large",
             TlsCertificateError => "tls_certificate_error",
             TlsClientRejectedCertificate => "tls_client_rejected_certificate",
             TlsClientHandshakeError => "tls_client_handshake_error",
@@ -152,6 +164,9 @@ impl ErrorKind {
             | ClientClosed
             | TlsClientRejectedCertificate
             | TlsClientHandshakeError => None,
+            // Found after the 101 went out, except for an extension nobody offered.
+            WebsocketProtocolError => Some(502),
+            WebsocketMessageTooLarge => None,
             UnsupportedRequest => Some(400),
             ProxyLoopDetected => Some(508),
             HttpRequestDenied | DestinationIpProhibited => Some(403),
@@ -202,7 +217,9 @@ impl ErrorKind {
             | HttpUpgradeFailed
             | HttpResponseBodySize
             | TlsProtocolError
-            | TlsCertificateError => Side::Upstream,
+            | TlsCertificateError
+            | WebsocketProtocolError
+            | WebsocketMessageTooLarge => Side::Upstream,
             ProxyInternalError | ProxyConfigurationError | ScriptError | FlowPausedTimeout => {
                 Side::Internal
             }
@@ -340,6 +357,8 @@ mod tests {
             HttpResponseBodySize,
             TlsProtocolError,
             TlsCertificateError,
+            WebsocketProtocolError,
+            WebsocketMessageTooLarge,
             TlsClientRejectedCertificate,
             TlsClientHandshakeError,
             ProxyInternalError,

@@ -927,3 +927,32 @@ fn a_paused_flow_nobody_resumes_times_out_with_a_stable_code() {
     resp.assert_error(504, "flow_paused_timeout");
     assert_eq!(origin.accepted(), 0);
 }
+
+#[test]
+fn done_runs_once_per_worker_at_shutdown() {
+    let kv_file = temp_path("done-kv").with_extension("json");
+    let path = script(
+        "done",
+        r#"local seen = 0
+           function request(flow) seen = seen + 1 end
+           function done()
+             local n = tonumber((kv.get("done"))) or 0
+             kv.set("done", tostring(n + 1))
+             kv.set("seen", tostring(seen))
+           end"#,
+    );
+    let origin = Origin::fixed("hello");
+    let proxy = ProxyBinary::spawn(&[
+        "--script",
+        &path,
+        "--kv-file",
+        &kv_file.display().to_string(),
+    ]);
+    let resp = request(proxy.addr, &get(&origin.url("/"), ""));
+    assert_eq!(resp.text(), "hello");
+    assert!(proxy.terminate().success());
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&kv_file).unwrap()).unwrap();
+    assert_eq!(stored["done"], "1", "{stored}");
+    assert_eq!(stored["seen"], "1", "{stored}");
+}

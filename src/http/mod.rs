@@ -1,4 +1,5 @@
-//! HTTP/1.x messages as bytes: strict head parsing into spans, request targets, body framing, synthetic replies.
+//! HTTP/1.x messages as bytes: strict head parsing into spans, request targets, body framing, synthetic replies;
+//! and WebSocket framing for the relay that shows plugins whole messages ([`websocket`]).
 //!
 //! Pure functions over `Bytes`; no I/O lives here. The proxy core reads into a `BytesMut`, calls
 //! [`parse_request`]/[`parse_response`], decides framing with [`request_body_kind`]/[`response_body_kind`],
@@ -9,6 +10,7 @@ pub mod head;
 pub mod parse;
 pub mod response;
 pub mod target;
+pub mod websocket;
 
 pub use body::{
     request_body_kind, response_body_kind, BodyKind, ChunkedDecoder, FramingError, Progress,

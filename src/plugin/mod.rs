@@ -29,6 +29,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 
 use crate::config::Config;
+pub use crate::http::websocket::WsKind;
 use crate::http::{self, RequestHead, ResponseHead, Target};
 
 /// Largest request body read whole for a plugin that asked for it (larger → 413).
@@ -48,6 +49,29 @@ pub enum Flow {
     Respond(Reply),
     /// Stop and close the client connection without replying.
     Close,
+}
+
+/// A whole WebSocket message, reassembled from its fragments (see
+/// [`Plugin::on_websocket_message`]).
+#[derive(Clone, Debug)]
+pub struct WsMessage {
+    /// Text or binary. A plugin may change it (the message is then re-framed).
+    pub kind: WsKind,
+    /// The payload, unmasked. A plugin may replace it: the message is then sent as one
+    /// new frame (masked with a fresh key towards the server).
+    pub data: Bytes,
+    /// True when the client sent it; false when the server did.
+    pub from_client: bool,
+}
+
+/// What becomes of a WebSocket message after the hooks.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WsVerdict {
+    /// Pass it on (as it came if no plugin changed it).
+    Forward,
+    /// Do not pass it on; the plugins after this one do not see it.
+    Drop,
 }
 
 /// A complete synthetic response.
@@ -345,6 +369,41 @@ pub trait Plugin {
     ) -> Option<WireTap> {
         let _ = (cx, req, host, port);
         None
+    }
+
+    /// Whether this plugin wants the messages of a WebSocket session that this exchange
+    /// may open; asked after the request hooks of an `Upgrade: websocket` request. When
+    /// any plugin does, the `permessage-deflate` offer (any `Sec-WebSocket-Extensions`) is
+    /// removed from the request and, after a `101`, the relay parses frames; otherwise it
+    /// copies bytes as for any upgrade.
+    fn wants_websocket_messages(&self) -> bool {
+        false
+    }
+
+    /// The origin answered `101` to a WebSocket upgrade and the relay starts (asked of
+    /// every plugin, whether the relay parses frames or not). An error closes the session
+    /// (status 1011 to both sides when frames are parsed).
+    fn on_websocket_start(&mut self, cx: &RequestCx<'_>) -> Result<(), PluginError> {
+        let _ = cx;
+        Ok(())
+    }
+
+    /// A whole text or binary message (never a control frame: pings, pongs and closes
+    /// pass untouched), for plugins that want messages, in chain order. Edits to `msg`
+    /// change what is sent. An error closes the session with status 1011 to both sides.
+    fn on_websocket_message(
+        &mut self,
+        cx: &RequestCx<'_>,
+        msg: &mut WsMessage,
+    ) -> Result<WsVerdict, PluginError> {
+        let _ = (cx, msg);
+        Ok(WsVerdict::Forward)
+    }
+
+    /// The WebSocket session is over (closed, failed or timed out); called on every
+    /// plugin once the session has started, before `on_complete`.
+    fn on_websocket_end(&mut self, cx: &RequestCx<'_>) {
+        let _ = cx;
     }
 
     /// The exchange ended with `err` (its stable code in `err.code()`); called just
@@ -668,6 +727,60 @@ impl Chain {
             }
         }
         Ok((sent, received))
+    }
+
+    /// Whether any plugin wants WebSocket messages (see `Plugin::wants_websocket_messages`).
+    pub fn wants_websocket_messages(&self) -> bool {
+        self.plugins.iter().any(|p| p.wants_websocket_messages())
+    }
+
+    /// Runs `on_websocket_start` on every plugin; the first error stops.
+    ///
+    /// # Errors
+    /// The name of the plugin that failed, and why.
+    pub fn on_websocket_start(
+        &mut self,
+        cx: &RequestCx<'_>,
+    ) -> Result<(), (&'static str, PluginError)> {
+        for plugin in &mut self.plugins {
+            let name = plugin.name();
+            guard(name, || plugin.on_websocket_start(cx))?;
+        }
+        Ok(())
+    }
+
+    /// Passes a message through every plugin that wants messages, in order; the first
+    /// `Drop` wins.
+    ///
+    /// # Errors
+    /// The name of the plugin that failed, and why.
+    pub fn on_websocket_message(
+        &mut self,
+        cx: &RequestCx<'_>,
+        msg: &mut WsMessage,
+    ) -> Result<WsVerdict, (&'static str, PluginError)> {
+        for plugin in self
+            .plugins
+            .iter_mut()
+            .filter(|p| p.wants_websocket_messages())
+        {
+            let name = plugin.name();
+            if guard(name, || plugin.on_websocket_message(cx, msg))? == WsVerdict::Drop {
+                return Ok(WsVerdict::Drop);
+            }
+        }
+        Ok(WsVerdict::Forward)
+    }
+
+    /// Runs `on_websocket_end` on every plugin.
+    pub fn on_websocket_end(&mut self, cx: &RequestCx<'_>) {
+        for plugin in &mut self.plugins {
+            let name = plugin.name();
+            let _ = guard(name, || {
+                plugin.on_websocket_end(cx);
+                Ok(())
+            });
+        }
     }
 
     /// The first client label a plugin gives, if any.
@@ -1017,5 +1130,117 @@ mod body_tests {
             plugins: vec![Box::new(Quiet)],
         };
         assert!(!chain.wants_response_body());
+    }
+}
+
+#[cfg(test)]
+mod websocket_tests {
+    use super::*;
+
+    /// Upper-cases text messages; drops the ones that read "DROP".
+    struct Upper;
+
+    impl Plugin for Upper {
+        fn name(&self) -> &'static str {
+            "upper"
+        }
+        fn wants_websocket_messages(&self) -> bool {
+            true
+        }
+        fn on_websocket_message(
+            &mut self,
+            _: &RequestCx<'_>,
+            msg: &mut WsMessage,
+        ) -> Result<WsVerdict, PluginError> {
+            if &msg.data[..] == b"drop" {
+                return Ok(WsVerdict::Drop);
+            }
+            msg.data = msg.data.to_ascii_uppercase().into();
+            Ok(WsVerdict::Forward)
+        }
+    }
+
+    /// Wants no messages: must never see one.
+    struct Quiet;
+
+    impl Plugin for Quiet {
+        fn name(&self) -> &'static str {
+            "quiet"
+        }
+        fn on_websocket_message(
+            &mut self,
+            _: &RequestCx<'_>,
+            _: &mut WsMessage,
+        ) -> Result<WsVerdict, PluginError> {
+            Err(PluginError("quiet was handed a message".into()))
+        }
+    }
+
+    /// Appends `!` and fails on an empty message.
+    struct Bang;
+
+    impl Plugin for Bang {
+        fn name(&self) -> &'static str {
+            "bang"
+        }
+        fn wants_websocket_messages(&self) -> bool {
+            true
+        }
+        fn on_websocket_message(
+            &mut self,
+            _: &RequestCx<'_>,
+            msg: &mut WsMessage,
+        ) -> Result<WsVerdict, PluginError> {
+            if msg.data.is_empty() {
+                return Err(PluginError("empty".into()));
+            }
+            msg.data = [&msg.data[..], b"!"].concat().into();
+            Ok(WsVerdict::Forward)
+        }
+    }
+
+    fn text(s: &'static str) -> WsMessage {
+        WsMessage {
+            kind: WsKind::Text,
+            data: Bytes::from_static(s.as_bytes()),
+            from_client: true,
+        }
+    }
+
+    #[test]
+    fn messages_flow_through_the_plugins_that_want_them_and_a_drop_stops() {
+        let config = Config::default();
+        let cx = RequestCx {
+            client: "127.0.0.1:1".parse().unwrap(),
+            config: &config,
+            listen_addrs: &[],
+            intercepted: false,
+        };
+        let mut chain = Chain {
+            plugins: vec![Box::new(Upper), Box::new(Quiet), Box::new(Bang)],
+        };
+        assert!(chain.wants_websocket_messages());
+        let mut msg = text("hi");
+        assert_eq!(
+            chain.on_websocket_message(&cx, &mut msg).unwrap(),
+            WsVerdict::Forward
+        );
+        assert_eq!(&msg.data[..], b"HI!");
+        let mut msg = text("drop");
+        assert_eq!(
+            chain.on_websocket_message(&cx, &mut msg).unwrap(),
+            WsVerdict::Drop
+        );
+        let mut msg = text("");
+        let Err((name, _)) = chain.on_websocket_message(&cx, &mut msg) else {
+            panic!("bang fails on an empty message")
+        };
+        assert_eq!(name, "bang");
+        assert!(chain.on_websocket_start(&cx).is_ok(), "defaults do nothing");
+        chain.on_websocket_end(&cx);
+        let quiet = Chain {
+            plugins: vec![Box::new(Quiet)],
+        };
+        assert!(!quiet.wants_websocket_messages());
     }
 }

@@ -225,10 +225,7 @@ pub struct Relayed {
 /// fails, or nothing moves for `idle`. A write in progress counts as moving: it has its
 /// own bound on time without progress, so a slow but steady reader is never cut.
 pub async fn relay(client: &Stream, upstream: &Stream, chunk: usize, idle: Duration) -> Relayed {
-    let activity = Activity {
-        last: Cell::new(Instant::now()),
-        writing: Cell::new(0),
-    };
+    let activity = Activity::new();
     let up_bytes = Cell::new(0u64);
     let down_bytes = Cell::new(0u64);
     let up = pump(client, upstream, chunk, idle, &activity, &up_bytes);
@@ -241,21 +238,9 @@ pub async fn relay(client: &Stream, upstream: &Stream, chunk: usize, idle: Durat
             (_, Err(e)) => Err(classify(e, Direction::Download)),
         }
     };
-    let watchdog = async {
-        loop {
-            let deadline = activity.last.get() + idle;
-            tokio::time::sleep_until(deadline).await;
-            if activity.writing.get() == 0 && activity.last.get() + idle <= Instant::now() {
-                return;
-            }
-            if activity.writing.get() > 0 {
-                activity.last.set(Instant::now());
-            }
-        }
-    };
     let result = tokio::select! {
         res = both => res,
-        () = watchdog => Err(ProxyError::new(ErrorKind::ClientTimeout, "tunnel idle")),
+        () = activity.idle_for(idle) => Err(ProxyError::new(ErrorKind::ClientTimeout, "tunnel idle")),
     };
     Relayed {
         to_client: down_bytes.get(),
@@ -264,10 +249,50 @@ pub async fn relay(client: &Stream, upstream: &Stream, chunk: usize, idle: Durat
     }
 }
 
-/// When the tunnel last moved, and how many writes are under way.
-struct Activity {
+/// When a relay last moved, and how many writes are under way (shared with the
+/// WebSocket relay, which keeps the same `--timeout` semantics).
+pub(crate) struct Activity {
     last: Cell<Instant>,
     writing: Cell<u8>,
+}
+
+impl Activity {
+    /// Nothing under way; moved now.
+    pub(crate) fn new() -> Self {
+        Activity {
+            last: Cell::new(Instant::now()),
+            writing: Cell::new(0),
+        }
+    }
+
+    /// Bytes moved now.
+    pub(crate) fn moved(&self) {
+        self.last.set(Instant::now());
+    }
+
+    /// A write starts (it counts as moving until [`Activity::write_ended`]).
+    pub(crate) fn write_started(&self) {
+        self.writing.set(self.writing.get().saturating_add(1));
+    }
+
+    /// A write ended (well or not).
+    pub(crate) fn write_ended(&self) {
+        self.writing.set(self.writing.get().saturating_sub(1));
+    }
+
+    /// Returns once nothing moved for `idle` and no write is under way.
+    pub(crate) async fn idle_for(&self, idle: Duration) {
+        loop {
+            let deadline = self.last.get() + idle;
+            tokio::time::sleep_until(deadline).await;
+            if self.writing.get() == 0 && self.last.get() + idle <= Instant::now() {
+                return;
+            }
+            if self.writing.get() > 0 {
+                self.last.set(Instant::now());
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -327,11 +352,11 @@ async fn pump(
                     return Ok(());
                 }
                 Ok(n) => {
-                    activity.writing.set(activity.writing.get() + 1);
+                    activity.write_started();
                     let written = write_all(dst, &buf, idle).await;
-                    activity.writing.set(activity.writing.get() - 1);
+                    activity.write_ended();
                     written.map_err(PumpFail::Write)?;
-                    activity.last.set(Instant::now());
+                    activity.moved();
                     total.set(total.get() + n as u64);
                     buf.clear();
                 }

@@ -23,6 +23,7 @@ mod flow;
 mod helpers;
 mod options;
 mod vm;
+mod ws;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -39,7 +40,7 @@ use crate::http::{self, RequestHead, ResponseHead, Target};
 
 use self::flow::{Control, Exchange, Shared};
 use self::vm::{Handlers, Script, Vm};
-use super::{Flow, Plugin, PluginError, PluginFactory, Reply, RequestCx};
+use super::{Flow, Plugin, PluginError, PluginFactory, Reply, RequestCx, WsMessage, WsVerdict};
 
 pub use self::options::script_name;
 
@@ -401,6 +402,13 @@ impl LuaPlugin {
         }
     }
 
+    /// The exchange of a WebSocket event: the upgrade request (read-only) and its 101.
+    fn websocket_exchange(&mut self, cx: &RequestCx<'_>) -> Shared {
+        let shared = self.exchange(cx);
+        shared.borrow_mut().status = Some(101);
+        shared
+    }
+
     fn exchange(&mut self, cx: &RequestCx<'_>) -> Shared {
         let conn = self.conn;
         Rc::clone(self.exchange.get_or_insert_with(|| {
@@ -528,7 +536,10 @@ impl Plugin for LuaPlugin {
             return Ok(Flow::Continue);
         };
         self.connect(&vm, cx);
-        let keep = !vm.response.is_empty() || !vm.access_log.is_empty() || !vm.error.is_empty();
+        let keep = !vm.response.is_empty()
+            || !vm.access_log.is_empty()
+            || !vm.error.is_empty()
+            || (vm.has_websocket_handlers() && req.has_token("upgrade", "websocket"));
         if vm.request.is_empty() {
             if keep {
                 // The response handlers read the request.
@@ -715,6 +726,87 @@ impl Plugin for LuaPlugin {
                 vm::describe(&e)
             );
         }
+    }
+
+    fn wants_websocket_messages(&self) -> bool {
+        self.vm
+            .as_ref()
+            .is_some_and(|vm| !vm.websocket_message.is_empty())
+    }
+
+    fn on_websocket_start(&mut self, cx: &RequestCx<'_>) -> Result<(), PluginError> {
+        let Some(vm) = self.vm.clone() else {
+            return Ok(());
+        };
+        self.connect(&vm, cx);
+        if vm.websocket_start.is_empty() {
+            return Ok(());
+        }
+        let shared = self.websocket_exchange(cx);
+        let result = Self::run(&vm, &vm.websocket_start, &shared);
+        // `reply`, `kill` and `replace` mean nothing once the protocol switched.
+        shared.borrow_mut().control = None;
+        match result {
+            Ok(()) => Ok(()),
+            Err(message) => self.failed(&vm, &shared, message).map(|_| ()),
+        }
+    }
+
+    fn on_websocket_message(
+        &mut self,
+        cx: &RequestCx<'_>,
+        msg: &mut WsMessage,
+    ) -> Result<WsVerdict, PluginError> {
+        let Some(vm) = self.vm.clone() else {
+            return Ok(WsVerdict::Forward);
+        };
+        if vm.websocket_message.is_empty() {
+            return Ok(WsVerdict::Forward);
+        }
+        let shared = self.websocket_exchange(cx);
+        let state = Rc::new(RefCell::new(ws::MsgState {
+            kind: msg.kind,
+            content: msg.data.clone(),
+            from_client: msg.from_client,
+            dropped: false,
+        }));
+        vm.refill();
+        let run = || -> mlua::Result<()> {
+            let flow = flow::flow_value(&shared);
+            let msg = vm.lua.create_userdata(ws::Msg(Rc::clone(&state)))?;
+            let args = [flow, mlua::Value::UserData(msg)];
+            for handler in &vm.websocket_message {
+                handler.call_with(&args)?;
+                if state.borrow().dropped {
+                    break;
+                }
+            }
+            Ok(())
+        };
+        let result = run();
+        shared.borrow_mut().control = None;
+        // Edits made before a failure stay (as for the other events).
+        let state = state.borrow();
+        msg.data = state.content.clone();
+        if let Err(e) = result {
+            let _fail_open = self.failed(&vm, &shared, vm::describe(&e))?;
+        }
+        Ok(if state.dropped {
+            WsVerdict::Drop
+        } else {
+            WsVerdict::Forward
+        })
+    }
+
+    fn on_websocket_end(&mut self, cx: &RequestCx<'_>) {
+        let Some(vm) = self.vm.clone() else {
+            return;
+        };
+        if vm.websocket_end.is_empty() {
+            return;
+        }
+        let shared = self.websocket_exchange(cx);
+        self.observe(&vm, &vm.websocket_end, &shared, None);
     }
 
     fn on_error(&mut self, cx: &RequestCx<'_>, err: &crate::error::ProxyError) {

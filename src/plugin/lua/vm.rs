@@ -20,6 +20,9 @@ pub(crate) const EVENTS: &[&str] = &[
     "access_log",
     "error",
     "should_intercept",
+    "websocket_start",
+    "websocket_message",
+    "websocket_end",
     "done",
     "flush",
     "configure",
@@ -79,6 +82,12 @@ pub(crate) struct Vm {
     pub(crate) error: Handlers,
     /// `should_intercept(flow)` handlers.
     pub(crate) should_intercept: Handlers,
+    /// `websocket_start(flow)` handlers.
+    pub(crate) websocket_start: Handlers,
+    /// `websocket_message(flow, msg)` handlers.
+    pub(crate) websocket_message: Handlers,
+    /// `websocket_end(flow)` handlers.
+    pub(crate) websocket_end: Handlers,
     /// `done()` handlers.
     pub(crate) done: Handlers,
     /// `flush(opts)` handlers (shutdown and `--script-flush-interval`).
@@ -159,6 +168,9 @@ impl Vm {
             access_log: Vec::new(),
             error: Vec::new(),
             should_intercept: Vec::new(),
+            websocket_start: Vec::new(),
+            websocket_message: Vec::new(),
+            websocket_end: Vec::new(),
             done: Vec::new(),
             flush: Vec::new(),
             bus_event: Vec::new(),
@@ -235,6 +247,14 @@ impl Vm {
         Ok(())
     }
 
+    /// Whether the script handles any WebSocket event (its flow then keeps the upgrade
+    /// request for them).
+    pub(crate) fn has_websocket_handlers(&self) -> bool {
+        !self.websocket_start.is_empty()
+            || !self.websocket_message.is_empty()
+            || !self.websocket_end.is_empty()
+    }
+
     /// Gives the next event its whole instruction budget.
     pub(crate) fn refill(&self) {
         self.budget.set(self.limit);
@@ -286,6 +306,9 @@ impl Vm {
                         "tls_handshake" => self.tls_handshake.push(handler),
                         "clientconnect" | "connect" => self.client_connect.push(handler),
                         "clientdisconnect" => self.client_disconnect.push(handler),
+                        "websocket_start" => self.websocket_start.push(handler),
+                        "websocket_message" => self.websocket_message.push(handler),
+                        "websocket_end" => self.websocket_end.push(handler),
                         _ => self.done.push(handler),
                     }
                 }

@@ -20,8 +20,13 @@ const HEAD_READ_CHUNK: usize = 16 * 1024;
 
 pub(super) enum Downloaded {
     Done(End),
-    /// The origin switched protocols; these bytes followed its 101 head.
-    Upgraded(BytesMut),
+    /// The origin switched protocols.
+    Upgraded {
+        /// The bytes that followed its 101 head.
+        leftover: BytesMut,
+        /// To WebSocket, as the request asked.
+        websocket: bool,
+    },
 }
 
 /// The plugin chain and what its hooks see, for the download half.
@@ -64,6 +69,15 @@ pub(super) async fn download(
                     "101 Switching Protocols without an Upgrade request",
                 )));
             }
+            // Extensions were not offered when a plugin reads messages: one accepted
+            // anyway would make frames the relay cannot read.
+            if request.ws_messages && head.header("sec-websocket-extensions").is_some() {
+                return Err(Failure::Fatal(ProxyError::new(
+                    ErrorKind::WebsocketProtocolError,
+                    "the origin accepted a WebSocket extension that was not offered",
+                )));
+            }
+            let websocket = request.websocket && head.has_token("upgrade", "websocket");
             let mut head = head;
             remove_connection_listed(&mut head, true);
             for name in HOP_BY_HOP {
@@ -79,7 +93,10 @@ pub(super) async fn download(
                 .map_err(|e| Failure::Fatal(client_io_error(e, "writing a 101")))?;
             exchange.set_status(101);
             exchange.add_bytes(len as u64);
-            return Ok(Downloaded::Upgraded(buf));
+            return Ok(Downloaded::Upgraded {
+                leftover: buf,
+                websocket,
+            });
         }
         // RFC 9110 §15.2: 1xx responses are not sent to HTTP/1.0 clients.
         if request.version == Version::Http11 {

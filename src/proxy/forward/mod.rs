@@ -10,13 +10,15 @@
 //!
 //! This file holds the exchange and its retry; each phase has a file of its own:
 //! `request` (rewriting the head, reading a whole body for the plugins), `upload` (the
-//! request body), `download` (interim and final response heads) and `body` (relaying a
-//! response body, as framed or through the plugins).
+//! request body), `download` (interim and final response heads), `body` (relaying a
+//! response body, as framed or through the plugins) and `websocket` (the relay after a
+//! `101` when a plugin wants WebSocket messages; other upgrades are copied raw).
 
 mod body;
 mod download;
 mod request;
 mod upload;
+mod websocket;
 
 use std::cell::Cell;
 use std::pin::pin;
@@ -125,11 +127,25 @@ pub async fn run(
         rewritten = Some(new);
         body = BodyKind::Empty;
     }
+    let (keep_alive, version, is_head) = (
+        head.wants_keep_alive(),
+        head.version(),
+        head.is_method("HEAD"),
+    );
+    let upgrade = prepare_request(&mut head, target, path, client.intercepted, config);
+    let websocket = upgrade && head.has_token("upgrade", "websocket");
+    // A plugin that reads messages cannot read compressed ones: no extension is offered.
+    let ws_messages = websocket && !chain.is_empty() && chain.wants_websocket_messages();
+    if ws_messages {
+        head.remove("sec-websocket-extensions");
+    }
     let request = RequestFacts {
-        keep_alive: head.wants_keep_alive(),
-        version: head.version(),
-        is_head: head.is_method("HEAD"),
-        upgrade: prepare_request(&mut head, target, path, client.intercepted, config),
+        keep_alive,
+        version,
+        is_head,
+        upgrade,
+        websocket,
+        ws_messages,
         body,
     };
     head.encode(Version::Http11, parts);
@@ -288,6 +304,10 @@ struct RequestFacts {
     version: Version,
     is_head: bool,
     upgrade: bool,
+    /// An upgrade to `websocket`.
+    websocket: bool,
+    /// A plugin wants this WebSocket session's messages: the relay parses frames.
+    ws_messages: bool,
     body: BodyKind,
 }
 
@@ -397,15 +417,23 @@ async fn exchange_once(
     let upload_ok = progress.done.get();
     let end = match downloaded? {
         Downloaded::Done(end) => end,
-        Downloaded::Upgraded(upstream_leftover) => {
-            // Switch to a raw relay only now that the origin has said 101.
+        Downloaded::Upgraded {
+            leftover,
+            websocket,
+        } => {
+            // Switch to a relay only now that the origin has said 101.
             if !upload_ok {
                 return Err(Failure::Fatal(ProxyError::new(
                     ErrorKind::HttpUpgradeFailed,
                     "upgrade before the request body was complete",
                 )));
             }
-            return relay_upgraded(client, upstream, upstream_leftover, config, exchange).await;
+            let upgraded = Upgraded {
+                leftover,
+                websocket,
+                parse: websocket && request.ws_messages,
+            };
+            return relay_upgraded(client, upstream, upgraded, config, exchange, chain, cx).await;
         }
     };
     Ok(End {
@@ -414,24 +442,83 @@ async fn exchange_once(
     })
 }
 
+/// What the origin's 101 switched to.
+struct Upgraded {
+    /// Bytes that followed the 101 head.
+    leftover: BytesMut,
+    /// The WebSocket protocol (the plugins' `on_websocket_start`/`end` run).
+    websocket: bool,
+    /// A plugin wants the messages: frames are parsed.
+    parse: bool,
+}
+
+/// Relays an upgraded connection until it ends: bytes as they come, or WebSocket
+/// messages through the plugins that want them.
 async fn relay_upgraded(
+    client: &mut Client,
+    upstream: &Stream,
+    upgraded: Upgraded,
+    config: &Config,
+    exchange: &mut Exchange,
+    chain: &mut Chain,
+    cx: &RequestCx<'_>,
+) -> std::result::Result<End, Failure> {
+    let Upgraded {
+        leftover,
+        websocket,
+        parse,
+    } = upgraded;
+    let hooks = websocket && !chain.is_empty();
+    if hooks {
+        if let Err((name, e)) = chain.on_websocket_start(cx) {
+            // Nothing was relayed yet: both streams are at a frame boundary.
+            let sent = websocket::refuse(&client.stream, upstream, config.timeout).await;
+            exchange.add_bytes(sent);
+            chain.on_websocket_end(cx);
+            return Err(Failure::Fatal(ProxyError::new(
+                ErrorKind::ProxyInternalError,
+                format!("plugin {name}: {e}"),
+            )));
+        }
+    }
+    let result = if parse {
+        let early = std::mem::take(&mut client.buf);
+        let (to_client, result) =
+            websocket::relay(&client.stream, early, upstream, leftover, chain, cx).await;
+        exchange.add_bytes(to_client);
+        result
+    } else {
+        relay_raw(client, upstream, leftover, config, exchange).await
+    };
+    if hooks {
+        chain.on_websocket_end(cx);
+    }
+    result.map_err(Failure::Fatal)?;
+    Ok(End {
+        client_keep_alive: false,
+        upstream_reusable: false,
+    })
+}
+
+/// Copies bytes both ways (any upgrade no plugin reads).
+async fn relay_raw(
     client: &mut Client,
     upstream: &Stream,
     upstream_leftover: BytesMut,
     config: &Config,
     exchange: &mut Exchange,
-) -> std::result::Result<End, Failure> {
+) -> Result<()> {
     if !upstream_leftover.is_empty() {
         write_all(&client.stream, &upstream_leftover, config.timeout)
             .await
-            .map_err(|e| Failure::Fatal(client_io_error(e, "writing upgraded bytes")))?;
+            .map_err(|e| client_io_error(e, "writing upgraded bytes"))?;
         exchange.add_bytes(upstream_leftover.len() as u64);
     }
     if !client.buf.is_empty() {
         let early = std::mem::take(&mut client.buf);
         write_all(upstream, &early, config.timeout)
             .await
-            .map_err(|e| Failure::Fatal(upstream_error(e, "writing upgraded bytes")))?;
+            .map_err(|e| upstream_error(e, "writing upgraded bytes"))?;
     }
     client.buf = BytesMut::new();
     let relayed = tunnel::relay(
@@ -442,11 +529,7 @@ async fn relay_upgraded(
     )
     .await;
     exchange.add_bytes(relayed.to_client);
-    relayed.result.map_err(Failure::Fatal)?;
-    Ok(End {
-        client_keep_alive: false,
-        upstream_reusable: false,
-    })
+    relayed.result
 }
 
 /// Maps a failure on the upstream socket to an error.
