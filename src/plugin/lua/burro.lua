@@ -528,8 +528,8 @@ if not handlers.request and type(BODIES) == "table" and BODIES.request then
   handlers.request = function() end
 end
 
--- WebSocket hooks, on the engine's websocket_* events (inert where the engine has none):
--- `ctx` reads the upgrade request and its 101; ws_msg.lua gets `msg` (`type`,
+-- WebSocket hooks, on the engine's websocket_* events: `ctx` reads the upgrade request
+-- and its 101; ws_msg.lua gets `msg` (`type`,
 -- `content` (assignable), `from_client`, `msg:drop()`).
 local ws_open, ws_msg, ws_close = hook.ws_open, hook.ws_msg, hook.ws_close
 if ws_open then

@@ -16,11 +16,12 @@
 //! | `error.lua` | `error` | the exchange failed (`err.msg`, `err.code`) |
 //! | `close.lua` | `client_disconnect` | the client connection ended |
 //! | `flush.lua` | `flush` | at shutdown and every `--script-flush-interval` |
+//! | `ws_open.lua` | `websocket_start` | the origin answered an upgrade with 101 |
+//! | `ws_msg.lua` | `websocket_message` | a whole message, either way (`msg`) |
+//! | `ws_close.lua` | `websocket_end` | the WebSocket session is over |
 //!
-//! `ws_open.lua`, `ws_msg.lua` (with `msg`: `type`, `content`, `from_client`, `drop()`)
-//! and `ws_close.lua` map to `websocket_start`, `websocket_message` and `websocket_end`
-//! when the engine has those events; until then they are compiled (a broken one stops
-//! start-up) and a warning says they are not run.
+//! `msg` in `ws_msg.lua` is the engine's: `type`, `content` (assignable), `from_client`,
+//! `msg:drop()`.
 //!
 //! Bodies are read whole only for a directory whose files mention them (unless
 //! `_shared.lua` sets `BODIES` itself): `req.body` or `req.set_body` opts in to request
@@ -42,13 +43,6 @@ pub(crate) const HOOKS: &[&str] = &[
     "ws_msg",
     "ws_close",
     "flush",
-];
-
-/// Hooks whose event the engine may not have yet: (hook, event).
-const MAYBE_NOT_RUN: &[(&str, &str)] = &[
-    ("ws_open", "websocket_start"),
-    ("ws_msg", "websocket_message"),
-    ("ws_close", "websocket_end"),
 ];
 
 /// The prelude: builds `ctx`/`mut` around the flow and binds the hooks to events.
@@ -87,15 +81,6 @@ pub(crate) fn source(dir: &Path) -> Result<String, String> {
     for &hook in HOOKS {
         let path = dir.join(format!("{hook}.lua"));
         if let Some(text) = read(&path)? {
-            let missing = MAYBE_NOT_RUN
-                .iter()
-                .any(|&(h, event)| h == hook && !super::vm::EVENTS.contains(&event));
-            if missing {
-                tracing::warn!(
-                    script = %path.display(),
-                    "{hook}.lua is not run: WebSocket events are not available yet"
-                );
-            }
             bodies.scan(hook, &text);
             hooks.push((hook, path, text));
         }

@@ -11,7 +11,7 @@ use mlua::{ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Va
 const HOOK_EVERY: u32 = 1000;
 
 /// The events a script may handle in this version.
-pub(crate) const EVENTS: &[&str] = &[
+const EVENTS: &[&str] = &[
     "start",
     "request",
     "response",
