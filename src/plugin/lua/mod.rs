@@ -362,12 +362,7 @@ impl LuaPlugin {
             Ok(())
         };
         if let Err(e) = run() {
-            tracing::warn!(
-                error.code = ErrorKind::ScriptError.code(),
-                client = %cx.client,
-                "script {}",
-                vm::describe(&e)
-            );
+            script_failed(cx.client, &e);
         }
     }
 
@@ -392,12 +387,7 @@ impl LuaPlugin {
         if let Err(e) = result {
             if !ex.logged {
                 ex.logged = true;
-                tracing::warn!(
-                    error.code = ErrorKind::ScriptError.code(),
-                    client = %ex.client,
-                    "script {}",
-                    vm::describe(&e)
-                );
+                script_failed(ex.client, &e);
             }
         }
     }
@@ -691,12 +681,7 @@ impl Plugin for LuaPlugin {
             Ok(intercept) => intercept,
             Err(e) => {
                 // Fail-open: the flags' choice stands.
-                tracing::warn!(
-                    error.code = ErrorKind::ScriptError.code(),
-                    client = %cx.client,
-                    "script {}",
-                    vm::describe(&e)
-                );
+                script_failed(cx.client, &e);
                 true
             }
         }
@@ -719,12 +704,7 @@ impl Plugin for LuaPlugin {
             Ok(())
         };
         if let Err(e) = run() {
-            tracing::warn!(
-                error.code = ErrorKind::ScriptError.code(),
-                client = %cx.client,
-                "script {}",
-                vm::describe(&e)
-            );
+            script_failed(cx.client, &e);
         }
     }
 
@@ -856,6 +836,16 @@ impl Plugin for LuaPlugin {
             self.run_conn(&vm, &vm.client_disconnect, cx);
         }
     }
+}
+
+/// Logs a failed handler of an event outside an exchange's own failure handling.
+fn script_failed(client: std::net::SocketAddr, err: &mlua::Error) {
+    tracing::warn!(
+        error.code = ErrorKind::ScriptError.code(),
+        client = %client,
+        "script {}",
+        vm::describe(err)
+    );
 }
 
 /// The flow of a CONNECT tunnel's events (`should_intercept`, `tls_handshake`): a plain

@@ -161,11 +161,7 @@ pub(super) async fn download(
             // The origin's response is replaced: its body stays unread, so the
             // upstream connection cannot be reused.
             Flow::Respond(reply) => {
-                write_all(client, &reply.bytes, config.timeout)
-                    .await
-                    .map_err(|e| Failure::Fatal(client_io_error(e, "writing a plugin's reply")))?;
-                exchange.set_status(reply.status);
-                exchange.add_bytes(reply.bytes.len() as u64);
+                send_reply(client, &reply, config, exchange).await?;
                 return Ok(Downloaded::Done(End {
                     client_keep_alive: !close_client && !reply.close,
                     upstream_reusable: false,
@@ -320,11 +316,7 @@ async fn whole_response(
             .map_err(Failure::Fatal)?,
         Flow::Close => return Ok((false, false)),
         Flow::Respond(reply) => {
-            write_all(client, &reply.bytes, config.timeout)
-                .await
-                .map_err(|e| Failure::Fatal(client_io_error(e, "writing a plugin's reply")))?;
-            exchange.set_status(reply.status);
-            exchange.add_bytes(reply.bytes.len() as u64);
+            send_reply(client, &reply, config, exchange).await?;
             // Whatever of the origin's body was not read stays unread.
             let clean = decoding.done() && decoding.clean(&buf);
             return Ok((!close_client && !reply.close, clean));
@@ -390,6 +382,21 @@ async fn whole_response(
     exchange.set_status(head.status());
     exchange.add_bytes(sent as u64);
     Ok((!close_client, clean))
+}
+
+/// Sends a plugin's reply in place of the origin's response.
+async fn send_reply(
+    client: &Stream,
+    reply: &crate::plugin::Reply,
+    config: &Config,
+    exchange: &mut Exchange,
+) -> std::result::Result<(), Failure> {
+    write_all(client, &reply.bytes, config.timeout)
+        .await
+        .map_err(|e| Failure::Fatal(client_io_error(e, "writing a plugin's reply")))?;
+    exchange.set_status(reply.status);
+    exchange.add_bytes(reply.bytes.len() as u64);
+    Ok(())
 }
 
 /// Whether a response with this status carries a body (RFC 9110 §6.4.1).
