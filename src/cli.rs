@@ -156,13 +156,14 @@ pub struct Cli {
     pub log_format: String,
 
     /// Plugins to load, in order: proxy.py dotted names (proxy.plugin.FilterByUpstreamHostPlugin),
-    /// short class names, or paths of Lua scripts (ending in .lua); comma-separated, several
-    /// per flag, repeatable [default: none]
+    /// short class names, paths of Lua scripts (ending in .lua) or of Burro-style script
+    /// directories; comma-separated, several per flag, repeatable [default: none]
     #[arg(long, value_name = "PLUGIN", num_args = 1.., action = ArgAction::Append)]
     pub plugins: Vec<String>,
 
-    /// Lua scripts to load after the --plugins ones, in order (repeatable). A `.lua` path in
-    /// --plugins is a script too, placed among the built-ins [default: none]
+    /// Lua scripts (or Burro-style directories of hook files) to load after the --plugins ones,
+    /// in order (repeatable). A `.lua` path or a directory in --plugins is a script too, placed
+    /// among the built-ins [default: none]
     #[arg(long, value_name = "FILE", action = ArgAction::Append, help_heading = "Scripting")]
     pub script: Vec<PathBuf>,
 
@@ -175,6 +176,10 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value = "67108864", value_parser = parse_u64, help_heading = "Scripting")]
     pub script_memory_limit: u64,
 
+    /// Also run the scripts' `flush` handlers (Burro's flush.lua) every this many seconds on
+    /// each worker's VM (fractions allowed) [default: only at shutdown]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_negative_numbers = true, help_heading = "Scripting")]
+    pub script_flush_interval: Option<Duration>,
     /// Set a script option declared in its `options` table: SCRIPT is the script's file
     /// name without `.lua` (or its directory's name); the value is checked against the
     /// option's default (a boolean, a number, a string, or a comma-separated list for a
@@ -750,6 +755,17 @@ mod tests {
         assert_eq!(cli.timeout, Duration::from_millis(500));
         assert_eq!(cli.header_timeout, Duration::from_millis(2250));
         assert_eq!(cli.grace_period, Duration::ZERO);
+    }
+
+    #[test]
+    fn script_flush_interval_is_off_by_default_and_positive() {
+        assert_eq!(parse(&[]).unwrap().script_flush_interval, None);
+        let cli = parse(&["--script-flush-interval", "2.5"]).unwrap();
+        assert_eq!(cli.script_flush_interval, Some(Duration::from_millis(2500)));
+        for bad in ["0", "-1", "x"] {
+            let err = parse(&["--script-flush-interval", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 64, "{bad}");
+        }
     }
 
     #[test]

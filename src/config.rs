@@ -105,6 +105,8 @@ pub struct Config {
     pub script_instruction_limit: u64,
     /// Bytes each script VM may allocate (`--script-memory-limit`).
     pub script_memory_limit: usize,
+    /// How often scripts' `flush` handlers run besides shutdown (`--script-flush-interval`).
+    pub script_flush_interval: Option<Duration>,
     /// `--set script.name=value`: (script, option, value), checked when scripts load.
     pub script_settings: Vec<(String, String, String)>,
     /// `--list-commands`: print the scripts' commands and exit.
@@ -255,6 +257,7 @@ impl Default for Config {
             scripts: Vec::new(),
             script_instruction_limit: 10_000_000,
             script_memory_limit: 64 * 1024 * 1024,
+            script_flush_interval: None,
             script_settings: Vec::new(),
             list_commands: false,
             kv_file: None,
@@ -426,6 +429,7 @@ impl Config {
             scripts: cli.script,
             script_instruction_limit: cli.script_instruction_limit,
             script_memory_limit: usize::try_from(cli.script_memory_limit).unwrap_or(usize::MAX),
+            script_flush_interval: cli.script_flush_interval,
             script_settings: cli.set,
             list_commands: cli.list_commands,
             kv_file: cli.kv_file,

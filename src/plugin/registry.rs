@@ -160,7 +160,7 @@ pub fn factories(config: &Config) -> Result<Vec<Arc<dyn PluginFactory>>, String>
         Ok(made)
     };
     for name in &config.plugins {
-        if lua::is_script(name) {
+        if resolve(name).is_none() && lua::is_script(name) {
             let env = env_for(config)?;
             out.push(Arc::new(LuaFactory::load(Path::new(name), config, &env)?));
             continue;

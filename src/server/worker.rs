@@ -56,6 +56,7 @@ pub fn run(
         }
         let _ = ready.send(Ok(()));
         let grace = config.grace_period;
+        let flush_every = config.script_flush_interval;
         let shared = Rc::new(Shared::new(config, listen_addrs, factories, tls, id));
         // Every connection task holds a clone of `drain_tx`; `recv` returns `None` once
         // the last one is gone (mini-redis' shutdown-complete trick).
@@ -70,6 +71,9 @@ pub fn run(
         }
         drop(drain_tx);
         let sweeper = tokio::task::spawn_local(sweep_pool(Rc::clone(&shared)));
+        // Scripts' `flush` handlers, besides the last one at the end.
+        let flusher = flush_every
+            .map(|every| tokio::task::spawn_local(crate::plugin::lua::flush_every(every)));
         wait_for_shutdown(shutdown).await;
         tracing::debug!(worker = id, "draining");
         if tokio::time::timeout(grace, drain_rx.recv()).await.is_err() {
@@ -79,6 +83,9 @@ pub fn run(
             );
         }
         sweeper.abort();
+        if let Some(flusher) = flusher {
+            flusher.abort();
+        }
         shared.pool.clear();
     });
     // Dropping the runtime cancels whatever is still running (past the grace period).

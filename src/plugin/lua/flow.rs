@@ -65,6 +65,8 @@ pub(crate) struct Exchange {
     pub(crate) logged: bool,
     /// The status the client got (`access_log`), when the response head is gone.
     pub(crate) status: Option<u16>,
+    /// `flow.conn_id`: the client connection's id (`conn.id`; kept across exchanges).
+    pub(crate) conn: u64,
     /// `flow.request.body` (the script asked for request bodies): the whole body.
     pub(crate) req_body: Option<Bytes>,
     /// A body a `request` handler assigned.
@@ -123,6 +125,7 @@ impl Exchange {
             id: 0,
             logged: false,
             status: None,
+            conn: 0,
             req_body: None,
             new_req_body: None,
             res_body: None,
@@ -262,6 +265,7 @@ struct Methods {
     replace: Function,
     get_all: Function,
     add: Function,
+    items: Function,
     intercept: Function,
     resume: Function,
 }
@@ -320,6 +324,10 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
                 add(&headers_of(&shared, part)?, &name.to_str()?, &value)
             },
         )?,
+        items: lua.create_function(|lua, ud: LightUserData| {
+            let (shared, _, part) = resolve(ud)?;
+            items(lua, &headers_of(&shared, part)?)
+        })?,
     });
     let mt = lua.create_table()?;
     let m = Rc::clone(&methods);
@@ -412,6 +420,9 @@ fn flow_index(
             }
             Ok(Value::Integer(ex.id as i64))
         }
+        "conn_id" => Ok(Value::Integer(
+            i64::try_from(shared.borrow().conn).unwrap_or(i64::MAX),
+        )),
         "client_addr" => lua
             .create_string(shared.borrow().client.to_string())
             .map(Value::String),
@@ -1034,6 +1045,26 @@ fn get_all(lua: &Lua, headers: &Headers<'_>, name: &str) -> mlua::Result<Table> 
     Ok(list)
 }
 
+/// `headers:items()`: `{{name, value}, ...}` in order, repeats kept (mitmproxy's
+/// `items(multi=True)`).
+fn items(lua: &Lua, headers: &Headers<'_>) -> mlua::Result<Table> {
+    let list = lua.create_table()?;
+    headers.with(|head| {
+        let pairs: Vec<(&[u8], &[u8])> = match head {
+            HeadRef::Req(h) => h.headers().collect(),
+            HeadRef::Res(h) => h.headers().collect(),
+        };
+        for (name, value) in pairs {
+            let pair = lua.create_table_with_capacity(2, 0)?;
+            pair.raw_push(lua.create_string(name)?)?;
+            pair.raw_push(lua.create_string(value)?)?;
+            list.raw_push(pair)?;
+        }
+        Ok(())
+    })?;
+    Ok(list)
+}
+
 /// `headers:add(name, value)`.
 fn add(headers: &Headers<'_>, name: &str, value: &Value) -> mlua::Result<()> {
     check_name(name)?;
@@ -1046,6 +1077,7 @@ fn headers_index(lua: &Lua, headers: &Headers<'_>, name: &str, m: &Methods) -> m
     match name {
         "get_all" => return Ok(Value::Function(m.get_all.clone())),
         "add" => return Ok(Value::Function(m.add.clone())),
+        "items" => return Ok(Value::Function(m.items.clone())),
         _ => {}
     }
     headers.with(|head| {

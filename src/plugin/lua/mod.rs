@@ -10,12 +10,15 @@
 //! methods of the objects in `Extensions` (called with `self`). `start` runs once per
 //! VM at load; `request(flow)` and `response(flow)` run from `on_request` and
 //! `on_response`. A script without a handler for an event costs one branch per event.
+//! `flush(opts)` runs at a worker's end (before `done`) and every
+//! `--script-flush-interval`. A directory is a Burro-style script (see [`burro`]).
 //!
 //! A handler that raises, runs past `--script-instruction-limit` or past the VM's
 //! `--script-memory-limit` ends that event with a logged `script_error`, and the exchange
 //! goes on (fail-open; edits made before the failure stay), unless the script sets
 //! `FAIL_CLOSED = true`: then the client gets 500 `proxy_internal_error`.
 
+mod burro;
 mod flow;
 mod helpers;
 mod options;
@@ -41,9 +44,10 @@ use super::{Flow, Plugin, PluginError, PluginFactory, Reply, RequestCx, WsMessag
 
 pub use self::options::script_name;
 
-/// Whether a `--plugins` name is a script.
+/// Whether a `--plugins` name is a script: a `.lua` file or a Burro-style directory of
+/// hook files (an existing directory, or a path ending in `/`).
 pub fn is_script(name: &str) -> bool {
-    name.ends_with(".lua")
+    name.ends_with(".lua") || burro::is_dir(name)
 }
 
 static NEXT_SCRIPT: AtomicUsize = AtomicUsize::new(0);
@@ -134,8 +138,11 @@ impl LuaFactory {
     /// `script FILE: …` when the file cannot be read; `script FILE:LINE: message` when
     /// it does not compile or fails while loading or in `start`.
     pub fn load(path: &Path, config: &Config, env: &Arc<Env>) -> Result<Self, String> {
-        let source =
-            std::fs::read_to_string(path).map_err(|e| format!("script {}: {e}", path.display()))?;
+        let source = if path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/') {
+            burro::source(path)?
+        } else {
+            std::fs::read_to_string(path).map_err(|e| format!("script {}: {e}", path.display()))?
+        };
         let name = script_name(path);
         let settings = config
             .script_settings
@@ -245,11 +252,75 @@ pub struct LuaPlugin {
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-/// Runs every `done` handler of this thread's VMs, once (a worker's end).
+/// Runs every `flush` handler of this thread's VMs (`--script-flush-interval`).
+pub fn flush_on_this_thread() {
+    let vms: Vec<Rc<Vm>> = VMS.with(|vms| vms.borrow().values().flatten().cloned().collect());
+    let session = flush_session();
+    for vm in &vms {
+        flush(vm, &session, false);
+    }
+}
+
+/// Runs `flush_on_this_thread` every `every` (the first time after one period) until
+/// dropped; a worker spawns it when `--script-flush-interval` is given.
+pub async fn flush_every(every: std::time::Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        flush_on_this_thread();
+    }
+}
+
+/// `opts.session` of a flush: its UTC start time to the millisecond,
+/// `20261201T031502.123Z` (the same on every worker only by chance).
+fn flush_session() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.millisecond()
+    )
+}
+
+/// Runs `vm`'s `flush(opts)` handlers; `opts.final` is true at shutdown.
+fn flush(vm: &Vm, session: &str, last: bool) {
+    if vm.flush.is_empty() {
+        return;
+    }
+    let run = || -> mlua::Result<()> {
+        let opts = vm.lua.create_table()?;
+        opts.set("session", session)?;
+        opts.set("final", last)?;
+        let opts = mlua::Value::Table(opts);
+        for handler in &vm.flush {
+            vm.refill();
+            handler.call(&opts)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = run() {
+        tracing::warn!(
+            error.code = ErrorKind::ScriptError.code(),
+            "script {}",
+            vm::describe(&e)
+        );
+    }
+}
+
+/// Runs every `flush` (final) then `done` handler of this thread's VMs, once (a
+/// worker's end).
 pub fn done_on_this_thread() {
     let vms: Vec<Rc<Vm>> =
         VMS.with(|vms| vms.borrow_mut().drain().filter_map(|(_, vm)| vm).collect());
+    let session = flush_session();
     for vm in vms {
+        flush(&vm, &session, true);
         for handler in &vm.done {
             vm.refill();
             if let Err(e) = handler.call(&mlua::Value::Nil) {
@@ -329,10 +400,12 @@ impl LuaPlugin {
     }
 
     fn exchange(&mut self, cx: &RequestCx<'_>) -> Shared {
-        Rc::clone(
-            self.exchange
-                .get_or_insert_with(|| Rc::new(RefCell::new(Exchange::new(cx.client)))),
-        )
+        let conn = self.conn;
+        Rc::clone(self.exchange.get_or_insert_with(|| {
+            let mut ex = Exchange::new(cx.client);
+            ex.conn = conn;
+            Rc::new(RefCell::new(ex))
+        }))
     }
 
     /// Runs `handlers` with the flow; `Ok(true)` when they all returned.

@@ -269,3 +269,40 @@ fn lua_builtin_error_is_not_an_error_handler() {
     let p = plugin("function error(flow, err) end");
     assert_eq!(p.vm.as_ref().unwrap().error.len(), 1);
 }
+
+#[test]
+fn load_keeps_the_globals_unless_given_an_env() {
+    let vm = Vm::load(&script(
+        r#"X = 41
+           RESULT = load("return X + 1")() .. ":" .. tostring(load("return X", "c", "t", {})())"#,
+    ))
+    .unwrap();
+    let result: String = vm.lua.globals().get("RESULT").unwrap();
+    assert_eq!(result, "42:nil");
+}
+
+#[test]
+fn a_burro_directory_collects_only_its_hooks() {
+    let vm = Vm::load(&script(
+        "function request(f) end
+         return { __burro = true, response = function(f) end, flush = function(o) end }",
+    ))
+    .unwrap();
+    assert_eq!(
+        (vm.request.len(), vm.response.len(), vm.flush.len()),
+        (0, 1, 1)
+    );
+}
+
+#[test]
+fn a_burro_directory_vm_stays_small_when_idle() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugin_examples/lua/burro/metric");
+    let mut s = script(&burro::source(&dir).unwrap());
+    s.path = dir;
+    let vm = Vm::load(&s).unwrap();
+    vm.lua.gc_collect().unwrap();
+    let used = vm.lua.used_memory();
+    assert!(used < 1024 * 1024, "{used} bytes");
+    assert_eq!((vm.access_log.len(), vm.flush.len()), (1, 1));
+    assert!(vm.request.is_empty() && vm.response.is_empty());
+}

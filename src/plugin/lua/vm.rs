@@ -24,6 +24,7 @@ const EVENTS: &[&str] = &[
     "websocket_message",
     "websocket_end",
     "done",
+    "flush",
     "configure",
     "bus_event",
     "tls_handshake",
@@ -89,6 +90,8 @@ pub(crate) struct Vm {
     pub(crate) websocket_end: Handlers,
     /// `done()` handlers.
     pub(crate) done: Handlers,
+    /// `flush(opts)` handlers (shutdown and `--script-flush-interval`).
+    pub(crate) flush: Handlers,
     /// `bus_event(name, data)` handlers (see `helpers::bus`).
     pub(crate) bus_event: Handlers,
     /// `tls_handshake(flow)` handlers.
@@ -169,6 +172,7 @@ impl Vm {
             websocket_message: Vec::new(),
             websocket_end: Vec::new(),
             done: Vec::new(),
+            flush: Vec::new(),
             bus_event: Vec::new(),
             tls_handshake: Vec::new(),
             fail_closed: false,
@@ -257,7 +261,8 @@ impl Vm {
     }
 
     /// Finds the handlers: global functions named for events, then those of a returned
-    /// table, then the methods of each `Extensions` object.
+    /// table, then the methods of each `Extensions` object. A Burro directory's table
+    /// (marked `__burro`) is the only source: its hooks' globals are not handlers.
     fn collect(
         &mut self,
         returned: &Value,
@@ -265,11 +270,18 @@ impl Vm {
         configure: &mut Handlers,
     ) -> mlua::Result<()> {
         let globals = self.lua.globals();
-        let mut sources: Vec<(Table, bool)> = vec![(globals.clone(), false)];
+        let burro = match returned {
+            Value::Table(t) => t.raw_get::<Option<bool>>("__burro")? == Some(true),
+            _ => false,
+        };
+        let mut sources: Vec<(Table, bool)> = Vec::new();
+        if !burro {
+            sources.push((globals.clone(), false));
+        }
         if let Value::Table(t) = returned {
             sources.push((t.clone(), false));
         }
-        if let Some(list) = globals.get::<Option<Table>>("Extensions")? {
+        if let (false, Some(list)) = (burro, globals.get::<Option<Table>>("Extensions")?) {
             for obj in list.sequence_values::<Table>() {
                 sources.push((obj?, true));
             }
@@ -289,6 +301,7 @@ impl Vm {
                         "access_log" => self.access_log.push(handler),
                         "error" => self.error.push(handler),
                         "should_intercept" => self.should_intercept.push(handler),
+                        "flush" => self.flush.push(handler),
                         "bus_event" => self.bus_event.push(handler),
                         "tls_handshake" => self.tls_handshake.push(handler),
                         "clientconnect" | "connect" => self.client_connect.push(handler),
@@ -392,9 +405,11 @@ fn sandbox(lua: &Lua, script: &Script) -> mlua::Result<()> {
     // `load` takes text only.
     lua.load(
         r#"
-        local raw_load = load
-        load = function(chunk, name, _, env)
-          return raw_load(chunk, name, "t", env)
+        local raw_load, select = load, select
+        load = function(chunk, name, _, ...)
+          -- An `env` given (even nil) replaces the chunk's globals; none keeps them.
+          if select('#', ...) == 0 then return raw_load(chunk, name, "t") end
+          return raw_load(chunk, name, "t", (...))
         end
         "#,
     )

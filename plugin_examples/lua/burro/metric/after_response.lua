@@ -1,0 +1,2 @@
+-- After the response was sent: count it for its host.
+count_request(ctx.req.host)
