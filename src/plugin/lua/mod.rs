@@ -372,12 +372,11 @@ impl LuaPlugin {
         vm.refill();
         let run = || -> mlua::Result<()> {
             let flow = flow::flow_value(shared);
-            let args = match extra {
-                Some(extra) => vec![flow, extra],
-                None => vec![flow],
-            };
             for handler in handlers {
-                handler.call_with(&args)?;
+                match &extra {
+                    Some(extra) => handler.call2(&flow, extra)?,
+                    None => handler.call(&flow)?,
+                }
             }
             Ok(())
         };

@@ -331,6 +331,19 @@ impl Handler {
         result
     }
 
+    /// Calls the handler with two arguments (after `self` for a method).
+    pub(crate) fn call2(&self, first: &Value, second: &Value) -> mlua::Result<()> {
+        super::helpers::bus::enter();
+        let result = match &self.this {
+            Some(this) => self
+                .func
+                .call::<()>((this.clone(), first.clone(), second.clone())),
+            None => self.func.call::<()>((first.clone(), second.clone())),
+        };
+        super::helpers::bus::leave();
+        result
+    }
+
     /// Calls the handler with `args` (after `self` for a method) and returns its
     /// first result.
     pub(crate) fn call_with(&self, args: &[Value]) -> mlua::Result<Value> {

@@ -76,13 +76,30 @@ impl Kv {
     }
 
     /// The value of `key`.
+    #[cfg(test)]
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         read(&self.inner.map).get(key).cloned()
     }
 
-    /// Sets `key` to `value`.
-    pub fn set(&self, key: &str, value: Vec<u8>) {
-        write(&self.inner.map).insert(key.to_owned(), value);
+    /// `f` of the value of `key`, read in place (no copy of the value).
+    pub fn get_with<T>(&self, key: &str, f: impl FnOnce(&[u8]) -> T) -> Option<T> {
+        read(&self.inner.map).get(key).map(|v| f(v))
+    }
+
+    /// Sets `key` to `value` (an existing entry is overwritten in place: a counter
+    /// updated per request allocates nothing).
+    pub fn set(&self, key: &str, value: &[u8]) {
+        let mut map = write(&self.inner.map);
+        match map.get_mut(key) {
+            Some(old) => {
+                old.clear();
+                old.extend_from_slice(value);
+            }
+            None => {
+                map.insert(key.to_owned(), value.to_vec());
+            }
+        }
+        drop(map);
         self.inner.dirty.store(true, Ordering::Release);
     }
 
@@ -242,7 +259,7 @@ mod tests {
         let kv = Kv::open(&path).unwrap();
         assert_eq!(kv.get("a"), Some(b"1".to_vec()));
         assert_eq!(kv.get("b"), Some(vec![0xff]));
-        kv.set("c", b"3".to_vec());
+        kv.set("c", b"3");
         kv.flush().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(

@@ -374,6 +374,14 @@ fn time_table(lua: &Lua) -> mlua::Result<Table> {
 
 // --- kv ---
 
+/// `f` of a key as text: borrowed when it is UTF-8 (no copy), else made valid.
+fn with_key<T>(key: &mlua::String, f: impl FnOnce(&str) -> T) -> T {
+    match key.to_str() {
+        Ok(k) => f(&k),
+        Err(_) => f(&key.to_string_lossy()),
+    }
+}
+
 fn kv_table(lua: &Lua, kv: Kv) -> mlua::Result<Table> {
     let table = lua.create_table()?;
     let store = kv.clone();
@@ -383,8 +391,8 @@ fn kv_table(lua: &Lua, kv: Kv) -> mlua::Result<Table> {
             let Value::String(key) = key else {
                 return fail("kv.get: key must be a string");
             };
-            match store.get(&key.to_string_lossy()) {
-                Some(v) => Ok((Value::String(lua.create_string(v)?), None)),
+            match with_key(&key, |k| store.get_with(k, |v| lua.create_string(v))) {
+                Some(v) => Ok((Value::String(v?), None)),
                 None => Ok((Value::Nil, None)),
             }
         })?,
@@ -396,8 +404,8 @@ fn kv_table(lua: &Lua, kv: Kv) -> mlua::Result<Table> {
             let Value::String(key) = key else {
                 return fail("kv.get_base64: key must be a string");
             };
-            match store.get(&key.to_string_lossy()) {
-                Some(v) => Ok((Value::String(lua.create_string(STANDARD.encode(v))?), None)),
+            match with_key(&key, |k| store.get_with(k, |v| STANDARD.encode(v))) {
+                Some(v) => Ok((Value::String(lua.create_string(v)?), None)),
                 None => Ok((Value::Nil, None)),
             }
         })?,
@@ -409,12 +417,13 @@ fn kv_table(lua: &Lua, kv: Kv) -> mlua::Result<Table> {
             let Value::String(key) = key else {
                 return fail("kv.set: key must be a string");
             };
-            let value = match value {
-                Value::String(s) => s.as_bytes().to_vec(),
-                Value::Integer(_) | Value::Number(_) => display(&value).into_bytes(),
+            match value {
+                Value::String(s) => with_key(&key, |k| store.set(k, &s.as_bytes())),
+                Value::Integer(_) | Value::Number(_) => {
+                    with_key(&key, |k| store.set(k, display(&value).as_bytes()))
+                }
                 _ => return fail("kv.set: value must be a string"),
-            };
-            store.set(&key.to_string_lossy(), value);
+            }
             Ok((Value::Boolean(true), None))
         })?,
     )?;
@@ -425,7 +434,7 @@ fn kv_table(lua: &Lua, kv: Kv) -> mlua::Result<Table> {
             let Value::String(key) = key else {
                 return fail("kv.delete: key must be a string");
             };
-            store.delete(&key.to_string_lossy());
+            with_key(&key, |k| store.delete(k));
             Ok((Value::Boolean(true), None))
         })?,
     )?;
