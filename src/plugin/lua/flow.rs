@@ -175,6 +175,8 @@ enum Part {
 }
 
 const PART_BITS: u32 = 3;
+// A handle (generation, index, part: 63 bits) travels as a pointer-sized value.
+const _: () = assert!(usize::BITS >= 64, "flow handles need 64-bit pointers");
 /// Generations wrap within this mask (index in the low 32 bits, generation above).
 const GEN_MASK: u64 = (1 << 28) - 1;
 
