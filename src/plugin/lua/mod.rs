@@ -483,10 +483,7 @@ fn to_flow(
             body,
             headers,
         }) => {
-            let headers: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
+            let headers = borrowed(&headers);
             Flow::Respond(reply(status, &headers, &body))
         }
         // Only `response` handlers can replace (the call refuses without a response head).
@@ -496,10 +493,7 @@ fn to_flow(
             body,
             headers,
         }) => {
-            let headers: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
+            let headers = borrowed(&headers);
             let bytes = http::response::simple_response(status, &headers, &body, false);
             let bytes = match reason {
                 Some(reason) => with_reason(&bytes, status, &reason),
@@ -835,6 +829,14 @@ impl Plugin for LuaPlugin {
             self.run_conn(&vm, &vm.client_disconnect, cx);
         }
     }
+}
+
+/// `(name, value)` pairs as the reply builders take them.
+fn borrowed(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect()
 }
 
 /// Logs a failed handler of an event outside an exchange's own failure handling.
