@@ -166,6 +166,8 @@ fn request_fields_read_and_assigned_change_what_is_sent() {
             r.headers["x-meta"] = flow.metadata.n
             r.headers["x-id"] = type(flow.id)
             r.headers["x-client"] = flow.client_addr
+            local sc = flow.server_conn
+            r.headers["x-server"] = sc.address .. " " .. sc.host .. " " .. sc.port .. " " .. tostring(sc.tls)
           end,
         }"#,
     );
@@ -198,6 +200,10 @@ fn request_fields_read_and_assigned_change_what_is_sent() {
         .get("x-client")
         .unwrap()
         .starts_with("127.0.0.1:"));
+    assert_eq!(
+        seen[0].headers.get("x-server"),
+        Some("alpha.test:8080 alpha.test 8080 false")
+    );
     assert_eq!(seen[1].method, "POST");
 }
 

@@ -462,6 +462,38 @@ fn flow_index(
                 }
             }
         }
+        "server_conn" => {
+            // Roxy's transport metadata: where the request goes.
+            let ex = shared.borrow();
+            let (Some(req), Some(target)) = (&ex.req, &ex.target) else {
+                return Ok(Value::Nil);
+            };
+            let host = request_field(lua, req, target, "host")?;
+            let port = request_field(lua, req, target, "port")?;
+            let t = lua.create_table()?;
+            if let (Value::String(h), Value::Integer(p)) = (&host, &port) {
+                let h = h.to_str()?;
+                let address = if h.contains(':') {
+                    format!("[{}]:{p}", &*h)
+                } else {
+                    format!("{}:{p}", &*h)
+                };
+                t.set("address", address)?;
+            }
+            t.set("host", host)?;
+            t.set("port", port)?;
+            t.set(
+                "tls",
+                matches!(
+                    target,
+                    Target::Absolute {
+                        scheme: Scheme::Https,
+                        ..
+                    }
+                ),
+            )?;
+            Ok(Value::Table(t))
+        }
         "reply" => Ok(Value::Function(m.reply.clone())),
         "kill" => Ok(Value::Function(m.kill.clone())),
         "replace" => Ok(Value::Function(m.replace.clone())),
