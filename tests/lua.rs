@@ -962,3 +962,22 @@ fn done_runs_once_per_worker_at_shutdown() {
     assert_eq!(stored["done"], "1", "{stored}");
     assert_eq!(stored["seen"], "1", "{stored}");
 }
+
+#[test]
+fn the_flow_metatable_is_locked() {
+    let origin = Origin::fixed("hello");
+    let path = script(
+        "locked",
+        r#"function request(flow)
+             local ok = pcall(setmetatable, flow, {})
+             flow.request.headers["x-mt"] = tostring(getmetatable(flow)) .. " " .. tostring(ok)
+           end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    assert_eq!(
+        request(proxy.addr, &get("http://alpha.test/", "")).text(),
+        "hello"
+    );
+    assert_eq!(origin.requests()[0].headers.get("x-mt"), Some("flow false"));
+}

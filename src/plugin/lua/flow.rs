@@ -374,6 +374,9 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
             })
         })?,
     )?;
+    // `getmetatable(flow)` gives this string, and the table cannot be changed or
+    // replaced: every flow of the VM goes through it.
+    mt.set("__metatable", "flow")?;
     lua.set_type_metatable::<LightUserData>(Some(mt));
     Ok(())
 }
