@@ -2,10 +2,8 @@
 -- Run with: proxy --plugins plugin_examples/lua/burro/metric/ [--kv-file metric.json]
 METRIC_PREFIX = "metric:requests:"
 
--- Adds one to the counter of `host` in the kv store (shared by every worker; kv has no
--- atomic add, so with several workers two simultaneous increments may count once).
+-- Adds one to the counter of `host` in the kv store (shared by every worker). `kv.incr`
+-- adds under the store's lock: workers counting at once never lose a count.
 function count_request(host)
-  local key = METRIC_PREFIX .. (host or "-")
-  local n = tonumber((kv.get(key))) or 0
-  kv.set(key, n + 1)
+  kv.incr(METRIC_PREFIX .. (host or "-"))
 end

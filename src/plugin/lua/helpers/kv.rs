@@ -103,6 +103,38 @@ impl Kv {
         self.inner.dirty.store(true, Ordering::Release);
     }
 
+    /// Adds `by` to the integer stored at `key` (absent: 0) under the store's lock, so
+    /// workers counting at once never lose a count; returns the new value.
+    ///
+    /// # Errors
+    /// The value is not a decimal integer, or the sum overflows.
+    pub fn incr(&self, key: &str, by: i64) -> Result<i64, String> {
+        let mut map = write(&self.inner.map);
+        let old = match map.get(key) {
+            None => 0,
+            Some(v) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|t| t.trim().parse::<i64>().ok())
+                .ok_or_else(|| format!("kv.incr: the value of {key:?} is not an integer"))?,
+        };
+        let new = old
+            .checked_add(by)
+            .ok_or_else(|| format!("kv.incr: {key:?} would overflow"))?;
+        let text = new.to_string();
+        match map.get_mut(key) {
+            Some(v) => {
+                v.clear();
+                v.extend_from_slice(text.as_bytes());
+            }
+            None => {
+                map.insert(key.to_owned(), text.into_bytes());
+            }
+        }
+        drop(map);
+        self.inner.dirty.store(true, Ordering::Release);
+        Ok(new)
+    }
+
     /// Removes `key`; whether it was there.
     pub fn delete(&self, key: &str) -> bool {
         let had = write(&self.inner.map).remove(key).is_some();
