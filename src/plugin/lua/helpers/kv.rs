@@ -89,17 +89,7 @@ impl Kv {
     /// Sets `key` to `value` (an existing entry is overwritten in place: a counter
     /// updated per request allocates nothing).
     pub fn set(&self, key: &str, value: &[u8]) {
-        let mut map = write(&self.inner.map);
-        match map.get_mut(key) {
-            Some(old) => {
-                old.clear();
-                old.extend_from_slice(value);
-            }
-            None => {
-                map.insert(key.to_owned(), value.to_vec());
-            }
-        }
-        drop(map);
+        put(&mut write(&self.inner.map), key, value);
         self.inner.dirty.store(true, Ordering::Release);
     }
 
@@ -120,16 +110,7 @@ impl Kv {
         let new = old
             .checked_add(by)
             .ok_or_else(|| format!("kv.incr: {key:?} would overflow"))?;
-        let text = new.to_string();
-        match map.get_mut(key) {
-            Some(v) => {
-                v.clear();
-                v.extend_from_slice(text.as_bytes());
-            }
-            None => {
-                map.insert(key.to_owned(), text.into_bytes());
-            }
-        }
+        put(&mut map, key, new.to_string().as_bytes());
         drop(map);
         self.inner.dirty.store(true, Ordering::Release);
         Ok(new)
@@ -205,6 +186,20 @@ fn flusher(store: &Weak<KvInner>) {
                 tracing::error!("--kv-file: {e}");
             }
             Err(_) => {}
+        }
+    }
+}
+
+/// Stores `value` at `key`, overwriting an existing entry in place (no allocation when
+/// it fits).
+fn put(map: &mut BTreeMap<String, Vec<u8>>, key: &str, value: &[u8]) {
+    match map.get_mut(key) {
+        Some(old) => {
+            old.clear();
+            old.extend_from_slice(value);
+        }
+        None => {
+            map.insert(key.to_owned(), value.to_vec());
         }
     }
 }
