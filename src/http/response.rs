@@ -114,12 +114,27 @@ pub fn error_response(status: u16, code: &str, details: Option<&str>, close: boo
 /// Content-Length is omitted for 1xx and 204, which must not carry it (RFC 9110 §8.6). Header bytes that would
 /// break the head (CR, LF, NUL, other CTLs; non-token name bytes) are replaced, never emitted.
 pub fn simple_response(status: u16, headers: &[(&str, &str)], body: &[u8], close: bool) -> Bytes {
+    response_with_reason(status, reason_phrase(status), headers, body, close)
+}
+
+/// [`simple_response`] with its own reason phrase (control bytes in it are replaced).
+pub fn response_with_reason(
+    status: u16,
+    reason: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    close: bool,
+) -> Bytes {
     let extra: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
-    let mut out = Vec::with_capacity(64 + extra + body.len());
+    let mut out = Vec::with_capacity(64 + reason.len() + extra + body.len());
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.to_string().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(reason_phrase(status).as_bytes());
+    out.extend(
+        reason
+            .bytes()
+            .map(|b| if is_field_byte(b) { b } else { b' ' }),
+    );
     out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
         out.extend(name.bytes().map(|b| if is_tchar(b) { b } else { b'-' }));

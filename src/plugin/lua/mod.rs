@@ -494,11 +494,11 @@ fn to_flow(
             headers,
         }) => {
             let headers = borrowed(&headers);
-            let bytes = http::response::simple_response(status, &headers, &body, false);
-            let bytes = match reason {
-                Some(reason) => with_reason(&bytes, status, &reason),
-                None => bytes,
-            };
+            let reason = reason
+                .as_deref()
+                .unwrap_or_else(|| http::response::reason_phrase(status));
+            let bytes =
+                http::response::response_with_reason(status, reason, &headers, &body, false);
             Flow::Respond(Reply::raw(status, bytes, false))
         }
     }
@@ -869,17 +869,6 @@ fn tunnel_flow(
     flow.set("client_addr", cx.client.to_string())?;
     flow.set("id", conn)?;
     Ok(mlua::Value::Table(flow))
-}
-
-/// `bytes` (a response from `simple_response`) with its status line's reason replaced.
-fn with_reason(bytes: &bytes::Bytes, status: u16, reason: &str) -> bytes::Bytes {
-    let end = bytes
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .unwrap_or(bytes.len());
-    let mut out = format!("HTTP/1.1 {status} {reason}").into_bytes();
-    out.extend_from_slice(bytes.get(end..).unwrap_or_default());
-    bytes::Bytes::from(out)
 }
 
 /// The `err` table of `error(flow, err)` (Tiri's fields).

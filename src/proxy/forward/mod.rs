@@ -98,33 +98,32 @@ pub async fn run(
     }
     // A body a plugin asked for is read whole now, rewritten, and sent right behind the
     // head with an exact length; nothing is left to upload from the client afterwards.
+    // A body read before `on_request` (see `read_body_first`) left the client with no
+    // more to send.
+    let whole = match early_body {
+        Some(early) => Some(early),
+        None if body != BodyKind::Empty && !chain.is_empty() && chain.wants_request_body() => {
+            Some(read_whole_body(client, &head, body, config).await?)
+        }
+        None => None,
+    };
     let mut rewritten: Option<Bytes> = None;
-    if let Some(early) = early_body {
-        // Read before `on_request` (see `read_body_first`): the client has no more.
+    if let Some(whole) = whole {
         let had_body = body != BodyKind::Empty;
         let new = if chain.wants_request_body() {
-            chain.on_request_body(&cx, early).map_err(|(name, e)| {
+            chain.on_request_body(&cx, whole).map_err(|(name, e)| {
                 ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
             })?
         } else {
-            early
+            whole
         };
+        // A request without a body keeps having none unless a plugin gave it one.
         if had_body || !new.is_empty() {
             head.remove("transfer-encoding");
             head.remove("expect");
             head.set("Content-Length", new.len().to_string().as_bytes());
             rewritten = Some(new);
         }
-        body = BodyKind::Empty;
-    } else if body != BodyKind::Empty && !chain.is_empty() && chain.wants_request_body() {
-        let whole = read_whole_body(client, &head, body, config).await?;
-        let new = chain.on_request_body(&cx, whole).map_err(|(name, e)| {
-            ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
-        })?;
-        head.remove("transfer-encoding");
-        head.remove("expect");
-        head.set("Content-Length", new.len().to_string().as_bytes());
-        rewritten = Some(new);
         body = BodyKind::Empty;
     }
     let (keep_alive, version, is_head) = (

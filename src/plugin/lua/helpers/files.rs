@@ -255,22 +255,12 @@ impl Root {
 
 /// The `artifacts` table over `root` (`None`: every call fails, "no --artifacts-dir").
 pub(crate) fn artifacts_table(lua: &Lua, root: Option<Arc<Root>>) -> mlua::Result<Table> {
-    let table = lua.create_table()?;
     let lib = Lib {
         prefix: "artifacts",
         flag: "--artifacts-dir",
         root,
     };
-    let l = lib.clone();
-    table.set(
-        "read",
-        lua.create_function(move |lua, name: Value| l.read(lua, &name))?,
-    )?;
-    let l = lib.clone();
-    table.set(
-        "exists",
-        lua.create_function(move |_, name: Value| l.exists(&name))?,
-    )?;
+    let table = reading_table(lua, &lib)?;
     let l = lib.clone();
     table.set(
         "write",
@@ -338,12 +328,23 @@ pub(crate) fn artifacts_table(lua: &Lua, root: Option<Arc<Root>>) -> mlua::Resul
 
 /// The read-only `data_store` table over `root` (`None`: "no --data-dir").
 pub(crate) fn data_store_table(lua: &Lua, root: Option<Arc<Root>>) -> mlua::Result<Table> {
-    let table = lua.create_table()?;
     let lib = Lib {
         prefix: "data_store",
         flag: "--data-dir",
         root,
     };
+    let table = reading_table(lua, &lib)?;
+    let l = lib;
+    table.set(
+        "list",
+        lua.create_function(move |lua, (dir, exts): (Value, Value)| l.list(lua, &dir, &exts))?,
+    )?;
+    Ok(table)
+}
+
+/// A table with the calls both libraries have: `read` and `exists`.
+fn reading_table(lua: &Lua, lib: &Lib) -> mlua::Result<Table> {
+    let table = lua.create_table()?;
     let l = lib.clone();
     table.set(
         "read",
@@ -353,11 +354,6 @@ pub(crate) fn data_store_table(lua: &Lua, root: Option<Arc<Root>>) -> mlua::Resu
     table.set(
         "exists",
         lua.create_function(move |_, name: Value| l.exists(&name))?,
-    )?;
-    let l = lib;
-    table.set(
-        "list",
-        lua.create_function(move |lua, (dir, exts): (Value, Value)| l.list(lua, &dir, &exts))?,
     )?;
     Ok(table)
 }
