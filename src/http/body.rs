@@ -58,24 +58,21 @@ impl std::error::Error for FramingError {}
 /// RFC 9112 §6.3 for requests: TE+CL, TE on HTTP/1.0, TE not ending in `chunked`, and bad or repeated CL are
 /// errors; no TE/CL means no body (never `UntilClose`).
 pub fn request_body_kind(head: &RequestHead) -> Result<BodyKind, FramingError> {
-    let te = Framing::of(
-        head.count("transfer-encoding"),
-        head.count("content-length"),
-    )?;
-    match te {
+    let found = head.framing();
+    match Framing::of(found.transfer_encodings, found.content_lengths)? {
         Framing::None => Ok(BodyKind::Empty),
-        Framing::Length => content_length(head.headers_named("content-length")),
+        Framing::Length => content_length(found.content_length),
         Framing::Te => {
             // RFC 9112 §6.1: TE in an HTTP/1.0 message means the framing is faulty.
             if head.version() == Version::Http10 {
                 return Err(FramingError::Malformed("Transfer-Encoding on HTTP/1.0"));
             }
-            if head.any_trailing_ws("transfer-encoding") {
+            if found.transfer_encoding_ws {
                 return Err(FramingError::Malformed(
                     "whitespace after Transfer-Encoding",
                 ));
             }
-            let value = head.header("transfer-encoding").unwrap_or_default();
+            let value = found.transfer_encoding.unwrap_or_default();
             match transfer_codings(value, Side::Request)? {
                 // RFC 9112 §6.3 rule 4: a request whose TE does not end in chunked has no reliable length.
                 ChunkedLast::No => Err(FramingError::Malformed(
@@ -95,27 +92,22 @@ pub fn response_body_kind(
     head: &ResponseHead,
     request_was_head: bool,
 ) -> Result<BodyKind, FramingError> {
-    let kind = match Framing::of(
-        head.count("transfer-encoding"),
-        head.count("content-length"),
-    )? {
+    let found = head.framing();
+    let kind = match Framing::of(found.transfer_encodings, found.content_lengths)? {
         Framing::None => BodyKind::UntilClose,
-        Framing::Length => content_length(head.headers_named("content-length"))?,
+        Framing::Length => content_length(found.content_length)?,
         Framing::Te => {
             // RFC 9112 §6.1: TE in an HTTP/1.0 message means the framing is faulty (and no 1.1 server sends it
             // to our HTTP/1.1 request with a 1.0 status line).
             if head.version() == Version::Http10 {
                 return Err(FramingError::Malformed("Transfer-Encoding on HTTP/1.0"));
             }
-            if head.any_trailing_ws("transfer-encoding") {
+            if found.transfer_encoding_ws {
                 return Err(FramingError::Malformed(
                     "whitespace after Transfer-Encoding",
                 ));
             }
-            match transfer_codings(
-                head.header("transfer-encoding").unwrap_or_default(),
-                Side::Response,
-            )? {
+            match transfer_codings(found.transfer_encoding.unwrap_or_default(), Side::Response)? {
                 ChunkedLast::Yes => BodyKind::Chunked,
                 ChunkedLast::No => BodyKind::UntilClose,
             }
@@ -158,10 +150,8 @@ impl Framing {
 ///
 /// Leading zeros are valid `1*DIGIT` and read as decimal ("05" is 5). `str::parse::<u64>` is not used: it
 /// accepts "+5".
-fn content_length<'a>(
-    mut values: impl Iterator<Item = &'a [u8]>,
-) -> Result<BodyKind, FramingError> {
-    let value = values.next().unwrap_or_default();
+fn content_length(value: Option<&[u8]>) -> Result<BodyKind, FramingError> {
+    let value = value.unwrap_or_default();
     if value.is_empty() {
         return Err(FramingError::Malformed("empty Content-Length"));
     }

@@ -44,6 +44,11 @@ impl Span {
         Span { start, end }
     }
 
+    /// How many bytes the span covers.
+    fn len(self) -> usize {
+        self.end.saturating_sub(self.start) as usize
+    }
+
     fn range(self) -> Range<usize> {
         self.start as usize..self.end as usize
     }
@@ -99,6 +104,21 @@ impl Field {
     }
 }
 
+/// What a head's framing headers are (see [`Fields::framing`]).
+#[derive(Default)]
+pub(crate) struct FramingHeaders<'a> {
+    /// How many `Transfer-Encoding` lines.
+    pub(crate) transfer_encodings: usize,
+    /// The first one's value.
+    pub(crate) transfer_encoding: Option<&'a [u8]>,
+    /// Whether any of them was received with trailing whitespace.
+    pub(crate) transfer_encoding_ws: bool,
+    /// How many `Content-Length` lines.
+    pub(crate) content_lengths: usize,
+    /// The first one's value.
+    pub(crate) content_length: Option<&'a [u8]>,
+}
+
 /// The header section of a head: the raw bytes, one `Field` per line, and any rendered replacement lines.
 #[derive(Clone)]
 pub(crate) struct Fields {
@@ -144,6 +164,11 @@ impl Fields {
         self.owned.get(index as usize).map_or(&[], |b| b)
     }
 
+    /// [`Fields::owned_line`] as a `Bytes` (shared, not copied).
+    fn owned_bytes(&self, index: u32) -> Bytes {
+        self.owned.get(index as usize).cloned().unwrap_or_default()
+    }
+
     fn base(&self, field: &Field) -> &[u8] {
         match field.slot {
             Slot::Raw => &self.raw,
@@ -165,8 +190,11 @@ impl Fields {
     }
 
     fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Field> + 'a {
-        self.live()
-            .filter(move |f| self.name_of(f).eq_ignore_ascii_case(name.as_bytes()))
+        // The length, known from the span, rules most lines out before their bytes are
+        // looked at (this runs many times per message).
+        self.live().filter(move |f| {
+            f.name.len() == name.len() && self.name_of(f).eq_ignore_ascii_case(name.as_bytes())
+        })
     }
 
     pub(crate) fn header(&self, name: &str) -> Option<&[u8]> {
@@ -188,9 +216,22 @@ impl Fields {
         self.named(name).count()
     }
 
-    /// Whether any live `name` header received with trailing OWS (see body.rs: `chunked\t`).
-    pub(crate) fn any_trailing_ws(&self, name: &str) -> bool {
-        self.named(name).any(|f| f.trailing_ws)
+    /// The framing headers, found in one pass over the lines (body framing is decided
+    /// for every message).
+    pub(crate) fn framing(&self) -> FramingHeaders<'_> {
+        let mut found = FramingHeaders::default();
+        for f in self.live() {
+            let name = self.name_of(f);
+            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                found.transfer_encodings += 1;
+                found.transfer_encoding_ws |= f.trailing_ws;
+                found.transfer_encoding.get_or_insert(self.value_of(f));
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                found.content_lengths += 1;
+                found.content_length.get_or_insert(self.value_of(f));
+            }
+        }
+        found
     }
 
     pub(crate) fn has_token(&self, name: &str, token: &str) -> bool {
@@ -202,6 +243,24 @@ impl Fields {
 
     pub(crate) fn remove(&mut self, name: &str) -> usize {
         self.remove_from(0, name)
+    }
+
+    /// Marks every live header whose name `drop` accepts as removed, in one pass;
+    /// returns how many.
+    pub(crate) fn remove_where(&mut self, mut drop: impl FnMut(&[u8]) -> bool) -> usize {
+        let mut removed = 0;
+        for i in 0..self.list.len() {
+            let Some(field) = self.list.get(i).copied() else {
+                break;
+            };
+            if field.is_live() && drop(self.name_of(&field)) {
+                if let Some(f) = self.list.get_mut(i) {
+                    f.slot = Slot::Removed;
+                    removed += 1;
+                }
+            }
+        }
+        removed
     }
 
     /// Marks every live `name` header at index `from` or later as removed; returns how many.
@@ -248,6 +307,31 @@ impl Fields {
             value,
             trailing_ws: false,
             slot,
+        });
+    }
+
+    /// Appends `line`, a whole `Name: value\r\n` line known valid at compile time (our
+    /// own `Via`): kept as it is, with no rendering and no allocation for its bytes.
+    pub(crate) fn append_static(&mut self, line: &'static [u8]) {
+        let name_end = memchr::memchr(b':', line).unwrap_or(0);
+        let value_start = (name_end + 1..line.len())
+            .find(|&i| !matches!(line.get(i), Some(b' ' | b'\t')))
+            .unwrap_or(line.len());
+        let value_end = line.len().saturating_sub(2).max(value_start);
+        debug_assert!(
+            line.ends_with(b"\r\n")
+                && name_end > 0
+                && line[..name_end].iter().all(|&b| is_tchar(b))
+        );
+        let index = u32::try_from(self.owned.len()).unwrap_or(u32::MAX);
+        self.owned.push(Bytes::from_static(line));
+        let span = |a: usize, b: usize| Span::new(a as u32, b as u32);
+        self.list.push(Field {
+            line_start: self.headers_end,
+            name: span(0, name_end),
+            value: span(value_start, value_end),
+            trailing_ws: false,
+            slot: Slot::Owned { index },
         });
     }
 
@@ -450,6 +534,12 @@ impl RequestHead {
         self.fields.remove(name)
     }
 
+    /// Removes, in one pass, every live header whose name `drop` accepts; returns how
+    /// many.
+    pub fn remove_where(&mut self, drop: impl FnMut(&[u8]) -> bool) -> usize {
+        self.fields.remove_where(drop)
+    }
+
     /// Replaces the first live `name` header in place and removes later ones; appends if there is none.
     pub fn set(&mut self, name: &str, value: &[u8]) {
         self.fields.set(name, value);
@@ -460,14 +550,20 @@ impl RequestHead {
         self.fields.append(name, value);
     }
 
+    /// Adds a whole header line known valid at compile time (`b"Via: 1.1 proxy\r\n"`)
+    /// after all others, without rendering or allocating it.
+    pub fn append_static(&mut self, line: &'static [u8]) {
+        self.fields.append_static(line);
+    }
+
     /// Replaces the request-target `encode` sends (e.g. absolute-form → origin-form).
     pub fn set_target(&mut self, target: Bytes) {
         self.new_target = Some(target);
     }
 
-    /// Whether any live `name` header was received with trailing whitespace (framing checks use it).
-    pub(crate) fn any_trailing_ws(&self, name: &str) -> bool {
-        self.fields.any_trailing_ws(name)
+    /// The framing headers, in one pass.
+    pub(crate) fn framing(&self) -> FramingHeaders<'_> {
+        self.fields.framing()
     }
 
     /// Pushes the wire form (request line with `version`, live headers, final CRLF) onto `out` (cleared first).
@@ -481,15 +577,18 @@ impl RequestHead {
         {
             Some(0)
         } else {
-            let target = self.effective_target();
-            let mut line = BytesMut::with_capacity(self.method().len() + target.len() + 12);
-            line.put_slice(self.method());
-            line.put_u8(b' ');
-            line.put_slice(target);
-            line.put_u8(b' ');
-            line.put_slice(version.as_bytes());
-            line.put_slice(b"\r\n");
-            out.push(line.freeze());
+            // The line is sent as pieces (method, target, version) rather than
+            // rendered: slices of `raw` or of the new target, no allocation.
+            out.push(match self.method_line {
+                NOT_EDITED => self.fields.raw().slice_ref(self.method()),
+                line => self.fields.owned_bytes(line),
+            });
+            out.push(Bytes::from_static(b" "));
+            out.push(self.effective_target_bytes());
+            out.push(Bytes::from_static(match version {
+                Version::Http10 => b" HTTP/1.0\r\n",
+                Version::Http11 => b" HTTP/1.1\r\n",
+            }));
             None
         };
         self.fields.encode_into(run, out);
@@ -608,6 +707,12 @@ impl ResponseHead {
         self.fields.remove(name)
     }
 
+    /// Removes, in one pass, every live header whose name `drop` accepts; returns how
+    /// many.
+    pub fn remove_where(&mut self, drop: impl FnMut(&[u8]) -> bool) -> usize {
+        self.fields.remove_where(drop)
+    }
+
     /// Replaces the first live `name` header in place and removes later ones; appends if there is none.
     pub fn set(&mut self, name: &str, value: &[u8]) {
         self.fields.set(name, value);
@@ -618,9 +723,9 @@ impl ResponseHead {
         self.fields.append(name, value);
     }
 
-    /// Whether any live `name` header was received with trailing whitespace (framing checks use it).
-    pub(crate) fn any_trailing_ws(&self, name: &str) -> bool {
-        self.fields.any_trailing_ws(name)
+    /// The framing headers, in one pass.
+    pub(crate) fn framing(&self) -> FramingHeaders<'_> {
+        self.fields.framing()
     }
 
     /// Pushes the wire form (status line as received, live headers, final CRLF) onto `out` (cleared first).

@@ -111,20 +111,36 @@ enum StartLine {
 ///
 /// `bytes` is either a complete head or everything received so far; a trailing CR is allowed (its LF may be
 /// in the next read) and the unfinished last line is held to its limit too.
+///
+/// Eight bytes are looked at together ([`has_byte_below`]): a header line is mostly text, and only the word
+/// that holds its CR LF (or a NUL, or another control byte) is looked at byte by byte.
 fn scan_head(bytes: &[u8], start: StartLine, limits: &Limits) -> Result<(), ParseError> {
     let mut line_start = 0usize;
     let mut line_index = 0usize;
     let mut header_lines = 0usize;
-    for pos in memchr::memchr3_iter(b'\r', b'\n', 0, bytes) {
-        match bytes.get(pos) {
-            Some(0) => return Err(ParseError::Malformed("NUL in head")),
-            Some(b'\r') => {
-                // RFC 9112 §2.2: a CR not followed by LF is invalid; a CR at the very end may still get its LF.
-                if bytes.get(pos + 1).is_some_and(|&next| next != b'\n') {
-                    return Err(ParseError::Malformed("bare CR in head"));
-                }
+    let mut pos = 0usize;
+    while let Some(&b) = bytes.get(pos) {
+        if let Some(word) = bytes.get(pos..pos + 8) {
+            let word = u64::from_le_bytes(<[u8; 8]>::try_from(word).unwrap_or([0; 8]));
+            // Straight to the first byte that matters in this word, or past the word.
+            let below = bytes_below(word, 0x0e);
+            if below == 0 {
+                pos += 8;
+                continue;
             }
-            _ => {
+            let skip = (below.trailing_zeros() / 8) as usize;
+            if skip > 0 {
+                pos += skip;
+                continue;
+            }
+        }
+        match b {
+            0 => return Err(ParseError::Malformed("NUL in head")),
+            // RFC 9112 §2.2: a CR not followed by LF is invalid; a CR at the very end may still get its LF.
+            b'\r' if bytes.get(pos + 1).is_some_and(|&next| next != b'\n') => {
+                return Err(ParseError::Malformed("bare CR in head"));
+            }
+            b'\n' => {
                 // RFC 9112 §2.2 lets a recipient accept bare LF; a proxy that did would disagree with servers
                 // that do not (request smuggling), so only CRLF ends a line here.
                 if pos == 0 || bytes.get(pos - 1) != Some(&b'\r') {
@@ -146,11 +162,24 @@ fn scan_head(bytes: &[u8], start: StartLine, limits: &Limits) -> Result<(), Pars
                 line_index += 1;
                 line_start = pos + 1;
             }
+            _ => {}
         }
+        pos += 1;
     }
     let tail = bytes.get(line_start..).unwrap_or_default();
     let tail_len = tail.len() - usize::from(tail.last() == Some(&b'\r'));
     check_line(line_index, tail_len, start, limits)
+}
+
+/// The bytes of `word` (little-endian lanes) that are below `n` (at most 128): the high
+/// bit of each such byte's lane is set, every other bit is clear. Exact per byte: the low
+/// seven bits of a lane plus `0x80 - n` never carry into the next lane.
+fn bytes_below(word: u64, n: u8) -> u64 {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const LOWS: u64 = u64::from_le_bytes([0x7f; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    let at_least = (word & LOWS).wrapping_add(ONES * u64::from(0x80 - n.min(0x80))) | word;
+    !at_least & HIGHS
 }
 
 fn check_line(
@@ -188,7 +217,8 @@ fn version_of(v: Option<u8>) -> Result<Version, ParseError> {
 }
 
 fn fields_of(base: &[u8], headers: &[httparse::Header<'_>]) -> Result<Vec<Field>, ParseError> {
-    let mut list = Vec::with_capacity(headers.len());
+    // Room for the few lines a proxy appends (`Via`, `Connection`) without growing.
+    let mut list = Vec::with_capacity(headers.len() + 2);
     for h in headers {
         list.push(Field::received(
             span_in(base, h.name.as_bytes())?,
@@ -409,6 +439,109 @@ fn read_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte-by-byte reading of `scan_head`'s rules, to check the word-at-a-time one
+    /// against.
+    fn scan_head_bytewise(
+        bytes: &[u8],
+        start: StartLine,
+        limits: &Limits,
+    ) -> Result<(), ParseError> {
+        let mut line_start = 0usize;
+        let mut line_index = 0usize;
+        let mut header_lines = 0usize;
+        for (pos, &b) in bytes.iter().enumerate() {
+            match b {
+                0 => return Err(ParseError::Malformed("NUL in head")),
+                b'\r' if bytes.get(pos + 1).is_some_and(|&next| next != b'\n') => {
+                    return Err(ParseError::Malformed("bare CR in head"))
+                }
+                b'\n' => {
+                    if pos == 0 || bytes[pos - 1] != b'\r' {
+                        return Err(ParseError::Malformed("bare LF in head"));
+                    }
+                    if matches!(bytes.get(pos + 1), Some(b' ' | b'\t')) {
+                        return Err(ParseError::Malformed("obs-fold in head"));
+                    }
+                    let len = pos - 1 - line_start;
+                    check_line(line_index, len, start, limits)?;
+                    if line_index > 0 && len > 0 {
+                        header_lines += 1;
+                        if header_lines > limits.max_headers {
+                            return Err(ParseError::HeadTooLarge);
+                        }
+                    }
+                    line_index += 1;
+                    line_start = pos + 1;
+                }
+                _ => {}
+            }
+        }
+        let tail = &bytes[line_start..];
+        let tail_len = tail.len() - usize::from(tail.last() == Some(&b'\r'));
+        check_line(line_index, tail_len, start, limits)
+    }
+
+    #[test]
+    fn bytes_below_is_exact_per_byte() {
+        for n in [1u8, 0x0e, 0x20, 0x80] {
+            for probe in 0u8..=255 {
+                for filler in [0u8, 0x0d, b'a', 0xff] {
+                    for lane in 0..8 {
+                        let mut bytes = [filler; 8];
+                        bytes[lane] = probe;
+                        let below = bytes_below(u64::from_le_bytes(bytes), n).to_le_bytes();
+                        for (i, b) in bytes.iter().enumerate() {
+                            assert_eq!(below[i] == 0x80, *b < n, "n={n} {bytes:?} lane {i}");
+                            assert!(below[i] == 0 || below[i] == 0x80);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scan_head_agrees_with_the_bytewise_rules() {
+        let limits = Limits {
+            max_request_line: 40,
+            max_header_line: 30,
+            max_headers: 6,
+            ..Limits::default()
+        };
+        // Short heads over an alphabet rich in the bytes that matter, at every length
+        // and alignment (a deterministic generator: no dependency, same cases each run).
+        let alphabet = b"\r\n\0\t a:\x7f\x80\xff\x0b\x0e";
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..200_000 {
+            let len = (next() % 64) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    let r = next();
+                    if r % 3 == 0 {
+                        alphabet[(r / 3 % alphabet.len() as u64) as usize]
+                    } else {
+                        let text = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+                        text[(r / 3 % text.len() as u64) as usize]
+                    }
+                })
+                .collect();
+            for start in [StartLine::Request, StartLine::Status] {
+                assert_eq!(
+                    scan_head(&bytes, start, &limits),
+                    scan_head_bytewise(&bytes, start, &limits),
+                    "{:?}",
+                    String::from_utf8_lossy(&bytes)
+                );
+            }
+        }
+    }
     use bytes::Bytes;
 
     fn limits() -> Limits {
@@ -1005,15 +1138,22 @@ Accept: */*\r\nProxy-Connection: keep-alive\r\n\r\n";
         head.set_target(Bytes::from_static(b"/a?b=1"));
         assert_eq!(head.remove("proxy-connection"), 1);
         head.set("user-agent", b"x/2");
-        head.append("Via", b"1.1 proxy");
+        head.append_static(b"Via: 1.1 proxy\r\n");
         let mut out = Vec::new();
         head.encode(Version::Http11, &mut out);
         assert_eq!(
             joined(&out),
             b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nuser-agent: x/2\r\nAccept: */*\r\nVia: 1.1 proxy\r\n\r\n"
         );
-        // request line, "Host" run, user-agent, "Accept" run, Via, final CRLF.
-        assert_eq!(out.len(), 6);
+        // request line (method, SP, target, SP + version), "Host" run, user-agent,
+        // "Accept" run, Via, final CRLF.
+        assert_eq!(out.len(), 9);
+        let raw = head.raw().as_ptr_range();
+        assert!(
+            raw.contains(&out[0].as_ptr()),
+            "the method is a slice of the head"
+        );
+        assert_eq!(head.header("via"), Some(&b"1.1 proxy"[..]));
         assert_eq!(head.target(), b"http://example.com/a?b=1");
         assert_eq!(head.effective_target(), b"/a?b=1");
     }
@@ -1024,7 +1164,8 @@ Accept: */*\r\nProxy-Connection: keep-alive\r\n\r\n";
         let mut out = Vec::new();
         head.encode(Version::Http11, &mut out);
         assert_eq!(joined(&out), b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n");
-        assert_eq!(out.len(), 2);
+        // The request line's four pieces, then the untouched rest in one slice.
+        assert_eq!(out.len(), 5);
     }
 
     #[test]
@@ -1169,7 +1310,16 @@ Accept: */*\r\nProxy-Connection: keep-alive\r\n\r\n";
         let head = req_ok(b"GET / HTTP/1.1\r\nA: v \t\r\nB:  w\r\n\r\n");
         assert_eq!(head.header("a"), Some(&b"v"[..]));
         assert_eq!(head.header("b"), Some(&b"w"[..]));
-        assert!(head.any_trailing_ws("a"));
-        assert!(!head.any_trailing_ws("b"));
+        let head = req_ok(
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked \r\nTransfer-Encoding: gzip\r\n\r\n",
+        );
+        let found = head.framing();
+        assert_eq!(found.transfer_encodings, 2);
+        assert_eq!(found.transfer_encoding, Some(&b"chunked"[..]));
+        assert!(found.transfer_encoding_ws);
+        assert_eq!(found.content_lengths, 1);
+        assert_eq!(found.content_length, Some(&b"3"[..]));
+        let head = req_ok(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nA: v \r\n\r\n");
+        assert!(!head.framing().transfer_encoding_ws);
     }
 }

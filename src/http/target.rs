@@ -1,5 +1,6 @@
 //! Request-target forms (RFC 9112 §3.2): origin, absolute, authority (CONNECT) and asterisk.
 
+use std::fmt::Write as _;
 use std::net::Ipv6Addr;
 
 use bytes::Bytes;
@@ -224,10 +225,40 @@ pub fn host_header_value(scheme: Scheme, host: &str, port: u16) -> String {
         value.push_str(host);
     }
     if port != scheme.default_port() {
-        value.push(':');
-        value.push_str(&port.to_string());
+        let _ = write!(value, ":{port}");
     }
     value
+}
+
+/// Whether a received Host `value` names the same authority [`host_header_value`] would
+/// write (letter case aside), so that it can be forwarded untouched.
+pub fn host_header_is(value: &[u8], scheme: Scheme, host: &str, port: u16) -> bool {
+    let bracketed = host.contains(':');
+    let value = if bracketed {
+        value.strip_prefix(b"[").unwrap_or_default()
+    } else {
+        value
+    };
+    let rest = match value.split_at_checked(host.len()) {
+        Some((h, rest)) if h.eq_ignore_ascii_case(host.as_bytes()) => Some(rest),
+        _ => None,
+    };
+    let rest = if bracketed {
+        rest.and_then(|r| r.strip_prefix(b"]"))
+    } else {
+        rest
+    };
+    let Some(rest) = rest else {
+        return false;
+    };
+    if port == scheme.default_port() {
+        return rest.is_empty();
+    }
+    let mut digits = [0u8; 6];
+    let mut cursor = std::io::Cursor::new(&mut digits[..]);
+    let _ = std::io::Write::write_fmt(&mut cursor, format_args!(":{port}"));
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    digits.get(..len) == Some(rest)
 }
 
 #[cfg(test)]
@@ -397,5 +428,51 @@ mod tests {
         );
         assert_eq!(host_header_value(Scheme::Http, "::1", 80), "[::1]");
         assert_eq!(host_header_value(Scheme::Http, "::1", 81), "[::1]:81");
+    }
+
+    #[test]
+    fn host_header_is_what_would_be_written() {
+        let cases: &[(Scheme, &str, u16)] = &[
+            (Scheme::Http, "example.com", 80),
+            (Scheme::Http, "example.com", 8080),
+            (Scheme::Https, "example.com", 443),
+            (Scheme::Https, "example.com", 80),
+            (Scheme::Http, "::1", 80),
+            (Scheme::Http, "::1", 65535),
+            (Scheme::Http, "127.0.0.1", 1),
+        ];
+        for &(scheme, host, port) in cases {
+            let written = host_header_value(scheme, host, port);
+            assert!(
+                host_header_is(written.as_bytes(), scheme, host, port),
+                "{written}"
+            );
+            assert!(host_header_is(
+                written.to_ascii_uppercase().as_bytes(),
+                scheme,
+                host,
+                port
+            ));
+            for other in [
+                format!("{written}:1"),
+                format!("{written}0"),
+                format!("x{written}"),
+                written[..written.len() - 1].to_owned(),
+                String::new(),
+            ] {
+                assert!(
+                    !host_header_is(other.as_bytes(), scheme, host, port),
+                    "{other:?} is not {written:?}"
+                );
+            }
+        }
+        // A default port written out is a different value: rewritten, not kept.
+        assert!(!host_header_is(
+            b"example.com:80",
+            Scheme::Http,
+            "example.com",
+            80
+        ));
+        assert!(!host_header_is(b"::1", Scheme::Http, "::1", 80));
     }
 }
