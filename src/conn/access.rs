@@ -38,8 +38,32 @@ pub struct Exchange {
 impl Exchange {
     /// Starts the record for an exchange on `client`'s connection.
     pub fn new(client: &Client, started: Instant) -> Self {
+        Exchange::empty(client.addr, started)
+    }
+
+    /// Drops what points into the request's buffers (its method and path), once the
+    /// exchange is logged: a connection waiting for its next request holds no part of
+    /// the last one.
+    pub fn release(&mut self) {
+        self.method = Bytes::new();
+        self.path = Bytes::new();
+        self.client_label = None;
+    }
+
+    /// Starts the record of the next exchange on the same connection, keeping what can
+    /// be reused (the host's buffer: most connections talk to one host).
+    pub fn restart(&mut self, started: Instant) {
+        let mut host = std::mem::take(&mut self.host);
+        host.clear();
+        *self = Exchange {
+            host,
+            ..Exchange::empty(self.client, started)
+        };
+    }
+
+    fn empty(client: SocketAddr, started: Instant) -> Self {
         Exchange {
-            client: client.addr,
+            client,
             started,
             method: Bytes::new(),
             host: String::new(),

@@ -6,6 +6,7 @@
 //! without splitting it. A write returns once every byte has left the process: for TLS
 //! that includes the records the session still held.
 
+use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::time::Duration;
 
@@ -72,9 +73,7 @@ async fn read_with(
     drain: bool,
 ) -> Result<usize, IoFail> {
     loop {
-        if buf.capacity() - buf.len() < chunk / 4 {
-            buf.reserve(chunk);
-        }
+        make_room(buf, chunk);
         let read = if drain {
             try_read_draining(stream, buf)
         } else {
@@ -91,6 +90,78 @@ async fn read_with(
                 .await
                 .map_err(|_| IoFail::Timeout)??;
         }
+    }
+}
+
+/// Size of the read buffers a worker recycles (see [`recycle`]): heads are read into
+/// one, and small bodies follow in the same buffer.
+const RECYCLED: usize = 16 * 1024;
+
+/// How many empty read buffers a worker keeps for reuse (at most 1 MiB per worker).
+const MAX_RECYCLED: usize = 64;
+
+thread_local! {
+    /// This worker's empty read buffers, for the next connection that has bytes to read.
+    /// Thread-local: one list per worker thread, never shared, never locked.
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Makes room in `buf` for a read of up to `chunk` bytes. An empty buffer with no
+/// allocation takes one of the worker's recycled buffers when `chunk` fits in one.
+fn make_room(buf: &mut BytesMut, chunk: usize) {
+    if buf.capacity() - buf.len() >= chunk / 4 {
+        return;
+    }
+    if buf.capacity() == 0 && chunk <= RECYCLED {
+        *buf = SPARE
+            .with_borrow_mut(Vec::pop)
+            .unwrap_or_else(|| BytesMut::with_capacity(RECYCLED));
+        return;
+    }
+    buf.reserve(chunk);
+}
+
+/// Gives an empty read buffer back to the worker (leaving `buf` with no allocation), so
+/// that a connection waiting for its next bytes holds no buffer and the next read does
+/// not allocate one. Kept only if no `Bytes` still points into it (a head split off
+/// it and not yet dropped) and it is of the recycled size; otherwise freed.
+pub fn recycle(buf: &mut BytesMut) {
+    let mut buf = std::mem::take(buf);
+    if !buf.is_empty() || buf.capacity() == 0 {
+        return;
+    }
+    // Unique (nothing else points into it): its whole allocation is room again.
+    if !buf.try_reclaim(RECYCLED) || buf.capacity() > 4 * RECYCLED {
+        return;
+    }
+    SPARE.with_borrow_mut(|spare| {
+        if spare.len() < MAX_RECYCLED {
+            spare.push(buf);
+        }
+    });
+}
+
+/// A read buffer that goes back to the worker's spare list when dropped (see
+/// [`recycle`]).
+#[derive(Default)]
+pub struct RecycledBuf(BytesMut);
+
+impl std::ops::Deref for RecycledBuf {
+    type Target = BytesMut;
+    fn deref(&self) -> &BytesMut {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RecycledBuf {
+    fn deref_mut(&mut self) -> &mut BytesMut {
+        &mut self.0
+    }
+}
+
+impl Drop for RecycledBuf {
+    fn drop(&mut self) {
+        recycle(&mut self.0);
     }
 }
 
@@ -138,14 +209,12 @@ pub async fn read_some_idle(
                 .await
                 .map_err(|_| IoFail::Timeout)??;
         }
-        if buf.capacity() - buf.len() < chunk / 4 {
-            buf.reserve(chunk);
-        }
+        make_room(buf, chunk);
         match try_read_draining(stream, buf) {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if buf.is_empty() {
-                    *buf = BytesMut::new();
+                    recycle(buf);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -164,7 +233,7 @@ pub async fn write_all(stream: &Stream, mut data: &[u8], idle: Duration) -> Resu
             Ok(0) => return Err(IoFail::Closed),
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let n = wait_for_room(stream, &[IoSlice::new(data)], idle).await?;
+                let n = wait_for_room(stream, Pending::Slice(data), idle).await?;
                 data = &data[n..];
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -174,6 +243,30 @@ pub async fn write_all(stream: &Stream, mut data: &[u8], idle: Duration) -> Resu
     flush(stream, idle).await
 }
 
+/// At most this many pieces go into one vectored write.
+const MAX_IOV: usize = 64;
+
+/// Fills `slices` with the first pieces of `parts`; returns how many.
+fn io_slices<'a>(parts: &'a [Bytes], slices: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
+    let mut count = 0;
+    for (slot, part) in slices.iter_mut().zip(parts) {
+        *slot = IoSlice::new(part);
+        count += 1;
+    }
+    count
+}
+
+/// One non-blocking vectored write of the first pieces of `parts`.
+///
+/// A plain function, so that the array of `IoSlice`s lives on the stack only for the
+/// call: an `async fn` holding it across its waits would carry a kilobyte of slices in
+/// every future that writes a head.
+fn try_write_parts(stream: &Stream, parts: &[Bytes]) -> io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); MAX_IOV];
+    let count = io_slices(parts, &mut slices);
+    stream.try_write_vectored(slices.get(..count).unwrap_or_default())
+}
+
 /// Writes all `parts` with vectored writes (a head made of untouched spans and edits).
 /// `parts` is consumed: on return it is empty. `idle` bounds the time without progress.
 pub async fn write_parts(
@@ -181,20 +274,14 @@ pub async fn write_parts(
     parts: &mut Vec<Bytes>,
     idle: Duration,
 ) -> Result<(), IoFail> {
-    const MAX_IOV: usize = 64;
     let mut first = 0;
     while first < parts.len() {
-        let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        let mut count = 0;
-        for (slot, part) in slices.iter_mut().zip(&parts[first..]) {
-            *slot = IoSlice::new(part);
-            count += 1;
-        }
-        let written = match stream.try_write_vectored(&slices[..count]) {
+        let pending = parts.get(first..).unwrap_or_default();
+        let written = match try_write_parts(stream, pending) {
             Ok(0) => return Err(IoFail::Closed),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait_for_room(stream, &slices[..count], idle).await?
+                wait_for_room(stream, Pending::Parts(pending), idle).await?
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(IoFail::Io(e)),
@@ -225,10 +312,34 @@ pub async fn flush(stream: &Stream, idle: Duration) -> Result<(), IoFail> {
         match stream.flush_out(false) {
             Ok((_, true)) => return Ok(()),
             Ok((_, false)) => {
-                wait_for_room(stream, &[], idle).await?;
+                wait_for_room(stream, Pending::Nothing, idle).await?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(IoFail::Io(e)),
+        }
+    }
+}
+
+/// What a write waiting for room still has to send.
+#[derive(Clone, Copy)]
+enum Pending<'a> {
+    Slice(&'a [u8]),
+    Parts(&'a [Bytes]),
+    /// Only what a TLS session holds.
+    Nothing,
+}
+
+impl Pending<'_> {
+    /// One direct, non-blocking send of the first bytes (see [`Stream::send_raw`]).
+    fn send_raw(self, stream: &Stream) -> io::Result<Option<usize>> {
+        match self {
+            Pending::Slice(data) => stream.send_raw(&[IoSlice::new(data)]),
+            Pending::Parts(parts) => {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let count = io_slices(parts, &mut slices);
+                stream.send_raw(slices.get(..count).unwrap_or_default())
+            }
+            Pending::Nothing => stream.send_raw(&[]),
         }
     }
 }
@@ -244,7 +355,7 @@ pub async fn flush(stream: &Stream, idle: Duration) -> Result<(), IoFail> {
 /// as any room is free): a byte taken is progress and restarts the inactivity bound.
 async fn wait_for_room(
     stream: &Stream,
-    data: &[IoSlice<'_>],
+    data: Pending<'_>,
     idle: Duration,
 ) -> Result<usize, IoFail> {
     let tick = (idle / 8).clamp(Duration::from_millis(5), Duration::from_secs(1));
@@ -261,7 +372,7 @@ async fn wait_for_room(
         }
         // Bypasses tokio's readiness cache, which says "not writable" until the kernel's
         // wake-up threshold: this is a real non-blocking send.
-        if let Some(n) = stream.send_raw(data)? {
+        if let Some(n) = data.send_raw(stream)? {
             return Ok(n);
         }
     }

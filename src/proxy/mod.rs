@@ -231,6 +231,8 @@ async fn serve_requests(
     conn_id: u64,
 ) -> Option<Box<tunnel::Intercept>> {
     let mut fresh = true;
+    // One record per connection, restarted for each exchange.
+    let mut exchange = Exchange::new(client, Instant::now());
     loop {
         let head = match read_head(client, &shared.config, shutdown, fresh).await {
             Ok(HeadRead::Head(head)) => head,
@@ -243,7 +245,7 @@ async fn serve_requests(
             }
         };
         fresh = false;
-        let mut exchange = Exchange::new(client, Instant::now());
+        exchange.restart(Instant::now());
         exchange.set_request(&head);
         // The exchange's state machine is large and a task's future is allocated at its
         // largest size for the connection's whole life: boxing it per exchange keeps an
@@ -267,6 +269,8 @@ async fn serve_requests(
         match result {
             Ok(Next::KeepAlive) => {
                 exchange.log_ok(conn_id, shared.worker);
+                // Holds nothing of this request while the connection waits for the next.
+                exchange.release();
                 if *shutdown.borrow() {
                     return None;
                 }
@@ -501,7 +505,8 @@ async fn route(
         && matches!(target, Target::Absolute { .. })
         && conn.chain.wants_request_body_first()
     {
-        let body = forward::read_body_first(client, &head, &shared.config).await?;
+        let read = Box::pin(forward::read_body_first(client, &head, &shared.config));
+        let body = read.await?;
         let cx = shared.plugin_cx(client);
         conn.chain
             .on_request_body_first(&cx, &body)
@@ -543,7 +548,9 @@ async fn route(
     match target {
         Target::Authority { host, port } => {
             exchange.set_target(&host, port, &Bytes::new());
-            let plan = tunnel::run(
+            // Boxed: a tunnel's state is large and would otherwise be carried by every
+            // forwarded request's future.
+            let tunnel = Box::pin(tunnel::run(
                 client,
                 shared,
                 &head,
@@ -551,8 +558,8 @@ async fn route(
                 port,
                 exchange,
                 &mut conn.chain,
-            )
-            .await?;
+            ));
+            let plan = tunnel.await?;
             Ok(plan.map_or(Next::Close, Next::Intercept))
         }
         Target::Absolute {
@@ -698,7 +705,7 @@ async fn read_head(
             // wait lasts until a byte arrives: a readiness report alone (tokio gives one for
             // a fresh socket, and a stale one after an exchange) is not a request yet, so
             // the header timeout only starts with the first byte.
-            client.buf = BytesMut::new();
+            io::recycle(&mut client.buf);
             let stopping = *shutdown.borrow();
             if stopping && !fresh && io::is_idle_and_open(&client.stream) {
                 return Ok(HeadRead::Done);
@@ -741,7 +748,9 @@ async fn read_head(
                     return Ok(HeadRead::Done);
                 }
             }
-            head_deadline = Some(tokio::time::Instant::now() + config.header_timeout);
+            // The header timeout runs from this first byte; its deadline is taken only
+            // if the head turns out incomplete (below), a moment later: most heads come
+            // whole in one read, and the clock is not read for them.
             continue;
         }
         // Part of a head has arrived: the rest must come within the header timeout.

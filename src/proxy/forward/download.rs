@@ -6,12 +6,14 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
 use super::body::{frame_piece, relay_body, relay_transformed, write_framed, Decoding};
-use super::request::{names_framing_header, remove_connection_listed};
+use super::request::{is_hop_by_hop, names_framing_header, remove_connection_listed};
 use super::upload::UploadProgress;
-use super::{upstream_error, End, Failure, Recorders, RequestFacts, HOP_BY_HOP};
+use super::{upstream_error, End, Failure, Recorders, RequestFacts};
 use crate::config::Config;
 use crate::conn::access::Exchange;
-use crate::conn::io::{client_io_error, read_head_bytes, write_all, write_parts, IoFail};
+use crate::conn::io::{
+    client_io_error, read_head_bytes, write_all, write_parts, IoFail, RecycledBuf,
+};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::{parse_response, response_body_kind, BodyKind, Parsed, ResponseHead, Version};
 use crate::plugin::{Chain, Flow, RequestCx, MAX_BUFFERED_RESPONSE_BODY};
@@ -52,7 +54,9 @@ pub(super) async fn download(
     shutdown: &watch::Receiver<bool>,
     received: &mut Recorders,
 ) -> std::result::Result<Downloaded, Failure> {
-    let mut buf = BytesMut::new();
+    // Back to the worker's spare buffers when the exchange is over (declared first, so
+    // dropped last: after the heads that point into it).
+    let mut buf = RecycledBuf::default();
     let mut received_any = false;
     let mut head = loop {
         let head =
@@ -80,11 +84,7 @@ pub(super) async fn download(
             let websocket = request.websocket && head.has_token("upgrade", "websocket");
             let mut head = head;
             remove_connection_listed(&mut head, true);
-            for name in HOP_BY_HOP {
-                if *name != "upgrade" {
-                    head.remove(name);
-                }
-            }
+            head.remove_where(|name| is_hop_by_hop(name) && !name.eq_ignore_ascii_case(b"upgrade"));
             head.append("Connection", b"upgrade");
             head.encode_with_version(Version::Http11, parts);
             let len: usize = parts.iter().map(Bytes::len).sum();
@@ -94,7 +94,7 @@ pub(super) async fn download(
             exchange.set_status(101);
             exchange.add_bytes(len as u64);
             return Ok(Downloaded::Upgraded {
-                leftover: buf,
+                leftover: std::mem::take(&mut *buf),
                 websocket,
             });
         }
@@ -171,7 +171,8 @@ pub(super) async fn download(
     }
     if !hooks.chain.is_empty() && hooks.chain.wants_whole_response() {
         let mut hooks = hooks;
-        return whole_response(
+        // Boxed: only scripts that read whole responses take this path.
+        let whole = Box::pin(whole_response(
             client,
             upstream,
             config,
@@ -180,13 +181,12 @@ pub(super) async fn download(
             parts,
             &mut hooks,
             head,
-            buf,
+            std::mem::take(&mut *buf),
             body,
             close_client,
             received,
-        )
-        .await
-        .map(|(client_keep_alive, upstream_reusable)| {
+        ));
+        return whole.await.map(|(client_keep_alive, upstream_reusable)| {
             Downloaded::Done(End {
                 client_keep_alive,
                 upstream_reusable: upstream_reusable && origin_keeps_open,
@@ -426,9 +426,7 @@ fn concat(pieces: &[Bytes]) -> Bytes {
 /// Removes hop-by-hop headers from a response (the ones `Connection` lists too).
 fn strip_hop_by_hop(head: &mut ResponseHead) {
     remove_connection_listed(head, false);
-    for name in HOP_BY_HOP {
-        head.remove(name);
-    }
+    head.remove_where(is_hop_by_hop);
 }
 
 /// Reads one response head from the origin.

@@ -103,7 +103,8 @@ pub async fn run(
     let whole = match early_body {
         Some(early) => Some(early),
         None if body != BodyKind::Empty && !chain.is_empty() && chain.wants_request_body() => {
-            Some(read_whole_body(client, &head, body, config).await?)
+            let read = Box::pin(read_whole_body(client, &head, body, config));
+            Some(read.await?)
         }
         None => None,
     };
@@ -172,21 +173,10 @@ pub async fn run(
             Some(stream) => (stream, true),
             None => {
                 let plugin = upstream::resolve_hook(chain, &cx, host, port)?;
-                let deadline = tokio::time::Instant::now() + config.connect_timeout;
-                let connected = upstream::connect(shared, host, port, plugin).await?;
-                let stream = Stream::Tcp(connected.stream);
-                let stream = match tls {
-                    None => stream,
-                    Some(name) => {
-                        let origins = shared.tls.origins();
-                        tls::client::handshake(stream, name, &origins, deadline, config.timeout)
-                            .await?
-                    }
-                };
-                // A TLS connection verified for another name than its host (an
-                // intercepted tunnel's SNI) serves only requests for that name: not pooled.
-                let poolable = connected.poolable && tls.map_or(true, |name| name == host);
-                (stream, poolable)
+                // Boxed: connecting (DNS, TCP, TLS) is rare next to reusing a pooled
+                // connection, and its state would otherwise be carried by every exchange.
+                let open = Box::pin(open_upstream(shared, target, plugin));
+                open.await?
             }
         };
         if attempt == 0 {
@@ -227,6 +217,31 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Connects to `target` (TLS included). Returns the connection and whether it may be
+/// pooled afterwards.
+async fn open_upstream(
+    shared: &Shared,
+    target: Upstream<'_>,
+    plugin: Option<(&'static str, crate::plugin::ResolveFuture)>,
+) -> Result<(Stream, bool)> {
+    let Upstream { host, port, tls } = target;
+    let config = &shared.config;
+    let deadline = tokio::time::Instant::now() + config.connect_timeout;
+    let connected = upstream::connect(shared, host, port, plugin).await?;
+    let stream = Stream::Tcp(connected.stream);
+    let stream = match tls {
+        None => stream,
+        Some(name) => {
+            let origins = shared.tls.origins();
+            tls::client::handshake(stream, name, &origins, deadline, config.timeout).await?
+        }
+    };
+    // A TLS connection verified for another name than its host (an intercepted tunnel's
+    // SNI) serves only requests for that name: not pooled.
+    let poolable = connected.poolable && tls.map_or(true, |name| name == host);
+    Ok((stream, poolable))
 }
 
 /// The whole request body, for plugins that need it before `on_request` (empty when
@@ -368,15 +383,19 @@ async fn exchange_once(
             buf: client_buf,
             ..
         } = &mut *client;
-        let mut upload = pin!(upload(
-            client_stream,
-            client_buf,
-            upstream,
-            request.body,
-            config,
-            &progress.done,
-            sent
-        ));
+        // A bodiless request has nothing to upload: no upload future at all. A body's
+        // upload is boxed, so that its state is not carried by every exchange.
+        let mut upload = (request.body != BodyKind::Empty).then(|| {
+            Box::pin(upload(
+                client_stream,
+                client_buf,
+                upstream,
+                request.body,
+                config,
+                &progress.done,
+                sent,
+            ))
+        });
         let mut download = pin!(download(
             client_stream,
             upstream,
@@ -391,16 +410,15 @@ async fn exchange_once(
         ));
         let mut upload_result: Option<std::result::Result<(), UploadFail>> = None;
         let downloaded = loop {
+            let Some(uploading) = upload.as_mut().filter(|_| upload_result.is_none()) else {
+                break (&mut download).await;
+            };
             tokio::select! {
                 biased;
                 d = &mut download => break d,
-                u = &mut upload, if upload_result.is_none() => {
-                    // Only a body's end counts: a bodiless request's upload "ends" at
-                    // once, and stamping it would cost a clock read per request and
-                    // stretch the response wait below by up to one more `--timeout`.
-                    if request.body != BodyKind::Empty {
-                        progress.ended.set(Some(Instant::now()));
-                    }
+                u = uploading => {
+                    // Only a body's end is stamped (a bodiless request never gets here).
+                    progress.ended.set(Some(Instant::now()));
                     match u {
                         // The client vanished or sent a broken body: the exchange is over.
                         Err(UploadFail::Client(err)) => return Err(Failure::Fatal(err)),
@@ -432,7 +450,12 @@ async fn exchange_once(
                 websocket,
                 parse: websocket && request.ws_messages,
             };
-            return relay_upgraded(client, upstream, upgraded, config, exchange, chain, cx).await;
+            // Boxed (a plain statement, not an inline `.await`): the relay's state is
+            // large and rare, and would otherwise be carried by every exchange's future.
+            let relay = Box::pin(relay_upgraded(
+                client, upstream, upgraded, config, exchange, chain, cx,
+            ));
+            return relay.await;
         }
     };
     Ok(End {

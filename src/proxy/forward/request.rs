@@ -9,12 +9,12 @@ use crate::conn::io::{client_io_error, read_some, write_all};
 use crate::conn::Client;
 use crate::error::{ErrorKind, ProxyError, Result};
 use crate::http::response::CONTINUE_100;
-use crate::http::target::host_header_value;
+use crate::http::target::{host_header_is, host_header_value};
 use crate::http::{BodyKind, ChunkedDecoder, RequestHead, ResponseHead, Scheme, Version};
 use crate::plugin::MAX_BUFFERED_REQUEST_BODY;
 
-/// Our `Via` entry (RFC 9110 §7.6.3): protocol version and pseudonym.
-const VIA: &[u8] = b"1.1 proxy";
+/// Our `Via` line (RFC 9110 §7.6.3): protocol version and pseudonym.
+const VIA_LINE: &[u8] = b"Via: 1.1 proxy\r\n";
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1), besides
 /// the ones a `Connection` header lists. `Upgrade` is kept only while upgrading.
@@ -26,6 +26,13 @@ pub const HOP_BY_HOP: &[&str] = &[
     "upgrade",
     "proxy-authorization",
 ];
+
+/// Whether `name` is one of [`HOP_BY_HOP`] (case-insensitive).
+pub(super) fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|hop| name.eq_ignore_ascii_case(hop.as_bytes()))
+}
 
 /// Rewrites a request head for the origin. Returns whether this is an upgrade.
 /// `intercepted`: the request came inside an intercepted tunnel, in origin-form; its
@@ -41,12 +48,9 @@ pub(super) fn prepare_request(
         && head.count("upgrade") > 0
         && head.has_token("connection", "upgrade");
     remove_connection_listed(head, upgrade);
-    for name in HOP_BY_HOP {
-        if upgrade && *name == "upgrade" {
-            continue;
-        }
-        head.remove(name);
-    }
+    head.remove_where(|name| {
+        is_hop_by_hop(name) && !(upgrade && name.eq_ignore_ascii_case(b"upgrade"))
+    });
     if upgrade {
         head.append("Connection", b"upgrade");
     }
@@ -60,12 +64,20 @@ pub(super) fn prepare_request(
         } else {
             Scheme::Http
         };
-        head.set(
-            "host",
-            host_header_value(scheme, target.host, target.port).as_bytes(),
-        );
+        // A client's own Host that already names the target is kept as sent (most
+        // clients send exactly that): nothing to render.
+        let same = head.count("host") == 1
+            && head
+                .header("host")
+                .is_some_and(|value| host_header_is(value, scheme, target.host, target.port));
+        if !same {
+            head.set(
+                "host",
+                host_header_value(scheme, target.host, target.port).as_bytes(),
+            );
+        }
     }
-    head.append("Via", VIA);
+    head.append_static(VIA_LINE);
     head.set_target(path);
     upgrade
 }
