@@ -179,7 +179,7 @@ pub async fn run(
                 open.await?
             }
         };
-        if attempt == 0 {
+        if attempt == 0 && sent.any() {
             // What is sent upstream is recorded once the connection exists (a retry
             // sends the same bytes again).
             for part in parts.iter() {
@@ -277,6 +277,11 @@ struct Recorders {
 impl Recorders {
     fn new(sinks: Vec<Box<dyn WireSink>>) -> Self {
         Recorders { sinks }
+    }
+
+    /// Whether any plugin records this direction.
+    fn any(&self) -> bool {
+        !self.sinks.is_empty()
     }
 
     fn record(&mut self, bytes: &[u8]) {
