@@ -247,30 +247,24 @@ impl Fields {
 
     /// Marks every live header whose name `drop` accepts as removed, in one pass;
     /// returns how many.
-    pub(crate) fn remove_where(&mut self, mut drop: impl FnMut(&[u8]) -> bool) -> usize {
-        let mut removed = 0;
-        for i in 0..self.list.len() {
-            let Some(field) = self.list.get(i).copied() else {
-                break;
-            };
-            if field.is_live() && drop(self.name_of(&field)) {
-                if let Some(f) = self.list.get_mut(i) {
-                    f.slot = Slot::Removed;
-                    removed += 1;
-                }
-            }
-        }
-        removed
+    pub(crate) fn remove_where(&mut self, drop: impl FnMut(&[u8]) -> bool) -> usize {
+        self.remove_matching(0, drop)
     }
 
     /// Marks every live `name` header at index `from` or later as removed; returns how many.
     fn remove_from(&mut self, from: usize, name: &str) -> usize {
+        self.remove_matching(from, |n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+
+    /// Marks every live header at index `from` or later whose name `drop` accepts as
+    /// removed; returns how many.
+    fn remove_matching(&mut self, from: usize, mut drop: impl FnMut(&[u8]) -> bool) -> usize {
         let mut removed = 0;
         for i in from..self.list.len() {
             let Some(field) = self.list.get(i).copied() else {
                 break;
             };
-            if field.is_live() && self.name_of(&field).eq_ignore_ascii_case(name.as_bytes()) {
+            if field.is_live() && drop(self.name_of(&field)) {
                 if let Some(f) = self.list.get_mut(i) {
                     f.slot = Slot::Removed;
                     removed += 1;

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::conn::access::Exchange;
 use crate::conn::io::{client_io_error, read_some, write_all, write_parts};
 use crate::error::{ErrorKind, ProxyError};
-use crate::http::{BodyKind, ChunkedDecoder};
+use crate::http::{BodyKind, ChunkedDecoder, FramingError};
 use crate::plugin::PluginError;
 
 /// Relays a response body as framed. Returns whether it ended cleanly with no stray
@@ -72,12 +72,7 @@ pub(super) async fn relay_body(
                     ranges.clear();
                     let progress = decoder
                         .advance(buf, if dechunk { Some(&mut ranges) } else { None })
-                        .map_err(|e| {
-                            Failure::Fatal(ProxyError::new(
-                                e.response_kind(),
-                                format!("response chunked body: {e:?}"),
-                            ))
-                        })?;
+                        .map_err(chunked_failure)?;
                     let piece = buf.split_to(progress.consumed).freeze();
                     received.record(&piece);
                     if dechunk {
@@ -188,12 +183,7 @@ impl Decoding {
                 let progress = self
                     .decoder
                     .advance(buf, Some(&mut self.ranges))
-                    .map_err(|e| {
-                        Failure::Fatal(ProxyError::new(
-                            e.response_kind(),
-                            format!("response chunked body: {e:?}"),
-                        ))
-                    })?;
+                    .map_err(chunked_failure)?;
                 let piece = buf.split_to(progress.consumed).freeze();
                 received.record(&piece);
                 pieces.extend(self.ranges.iter().map(|r| piece.slice(r.clone())));
@@ -287,6 +277,14 @@ pub(super) async fn relay_transformed(
     }
     write_framed(client, &mut parts, config, exchange).await?;
     Ok(decoding.clean(buf))
+}
+
+/// A broken chunked response body: the exchange is over.
+fn chunked_failure(e: FramingError) -> Failure {
+    Failure::Fatal(ProxyError::new(
+        e.response_kind(),
+        format!("response chunked body: {e:?}"),
+    ))
 }
 
 /// Appends `data` to `parts`, as one chunk when `chunked` (nothing for empty data:
