@@ -234,7 +234,12 @@ fn plugins_scripts_run_in_command_line_order_then_script_ones() {
 
 #[test]
 fn a_script_that_does_not_load_stops_start_up_with_file_and_line() {
-    let bad = script("syntax", "function request(flow)\n  if then\nend\n");
+    // Lua shortens chunk names over 59 bytes to `...` and their tail: the error still
+    // names the whole file.
+    let bad = script(
+        "syntax-in-a-file-whose-name-alone-is-longer-than-lua-would-keep",
+        "function request(flow)\n  if then\nend\n",
+    );
     let raises = script("raises", "local x = 1\nerror(\"no config\")\n");
     for (path, line) in [(&bad, 2), (&raises, 2)] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxy"))

@@ -308,7 +308,7 @@ fn flush(vm: &Vm, session: &str, last: bool) {
         tracing::warn!(
             error.code = ErrorKind::ScriptError.code(),
             "script {}",
-            vm::describe(&e)
+            vm.describe(&e)
         );
     }
 }
@@ -327,7 +327,7 @@ pub fn done_on_this_thread() {
                 tracing::warn!(
                     error.code = ErrorKind::ScriptError.code(),
                     "script {}",
-                    vm::describe(&e)
+                    vm.describe(&e)
                 );
             }
         }
@@ -362,7 +362,7 @@ impl LuaPlugin {
             Ok(())
         };
         if let Err(e) = run() {
-            script_failed(cx.client, &e);
+            script_failed(vm, cx.client, &e);
         }
     }
 
@@ -386,7 +386,7 @@ impl LuaPlugin {
         if let Err(e) = result {
             if !ex.logged {
                 ex.logged = true;
-                script_failed(ex.client, &e);
+                script_failed(vm, ex.client, &e);
             }
         }
     }
@@ -412,7 +412,7 @@ impl LuaPlugin {
         vm.refill();
         let flow = flow::flow_value(shared);
         for handler in handlers {
-            handler.call(&flow).map_err(|e| vm::describe(&e))?;
+            handler.call(&flow).map_err(|e| vm.describe(&e))?;
             if shared.borrow().control.is_some() {
                 break;
             }
@@ -674,7 +674,7 @@ impl Plugin for LuaPlugin {
             Ok(intercept) => intercept,
             Err(e) => {
                 // Fail-open: the flags' choice stands.
-                script_failed(cx.client, &e);
+                script_failed(&vm, cx.client, &e);
                 true
             }
         }
@@ -697,7 +697,7 @@ impl Plugin for LuaPlugin {
             Ok(())
         };
         if let Err(e) = run() {
-            script_failed(cx.client, &e);
+            script_failed(&vm, cx.client, &e);
         }
     }
 
@@ -762,7 +762,7 @@ impl Plugin for LuaPlugin {
         let state = state.borrow();
         msg.data = state.content.clone();
         if let Err(e) = result {
-            let _fail_open = self.failed(&vm, &shared, vm::describe(&e))?;
+            let _fail_open = self.failed(&vm, &shared, vm.describe(&e))?;
         }
         Ok(if state.dropped {
             WsVerdict::Drop
@@ -840,12 +840,12 @@ fn borrowed(headers: &[(String, String)]) -> Vec<(&str, &str)> {
 }
 
 /// Logs a failed handler of an event outside an exchange's own failure handling.
-fn script_failed(client: std::net::SocketAddr, err: &mlua::Error) {
+fn script_failed(vm: &Vm, client: std::net::SocketAddr, err: &mlua::Error) {
     tracing::warn!(
         error.code = ErrorKind::ScriptError.code(),
         client = %client,
         "script {}",
-        vm::describe(err)
+        vm.describe(err)
     );
 }
 

@@ -225,6 +225,19 @@ fn a_runaway_handler_cannot_catch_the_end_of_its_budget() {
 }
 
 #[test]
+fn a_long_script_path_is_named_whole_in_runtime_errors() {
+    let long = "/srv/proxy/scripts/a-directory-name-long-enough-that-lua-shortens/filter.lua";
+    let mut s = script("function request(f)\n  error('no route')\nend");
+    s.path = PathBuf::from(long);
+    let vm = Vm::load(&s).unwrap();
+    vm.refill();
+    let err = vm.request[0].call(&mlua::Value::Nil).unwrap_err();
+    // Lua itself keeps only the tail; the VM's description has the whole name.
+    assert!(vm::describe(&err).starts_with("..."), "{err}");
+    assert_eq!(vm.describe(&err), format!("{long}:2: no route"));
+}
+
+#[test]
 fn an_idle_vm_stays_under_one_mebibyte() {
     let source = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -1,7 +1,7 @@
 //! One script's Lua VM: the sandbox, the limits, and the handlers found at load.
 
 use std::cell::Cell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -108,6 +108,8 @@ pub(crate) struct Vm {
     /// Instructions left for the running event.
     budget: Rc<Cell<u64>>,
     limit: u64,
+    /// The script's file or hooks directory, to name its files whole in errors.
+    root: PathBuf,
     pub(crate) lua: Lua,
 }
 
@@ -119,7 +121,7 @@ impl Vm {
     /// The script does not compile, raises while loading or in `start`, or runs past a
     /// limit: `file:line: message`.
     pub(crate) fn load(script: &Script) -> Result<Vm, String> {
-        let fail = |e: mlua::Error| describe(&e);
+        let fail = |e: mlua::Error| whole_paths(describe(&e), &script.path);
         // No `coroutine`: mlua 0.10 hooks one Lua thread at a time, so a coroutine would
         // run outside the instruction budget.
         let libs = StdLib::TABLE
@@ -181,6 +183,7 @@ impl Vm {
             response_bodies: false,
             budget,
             limit: script.instruction_limit,
+            root: script.path.clone(),
             lua,
         };
         vm.refill();
@@ -466,6 +469,100 @@ pub(crate) fn describe(err: &mlua::Error) -> String {
     }
 }
 
+impl Vm {
+    /// [`describe`], with this script's file names whole.
+    pub(crate) fn describe(&self, err: &mlua::Error) -> String {
+        whole_paths(describe(err), &self.root)
+    }
+}
+
+/// How much of a long file name Lua keeps in its messages: `LUA_IDSIZE` (60) less
+/// `...` and the terminating NUL.
+const LUA_NAME_TAIL: usize = 56;
+
+/// `msg` with the script's file names whole again. Lua shortens a file name longer
+/// than 59 bytes to `...` and its last 56, which can hide the directory; `root` is
+/// the script file, or the directory of a hooks script, and the tail is matched
+/// against it up to the `:` before the line number.
+fn whole_paths(msg: String, root: &Path) -> String {
+    if !msg.contains("...") {
+        return msg;
+    }
+    let root = root.display().to_string();
+    let mut out = String::with_capacity(msg.len() + 64);
+    let mut rest = msg.as_str();
+    while let Some(at) = rest.find("...") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 3..];
+        match whole_name(after, &root) {
+            Some((name, shortened)) => {
+                out.push_str(&name);
+                rest = &after[shortened..];
+            }
+            None => {
+                out.push_str("...");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The file under `root` whose name ends with the shortened name at the start of
+/// `after`, and the length of that shortened name.
+fn whole_name(after: &str, root: &str) -> Option<(String, usize)> {
+    let tail = after.get(..LUA_NAME_TAIL)?;
+    if after.as_bytes().get(LUA_NAME_TAIL) != Some(&b':') {
+        return None;
+    }
+    let file = tail.rsplit('/').next().filter(|f| !f.is_empty())?;
+    let in_dir = format!("{}/{file}", root.trim_end_matches('/'));
+    [root.to_owned(), in_dir]
+        .into_iter()
+        .find(|name| name.len() > tail.len() && name.ends_with(tail))
+        .map(|name| (name, tail.len()))
+}
+
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortened_names_of_the_scripts_files_are_made_whole() {
+        let dir = "/srv/proxy/a-directory-name-long-enough-for-lua-to-shorten/";
+        let file = format!("{dir}after_request.lua");
+        let short = format!("...{}", &file[file.len() - LUA_NAME_TAIL..]);
+        let whole = |msg: &str| whole_paths(msg.to_owned(), Path::new(dir));
+        // A file of a hooks directory, each time it appears.
+        assert_eq!(
+            whole(&format!("{short}:3: x near '...'")),
+            format!("{file}:3: x near '...'")
+        );
+        assert_eq!(
+            whole(&format!("{short}:2: {short}:9: boom")),
+            format!("{file}:2: {file}:9: boom")
+        );
+        // Dots that are not a shortened name of this script's files stay.
+        let other = format!("...{}", &short[4..]);
+        for kept in [
+            format!("{other}:1: x"),
+            short.clone(),
+            format!("{short}x:1: x"),
+            "wait... what: x".to_owned(),
+            "trailing ...".to_owned(),
+        ] {
+            assert_eq!(whole(&kept), kept);
+        }
+        // A single script file.
+        let script = Path::new(&file);
+        assert_eq!(
+            whole_paths(format!("{short}:4: boom"), script),
+            format!("{file}:4: boom")
+        );
+    }
 }

@@ -164,7 +164,7 @@ fn deliver() {
                 tracing::warn!(
                     error.code = ErrorKind::ScriptError.code(),
                     "script {}",
-                    super::super::vm::describe(&e)
+                    vm.describe(&e)
                 );
             }
         }
