@@ -247,7 +247,7 @@ pub async fn write_all(stream: &Stream, mut data: &[u8], idle: Duration) -> Resu
 const MAX_IOV: usize = 64;
 
 /// Fills `slices` with the first pieces of `parts`; returns how many.
-fn io_slices<'a>(parts: &'a [Bytes], slices: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
+fn io_slices<'a>(parts: &'a [Bytes], slices: &mut [IoSlice<'a>]) -> usize {
     let mut count = 0;
     for (slot, part) in slices.iter_mut().zip(parts) {
         *slot = IoSlice::new(part);
@@ -262,7 +262,19 @@ fn io_slices<'a>(parts: &'a [Bytes], slices: &mut [IoSlice<'a>; MAX_IOV]) -> usi
 /// call: an `async fn` holding it across its waits would carry a kilobyte of slices in
 /// every future that writes a head.
 fn try_write_parts(stream: &Stream, parts: &[Bytes]) -> io::Result<usize> {
-    let mut slices = [IoSlice::new(&[]); MAX_IOV];
+    // A head is a handful of pieces: most writes fill (and so initialize) a short array.
+    if parts.len() <= FEW_IOV {
+        try_write_few::<FEW_IOV>(stream, parts)
+    } else {
+        try_write_few::<MAX_IOV>(stream, parts)
+    }
+}
+
+/// Pieces that fit the short array of [`try_write_parts`].
+const FEW_IOV: usize = 16;
+
+fn try_write_few<const N: usize>(stream: &Stream, parts: &[Bytes]) -> io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); N];
     let count = io_slices(parts, &mut slices);
     stream.try_write_vectored(slices.get(..count).unwrap_or_default())
 }
