@@ -391,8 +391,9 @@ pub struct AccessLog {
     format: LineFormat,
     writer: LogWriter,
     /// The template with everything a callsite fixes (pid, level, module, line…)
-    /// rendered once, for the first callsite seen (the proxy has one).
-    fixed: OnceLock<(Callsite, Template)>,
+    /// rendered once, for the first callsite seen (the proxy has one), and whether
+    /// [`Template::render_direct`] can render it.
+    fixed: OnceLock<(Callsite, Template, bool)>,
 }
 
 /// Per-thread buffers for access lines, reused so that a line allocates nothing.
@@ -451,10 +452,11 @@ impl AccessLog {
         message: &mut String,
         out: &mut String,
     ) {
-        message.clear();
-        event.message(message);
         match &self.format.kind {
+            LineKind::Template(_) if self.render_fixed(callsite, event, time, out) => {}
             LineKind::Template(general) => {
+                message.clear();
+                event.message(message);
                 let mut record = Record {
                     time,
                     level: Level::INFO,
@@ -468,8 +470,12 @@ impl AccessLog {
                     fields: Vec::new(),
                     spans: None,
                 };
-                let template = match self.fixed.get_or_init(|| (*callsite, general.fix(&record))) {
-                    (site, fixed) if site.same(callsite) => fixed,
+                let template = match self.fixed.get_or_init(|| {
+                    let fixed = general.fix(&record);
+                    let direct = fixed.is_direct();
+                    (*callsite, fixed, direct)
+                }) {
+                    (site, fixed, _) if site.same(callsite) => fixed,
                     _ => general,
                 };
                 let thread = template.uses(Key::Thread).then(std::thread::current);
@@ -481,6 +487,8 @@ impl AccessLog {
                 *message = std::mem::take(&mut record.message);
             }
             LineKind::Json => {
+                message.clear();
+                event.message(message);
                 // No spans: the proxy opens none around its access events.
                 push_json_head(time, Level::INFO, ACCESS_TARGET, message, out);
                 event.fields(&mut JsonFields { out: &mut *out });
@@ -488,6 +496,24 @@ impl AccessLog {
             }
         }
         out.push('\n');
+    }
+
+    /// Renders `event` with the fixed template straight into `out` when it can (see
+    /// [`Template::render_direct`]); `false` when it cannot, with `out` untouched.
+    fn render_fixed<E: AccessEvent + ?Sized>(
+        &self,
+        callsite: &Callsite,
+        event: &E,
+        time: SystemTime,
+        out: &mut String,
+    ) -> bool {
+        match self.fixed.get() {
+            Some((site, fixed, true)) if site.same(callsite) => {
+                fixed.render_direct(event, time, out);
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -654,6 +680,49 @@ impl Template {
             }
         }
         Template { parts }
+    }
+
+    /// Whether [`Template::render_direct`] renders this template: its only fields are
+    /// a plain `%(asctime)s` and `%(message)s` (proxy.py's format, once fixed).
+    fn is_direct(&self) -> bool {
+        self.parts.iter().all(|part| match part {
+            Part::Literal(_) => true,
+            Part::Field { key, spec } => {
+                matches!(key, Key::Asctime | Key::Message)
+                    && *spec
+                        == (Spec {
+                            conv: 's',
+                            ..Spec::default()
+                        })
+            }
+        })
+    }
+
+    /// An access line, its message written straight into `out` (no record, no copy),
+    /// for a template that [`Template::is_direct`]. Control characters in the message
+    /// are escaped as [`escape_controls`] does.
+    fn render_direct<E: AccessEvent + ?Sized>(
+        &self,
+        event: &E,
+        time: SystemTime,
+        out: &mut String,
+    ) {
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => out.push_str(text),
+                Part::Field {
+                    key: Key::Asctime, ..
+                } => push_asctime(time, out),
+                Part::Field { .. } => {
+                    let start = out.len();
+                    event.message(out);
+                    if let std::borrow::Cow::Owned(escaped) = escape_controls(&out[start..]) {
+                        out.truncate(start);
+                        out.push_str(&escaped);
+                    }
+                }
+            }
+        }
     }
 
     /// Whether the template shows `key` (so costly values are computed only when used).
@@ -1888,6 +1957,26 @@ mod tests {
             .filter(|p| matches!(p, Part::Field { .. }))
             .count();
         assert_eq!(fields, 2, "{fixed:?}");
+        // ... so access lines with it skip the record (`render_direct`), as they do with
+        // any template whose other fields the callsite fixes; not with a timing field.
+        assert!(fixed.is_direct());
+        for (template, direct) in [
+            (
+                "%(levelname)s %(module)s.%(funcName)s:%(lineno)d - %(message)s",
+                true,
+            ),
+            ("%(asctime)s %(message)s", true),
+            ("%(asctime)s %(msecs)d %(message)s", false),
+            ("%(message)-9s", false),
+            ("%(message).5s", false),
+            ("%(thread)s %(message)s", false),
+        ] {
+            assert_eq!(
+                Template::parse(template).fix(&r).is_direct(),
+                direct,
+                "{template}"
+            );
+        }
     }
 
     #[test]
