@@ -1,8 +1,9 @@
 //! Strict request/response head parsing: httparse for the grammar, plus the checks httparse leaves out.
 //!
-//! httparse accepts bare LF as a line end and bytes 0x80..=0xFF in the request-target; one `memchr3` pass over
-//! the head (`scan_head`) rejects bare LF, bare CR, NUL and obs-fold and enforces the line limits, on complete
-//! and partial input alike, so a peer that never finishes its head holds at most `limits.max_head` bytes.
+//! httparse accepts bare LF as a line end and bytes 0x80..=0xFF in the request-target. A head it parses whole
+//! is checked from its spans (`check_lines`: the CR before each LF, the line limits); partial or refused input
+//! is scanned byte by byte (`scan_head`: bare LF, bare CR, NUL, obs-fold, the line limits), so a peer that
+//! never finishes its head holds at most `limits.max_head` bytes.
 
 use std::fmt;
 use std::mem::MaybeUninit;
@@ -171,6 +172,56 @@ fn scan_head(bytes: &[u8], start: StartLine, limits: &Limits) -> Result<(), Pars
     check_line(line_index, tail_len, start, limits)
 }
 
+/// [`scan_head`]'s rules for a head httparse parsed whole, from where its lines start
+/// (O(lines), not O(bytes)).
+///
+/// A complete parse already rules out what the scan looks for inside lines: httparse
+/// refuses NUL and every other control byte but HTAB in each part of a head, takes a CR
+/// only before an LF, and refuses a line that starts with SP or HTAB (obs-fold; see
+/// [`strict_config`]). Each line ends with an LF right before the next one starts, and a
+/// header line starts with its name. What is left is the CR before each of those LFs
+/// (httparse also takes a bare LF) and the limits. `tests::check_lines_agrees_with_scan_head`
+/// holds this to the scan on every head httparse completes.
+fn check_lines(
+    head: &[u8],
+    fields: &[Field],
+    start: StartLine,
+    limits: &Limits,
+) -> Result<(), ParseError> {
+    const BARE_LF: ParseError = ParseError::Malformed("bare LF in head");
+    // httparse skips empty lines (bare LFs too) before the start line: then the first
+    // line does not start at 0, and the scan decides (callers skip CR LFs themselves).
+    if matches!(head.first(), Some(b'\r' | b'\n')) {
+        return scan_head(head, start, limits);
+    }
+    let len = head.len();
+    // The head ends with its empty line: CR LF, or a bare LF.
+    let empty_line = if head.get(len.wrapping_sub(2)) == Some(&b'\r') {
+        len - 2
+    } else {
+        len.saturating_sub(1)
+    };
+    let ends = fields
+        .iter()
+        .map(|f| f.line_start() as usize)
+        .chain(std::iter::once(empty_line));
+    let mut line_start = 0;
+    for (index, next) in ends.enumerate() {
+        if next < line_start + 2 || head.get(next - 2..next) != Some(b"\r\n") {
+            return Err(BARE_LF);
+        }
+        check_line(index, next - 2 - line_start, start, limits)?;
+        if index > limits.max_headers {
+            return Err(ParseError::HeadTooLarge);
+        }
+        line_start = next;
+    }
+    if head.get(empty_line..) != Some(b"\r\n") {
+        return Err(BARE_LF);
+    }
+    Ok(())
+}
+
 /// The bytes of `word` (little-endian lanes) that are below `n` (at most 128): the high
 /// bit of each such byte's lane is set, every other bit is clear. Exact per byte: the low
 /// seven bits of a lane plus `0x80 - n` never carry into the next lane.
@@ -311,7 +362,8 @@ fn read_request(
         }
     };
     let head = window.get(..len).unwrap_or_default();
-    scan_head(head, StartLine::Request, limits)?;
+    let fields = fields_of(head, req.headers)?;
+    check_lines(head, &fields, StartLine::Request, limits)?;
 
     let method = span_in(head, req.method.unwrap_or_default().as_bytes())?;
     let target_bytes = req.path.unwrap_or_default().as_bytes();
@@ -337,7 +389,6 @@ fn read_request(
             return Err(ParseError::Malformed("invalid byte in Host"));
         }
     }
-    let fields = fields_of(head, req.headers)?;
     Ok(Some(RequestParts {
         len,
         method,
@@ -410,7 +461,8 @@ fn read_response(
         }
     };
     let head = window.get(..len).unwrap_or_default();
-    scan_head(head, StartLine::Status, limits)?;
+    let fields = fields_of(head, res.headers)?;
+    check_lines(head, &fields, StartLine::Status, limits)?;
 
     let version = version_of(res.version)?;
     // RFC 9110 §15: status-code is three digits; the first must be 1..=9.
@@ -418,7 +470,6 @@ fn read_response(
     if !(100..=999).contains(&status) {
         return Err(ParseError::Malformed("status code out of range"));
     }
-    let fields = fields_of(head, res.headers)?;
     // "HTTP/1.1 200 OK\r\n": the reason starts after the second SP (offset 13) and runs to the CRLF;
     // httparse drops reasons with obs-text, so take it from the bytes.
     let line_end = fields
@@ -542,6 +593,118 @@ mod tests {
             }
         }
     }
+    /// Whatever httparse completes, `check_lines` (over its spans) decides as `scan_head`
+    /// (over the bytes) would, error for error. Heads are built line by line from parts
+    /// that matter (CR, LF, NUL, controls, obs-text, leading SP/HTAB, long lines, many
+    /// lines, each kind of line end), so that httparse completes a good share of them.
+    #[test]
+    fn check_lines_agrees_with_scan_head() {
+        let limits = Limits {
+            max_request_line: 40,
+            max_header_line: 24,
+            max_headers: 5,
+            ..Limits::default()
+        };
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let starts: [&[u8]; 6] = [
+            b"GET / HTTP/1.1",
+            b"GET http://a.test/a-long-enough-path?q=1 HTTP/1.1",
+            b"POST http://a.test/ HTTP/1.0",
+            b"HTTP/1.1 200 OK",
+            b"HTTP/1.1 404 Not Found But Longer Than The Limit Allows",
+            b"HTTP/1.0 204 ",
+        ];
+        let names: [&[u8]; 4] = [b"Host", b"A", b"X-Quite-Long-Name", b"Content-Length"];
+        let values: [&[u8]; 5] = [
+            b"a.test",
+            b"",
+            b"1",
+            b"v  w",
+            b"a-value-long-enough-to-pass",
+        ];
+        let ends: [&[u8]; 9] = [
+            b"\r\n", b"\r\n", b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r", b"\r\r\n", b"\n\r\n",
+        ];
+        let odd = b"\0\r\n\t \x01\x7f\x80\xff:";
+        let (mut complete, mut accepted) = (0, 0);
+        let mut kinds = std::collections::BTreeMap::new();
+        for _ in 0..300_000 {
+            let mut head = starts[next(starts.len())].to_vec();
+            head.extend_from_slice(ends[next(ends.len())]);
+            for _ in 0..next(8) {
+                if next(10) == 0 {
+                    head.push(b" \t"[next(2)]);
+                }
+                head.extend_from_slice(names[next(names.len())]);
+                head.extend_from_slice(b": ");
+                head.extend_from_slice(values[next(values.len())]);
+                head.extend_from_slice(ends[next(ends.len())]);
+            }
+            head.extend_from_slice(if next(6) == 0 { b"\n" } else { b"\r\n" });
+            for _ in 0..next(3) {
+                if next(2) == 0 {
+                    let at = next(head.len() + 1);
+                    head.insert(at, odd[next(odd.len())]);
+                }
+            }
+            for start in [StartLine::Request, StartLine::Status] {
+                let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); 16];
+                let slots = &mut slots[..limits.max_headers];
+                let parsed = match start {
+                    StartLine::Request => {
+                        let mut req = httparse::Request::new(&mut []);
+                        match strict_config()
+                            .parse_request_with_uninit_headers(&mut req, &head, slots)
+                        {
+                            Ok(httparse::Status::Complete(len)) => {
+                                Some((len, fields_of(&head, req.headers)))
+                            }
+                            _ => None,
+                        }
+                    }
+                    StartLine::Status => {
+                        let mut res = httparse::Response::new(&mut []);
+                        match strict_config()
+                            .parse_response_with_uninit_headers(&mut res, &head, slots)
+                        {
+                            Ok(httparse::Status::Complete(len)) => {
+                                Some((len, fields_of(&head, res.headers)))
+                            }
+                            _ => None,
+                        }
+                    }
+                };
+                let Some((len, fields)) = parsed else {
+                    continue;
+                };
+                complete += 1;
+                let whole = &head[..len];
+                let by_lines = check_lines(whole, &fields.unwrap(), start, &limits);
+                accepted += usize::from(by_lines.is_ok());
+                *kinds.entry(format!("{by_lines:?}")).or_insert(0) += 1;
+                assert_eq!(
+                    by_lines,
+                    scan_head(whole, start, &limits),
+                    "{:?}",
+                    String::from_utf8_lossy(whole)
+                );
+            }
+        }
+        // Each outcome, often: accepted, bare LF, a long line of each kind.
+        assert!(
+            complete > 50_000 && accepted > 5_000,
+            "{complete} {accepted}"
+        );
+        assert_eq!(kinds.len(), 4, "{kinds:?}");
+        assert!(kinds.values().all(|&n| n > 5_000), "{kinds:?}");
+    }
+
     use bytes::Bytes;
 
     fn limits() -> Limits {
