@@ -186,11 +186,9 @@ fn reg_name(host: &[u8]) -> Result<String, ParseError> {
         }
         i += 1;
     }
-    // Every byte is ASCII here, so this is lossless.
-    Ok(host
-        .iter()
-        .map(|&b| char::from(b.to_ascii_lowercase()))
-        .collect())
+    // Every byte is ASCII here: lower-cased in one copy, and valid UTF-8.
+    String::from_utf8(host.to_ascii_lowercase())
+        .map_err(|_| ParseError::Malformed("invalid byte in host"))
 }
 
 /// RFC 3986 §3.2.3 port, restricted to 1..=65535 and non-empty (an empty or zero port names no server).

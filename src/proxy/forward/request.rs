@@ -27,11 +27,18 @@ pub const HOP_BY_HOP: &[&str] = &[
     "proxy-authorization",
 ];
 
-/// Whether `name` is one of [`HOP_BY_HOP`] (case-insensitive).
+/// Whether `name` is one of [`HOP_BY_HOP`] (case-insensitive). Asked of every header
+/// of both heads of each exchange: the length picks the one or two names to compare.
 pub(super) fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|hop| name.eq_ignore_ascii_case(hop.as_bytes()))
+    let is = |hop: &str| name.eq_ignore_ascii_case(hop.as_bytes());
+    match name.len() {
+        2 => is("te"),
+        7 => is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        16 => is("proxy-connection"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
 }
 
 /// Rewrites a request head for the origin. Returns whether this is an upgrade.
@@ -241,5 +248,29 @@ mod tests {
     fn trims_optional_whitespace() {
         assert_eq!(trim_ows(b" \tx-foo \t"), b"x-foo");
         assert_eq!(trim_ows(b"   "), b"");
+    }
+
+    #[test]
+    fn hop_by_hop_is_exactly_the_list_in_any_case() {
+        for hop in HOP_BY_HOP {
+            assert!(is_hop_by_hop(hop.as_bytes()), "{hop}");
+            assert!(is_hop_by_hop(hop.to_ascii_uppercase().as_bytes()), "{hop}");
+            // The same length, one letter off; one byte more or less.
+            let mut near = hop.as_bytes().to_vec();
+            near[0] ^= 0x01;
+            assert!(!is_hop_by_hop(&near), "{hop}");
+            assert!(!is_hop_by_hop(&hop.as_bytes()[1..]), "{hop}");
+            assert!(!is_hop_by_hop(format!("{hop}s").as_bytes()), "{hop}");
+        }
+        for other in [
+            "",
+            "host",
+            "trailer",
+            "transfer-encoding",
+            "content-length",
+            "tes",
+        ] {
+            assert!(!is_hop_by_hop(other.as_bytes()), "{other}");
+        }
     }
 }
