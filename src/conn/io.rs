@@ -7,12 +7,15 @@
 //! that includes the records the session still held.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::Interest;
-use tokio::time::timeout;
+use tokio::time::Sleep;
 
 use super::stream::Stream;
 
@@ -86,10 +89,101 @@ async fn read_with(
             Err(e) => return Err(IoFail::Io(e)),
         }
         if !stream.ready_now() {
-            timeout(idle, stream.tcp().readable())
-                .await
-                .map_err(|_| IoFail::Timeout)??;
+            readable_within(stream, idle).await?;
         }
+    }
+}
+
+/// Waits until `stream` is readable, for at most `idle` (`IoFail::Timeout`).
+///
+/// On a worker the bound is one of its recycled timers (see [`IdleTimers`]), pushed
+/// forward for this wait: arming and dropping a new `tokio` timer for each wait costs
+/// two insertions into the timer wheel, under its lock, per read.
+async fn readable_within(stream: &Stream, idle: Duration) -> Result<(), IoFail> {
+    let mut timer = IdleTimer::start(idle);
+    let mut readable = std::pin::pin!(stream.tcp().readable());
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = readable.as_mut().poll(cx) {
+            return Poll::Ready(done.map_err(IoFail::Io));
+        }
+        timer.poll_elapsed(cx).map(|()| Err(IoFail::Timeout))
+    })
+    .await
+}
+
+/// How many idle timers a worker keeps for reuse.
+const MAX_IDLE_TIMERS: usize = 256;
+
+thread_local! {
+    /// This worker's unused timers, while its runtime runs (`None` elsewhere: a timer
+    /// belongs to the runtime it was made in). See [`IdleTimers`].
+    static IDLE_TIMERS: RefCell<Option<Vec<Pin<Box<Sleep>>>>> = const { RefCell::new(None) };
+}
+
+/// Recycled timers for [`within`], for the life of one worker's runtime: created inside
+/// it, dropped inside it (dropping empties the list, whose timers belong to it).
+///
+/// A timer is reused by pushing its deadline forward, which `tokio` does without
+/// touching the wheel (the entry moves on when its old deadline comes up), and it is
+/// not deregistered when a wait ends. A recycled timer keeps the waker of the last task
+/// that waited on it until it is reused or its deadline passes: at most
+/// [`MAX_IDLE_TIMERS`] of them, for at most one timeout.
+pub struct IdleTimers(());
+
+impl IdleTimers {
+    /// Starts recycling timers on this thread, whose runtime is running.
+    pub fn begin() -> IdleTimers {
+        IDLE_TIMERS.with_borrow_mut(|timers| *timers = Some(Vec::new()));
+        IdleTimers(())
+    }
+}
+
+impl Drop for IdleTimers {
+    fn drop(&mut self) {
+        let timers = IDLE_TIMERS.with_borrow_mut(Option::take);
+        drop(timers);
+    }
+}
+
+/// One wait's timer, back to the worker's list when the wait ends.
+struct IdleTimer(Option<Pin<Box<Sleep>>>);
+
+impl IdleTimer {
+    /// A timer for `idle` from now: a recycled one on a worker, else a new one.
+    fn start(idle: Duration) -> IdleTimer {
+        let recycled = IDLE_TIMERS.with(|timers| {
+            let mut timers = timers.try_borrow_mut().ok()?;
+            timers.as_mut()?.pop()
+        });
+        let deadline = tokio::time::Instant::now() + idle;
+        let timer = match recycled {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        IdleTimer(Some(timer))
+    }
+
+    fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.0.as_mut() {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for IdleTimer {
+    fn drop(&mut self) {
+        let Some(timer) = self.0.take() else { return };
+        let _ = IDLE_TIMERS.try_with(|timers| {
+            if let Ok(mut timers) = timers.try_borrow_mut() {
+                if let Some(timers) = timers.as_mut().filter(|t| t.len() < MAX_IDLE_TIMERS) {
+                    timers.push(timer);
+                }
+            }
+        });
     }
 }
 
@@ -205,9 +299,7 @@ pub async fn read_some_idle(
 ) -> Result<usize, IoFail> {
     loop {
         if !stream.ready_now() {
-            timeout(idle, stream.tcp().readable())
-                .await
-                .map_err(|_| IoFail::Timeout)??;
+            readable_within(stream, idle).await?;
         }
         make_room(buf, chunk);
         match try_read_draining(stream, buf) {

@@ -44,6 +44,8 @@ pub fn run(
     };
     let local = LocalSet::new();
     local.block_on(&runtime, async move {
+        // Dropped at the end of this block, inside the runtime its timers belong to.
+        let _timers = crate::conn::io::IdleTimers::begin();
         let mut async_listeners = Vec::with_capacity(listeners.len());
         for listener in listeners {
             match TcpListener::from_std(listener) {
