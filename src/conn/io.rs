@@ -533,6 +533,40 @@ mod tests {
         (Stream::Tcp(a.unwrap()), Stream::Tcp(b.unwrap().0))
     }
 
+    /// A worker's recycled timer bounds each later wait by that wait's own timeout:
+    /// pushed forward, pulled back to an earlier deadline, and re-armed once it fired.
+    #[tokio::test(start_paused = true)]
+    async fn a_recycled_timer_bounds_each_wait_by_its_own_timeout() {
+        let recycled = || IDLE_TIMERS.with_borrow(|t| t.as_ref().map(Vec::len));
+        assert_eq!(recycled(), None);
+        let timers = IdleTimers::begin();
+        let (a, b) = pair().await;
+        let mut buf = BytesMut::new();
+        // A wait that data ends: its timer (due in a minute) goes back to the list.
+        let (read, _) = tokio::join!(
+            read_some(&a, &mut buf, 64, Duration::from_secs(60)),
+            async {
+                tokio::task::yield_now().await;
+                write_all(&b, b"x", Duration::from_secs(5)).await.unwrap();
+            }
+        );
+        assert_eq!(read.unwrap(), 1);
+        assert_eq!(recycled(), Some(1));
+        // The same timer, now due earlier, then after it fired.
+        for secs in [2, 3, 90] {
+            let start = tokio::time::Instant::now();
+            let read = read_some(&a, &mut buf, 64, Duration::from_secs(secs)).await;
+            assert!(matches!(read, Err(IoFail::Timeout)), "{read:?}");
+            assert_eq!(start.elapsed().as_secs(), secs);
+            assert_eq!(recycled(), Some(1));
+        }
+        drop(timers);
+        assert_eq!(recycled(), None);
+        // Without a worker's list, a wait has a timer of its own.
+        let read = read_some(&a, &mut buf, 64, Duration::from_secs(4)).await;
+        assert!(matches!(read, Err(IoFail::Timeout)), "{read:?}");
+    }
+
     #[tokio::test]
     async fn write_parts_sends_every_part_in_order() {
         let (a, b) = pair().await;
