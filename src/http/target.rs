@@ -252,11 +252,8 @@ pub fn host_header_is(value: &[u8], scheme: Scheme, host: &str, port: u16) -> bo
     if port == scheme.default_port() {
         return rest.is_empty();
     }
-    let mut digits = [0u8; 6];
-    let mut cursor = std::io::Cursor::new(&mut digits[..]);
-    let _ = std::io::Write::write_fmt(&mut cursor, format_args!(":{port}"));
-    let len = usize::try_from(cursor.position()).unwrap_or(0);
-    digits.get(..len) == Some(rest)
+    rest.strip_prefix(b":")
+        .is_some_and(|digits| digits == itoa::Buffer::new().format(port).as_bytes())
 }
 
 #[cfg(test)]

@@ -65,24 +65,26 @@ pub(super) fn prepare_request(
         head.remove(name);
     }
     // RFC 9112 §3.2.2: a proxy replaces Host with the absolute-form target's authority.
-    if !(intercepted && head.count("host") == 1) {
-        let scheme = if target.tls.is_some() {
-            Scheme::Https
-        } else {
-            Scheme::Http
-        };
+    let scheme = if target.tls.is_some() {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    let (single_host, same_host) = {
+        let mut hosts = head.headers_named("host");
+        let single = hosts.next().filter(|_| hosts.next().is_none());
         // A client's own Host that already names the target is kept as sent (most
         // clients send exactly that): nothing to render.
-        let same = head.count("host") == 1
-            && head
-                .header("host")
-                .is_some_and(|value| host_header_is(value, scheme, target.host, target.port));
-        if !same {
-            head.set(
-                "host",
-                host_header_value(scheme, target.host, target.port).as_bytes(),
-            );
-        }
+        let same =
+            single.is_some_and(|value| host_header_is(value, scheme, target.host, target.port));
+        (single.is_some(), same)
+    };
+    // Inside an intercepted tunnel the client's single Host is its own: kept too.
+    if !(same_host || intercepted && single_host) {
+        head.set(
+            "host",
+            host_header_value(scheme, target.host, target.port).as_bytes(),
+        );
     }
     head.append_static(VIA_LINE);
     head.set_target(path);
