@@ -127,6 +127,25 @@ pub(crate) struct Fields {
     owned: Vec<Bytes>,
     /// Offset in `raw` of the CRLF that ends the head.
     headers_end: u32,
+    /// The [`name_bit`]s of every name the list has held: a name whose bit is clear is
+    /// not there, and looking it up costs no pass over the lines. (Removal leaves the
+    /// bit: it only ever says "maybe".)
+    names: u64,
+}
+
+/// A name's bit in [`Fields::names`], from its length and its first and last bytes,
+/// ASCII case folded (names that are equal ignoring case get the same bit). A head
+/// asks mostly for names it does not have (`Upgrade`, `Transfer-Encoding`, `TE`,
+/// `Keep-Alive`, `Proxy-Connection`…); the usual ones (`Host`, `User-Agent`, `Accept`,
+/// `Date`, `Server`…) land on other bits.
+const fn name_bit(name: &[u8]) -> u64 {
+    let (first, last) = match name {
+        [] => return 1,
+        [first, .., last] => (*first, *last),
+        [only] => (*only, *only),
+    };
+    let h = name.len().wrapping_mul(31) ^ ((first | 0x20) as usize * 7) ^ (last | 0x20) as usize;
+    1 << (h & 63)
 }
 
 impl Fields {
@@ -139,11 +158,27 @@ impl Fields {
             field.trailing_ws = next_start.saturating_sub(2) > field.value.end;
             next_start = field.line_start;
         }
+        let names = list
+            .iter()
+            .fold(0, |names, field| names | name_bit(field.name.of(&raw)));
         Fields {
             raw,
             list,
             owned: Vec::new(),
             headers_end,
+            names,
+        }
+    }
+
+    /// Whether a header named `name` may be there (if not, it is not).
+    fn may_have(&self, name: &[u8]) -> bool {
+        self.names & name_bit(name) != 0
+    }
+
+    /// Adds the name of the line at `index` to [`Fields::names`].
+    fn note_name(&mut self, index: usize) {
+        if let Some(field) = self.list.get(index) {
+            self.names |= name_bit(self.name_of(field));
         }
     }
 
@@ -190,10 +225,18 @@ impl Fields {
     }
 
     fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Field> + 'a {
-        // The length, known from the span, rules most lines out before their bytes are
-        // looked at (this runs many times per message).
-        self.live().filter(move |f| {
-            f.name.len() == name.len() && self.name_of(f).eq_ignore_ascii_case(name.as_bytes())
+        // A name the head never had is not looked for at all; otherwise the length,
+        // known from the span, rules most lines out before their bytes are looked at
+        // (this runs many times per message).
+        let lines = if self.may_have(name.as_bytes()) {
+            &self.list[..]
+        } else {
+            &[]
+        };
+        lines.iter().filter(move |f| {
+            f.is_live()
+                && f.name.len() == name.len()
+                && self.name_of(f).eq_ignore_ascii_case(name.as_bytes())
         })
     }
 
@@ -220,6 +263,9 @@ impl Fields {
     /// for every message).
     pub(crate) fn framing(&self) -> FramingHeaders<'_> {
         let mut found = FramingHeaders::default();
+        if !self.may_have(b"transfer-encoding") && !self.may_have(b"content-length") {
+            return found;
+        }
         for f in self.live() {
             let name = self.name_of(f);
             if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -290,6 +336,7 @@ impl Fields {
             f.value = value_span;
             f.trailing_ws = false;
         }
+        self.note_name(first);
         self.remove_from(first + 1, name);
     }
 
@@ -302,6 +349,7 @@ impl Fields {
             trailing_ws: false,
             slot,
         });
+        self.note_name(self.list.len() - 1);
     }
 
     /// Appends `line`, a whole `Name: value\r\n` line known valid at compile time (our
@@ -327,6 +375,7 @@ impl Fields {
             trailing_ws: false,
             slot: Slot::Owned { index },
         });
+        self.note_name(self.list.len() - 1);
     }
 
     /// Renders `Name: value\r\n` into an owned line and returns its slot and spans.

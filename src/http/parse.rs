@@ -777,6 +777,50 @@ Accept: */*\r\nProxy-Connection: keep-alive\r\n\r\n";
         );
     }
 
+    /// Lookups skip a head's lines for names it never had (`Fields::names`); that must
+    /// never hide one it has: received in any case, appended, set (also where the set
+    /// name is rendered differently), or added after a removal.
+    #[test]
+    fn name_filter_never_hides_a_header() {
+        let mut head = req_ok(
+            b"GET / HTTP/1.1\r\nhOsT: a\r\nX-A: 1\r\nconnection: close\r\nUPGRADE: w\r\n\r\n",
+        );
+        for name in ["host", "HOST", "x-a", "Connection", "upgrade"] {
+            assert_eq!(head.count(name), 1, "{name}");
+        }
+        for name in [
+            "transfer-encoding",
+            "content-length",
+            "te",
+            "keep-alive",
+            "x-b",
+            "",
+        ] {
+            assert_eq!(head.count(name), 0, "{name}");
+        }
+        assert!(head.has_token("CONNECTION", "close"));
+        head.append("Keep-Alive", b"timeout=5");
+        head.set("tE", b"trailers");
+        head.set("x a", b"space in name");
+        head.append_static(b"Via: 1.1 proxy\r\n");
+        head.remove("upgrade");
+        head.append("upgrade", b"h2c");
+        for (name, value) in [
+            ("keep-alive", &b"timeout=5"[..]),
+            ("te", b"trailers"),
+            ("x-a", b"1"),
+            ("X-A", b"1"),
+            ("via", b"1.1 proxy"),
+            ("upgrade", b"h2c"),
+        ] {
+            assert_eq!(head.header(name), Some(value), "{name}");
+        }
+        assert_eq!(head.count("x-a"), 2, "`x a` is sent as `x-a`");
+        assert_eq!(head.framing().content_lengths, 0);
+        head.append("Content-Length", b"0");
+        assert_eq!(head.framing().content_lengths, 1);
+    }
+
     #[test]
     fn complete_splits_head_and_keeps_the_rest() {
         let mut buf = BytesMut::from(&b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET"[..]);
