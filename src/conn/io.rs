@@ -120,8 +120,9 @@ thread_local! {
     static IDLE_TIMERS: RefCell<Option<Vec<Pin<Box<Sleep>>>>> = const { RefCell::new(None) };
 }
 
-/// Recycled timers for [`within`], for the life of one worker's runtime: created inside
-/// it, dropped inside it (dropping empties the list, whose timers belong to it).
+/// Recycled timers for [`readable_within`], for the life of one worker's runtime:
+/// created inside it, dropped inside it (dropping empties the list, whose timers
+/// belong to it).
 ///
 /// A timer is reused by pushing its deadline forward, which `tokio` does without
 /// touching the wheel (the entry moves on when its old deadline comes up), and it is
