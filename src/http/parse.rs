@@ -656,28 +656,26 @@ mod tests {
             for start in [StartLine::Request, StartLine::Status] {
                 let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); 16];
                 let slots = &mut slots[..limits.max_headers];
+                let if_whole =
+                    |status: Result<httparse::Status<usize>, httparse::Error>,
+                     headers: &[httparse::Header<'_>]| match status {
+                        Ok(httparse::Status::Complete(len)) => {
+                            Some((len, fields_of(&head, headers)))
+                        }
+                        _ => None,
+                    };
                 let parsed = match start {
                     StartLine::Request => {
                         let mut req = httparse::Request::new(&mut []);
-                        match strict_config()
-                            .parse_request_with_uninit_headers(&mut req, &head, slots)
-                        {
-                            Ok(httparse::Status::Complete(len)) => {
-                                Some((len, fields_of(&head, req.headers)))
-                            }
-                            _ => None,
-                        }
+                        let status = strict_config()
+                            .parse_request_with_uninit_headers(&mut req, &head, slots);
+                        if_whole(status, req.headers)
                     }
                     StartLine::Status => {
                         let mut res = httparse::Response::new(&mut []);
-                        match strict_config()
-                            .parse_response_with_uninit_headers(&mut res, &head, slots)
-                        {
-                            Ok(httparse::Status::Complete(len)) => {
-                                Some((len, fields_of(&head, res.headers)))
-                            }
-                            _ => None,
-                        }
+                        let status = strict_config()
+                            .parse_response_with_uninit_headers(&mut res, &head, slots);
+                        if_whole(status, res.headers)
                     }
                 };
                 let Some((len, fields)) = parsed else {
