@@ -452,8 +452,11 @@ impl AccessLog {
         message: &mut String,
         out: &mut String,
     ) {
+        if self.render_fixed(callsite, event, time, out) {
+            out.push('\n');
+            return;
+        }
         match &self.format.kind {
-            LineKind::Template(_) if self.render_fixed(callsite, event, time, out) => {}
             LineKind::Template(general) => {
                 message.clear();
                 event.message(message);
@@ -498,8 +501,9 @@ impl AccessLog {
         out.push('\n');
     }
 
-    /// Renders `event` with the fixed template straight into `out` when it can (see
-    /// [`Template::render_direct`]); `false` when it cannot, with `out` untouched.
+    /// Renders `event` with the fixed template (set only for a template format)
+    /// straight into `out` when it can (see [`Template::render_direct`]); `false` when
+    /// it cannot, with `out` untouched.
     fn render_fixed<E: AccessEvent + ?Sized>(
         &self,
         callsite: &Callsite,

@@ -552,6 +552,15 @@ mod tests {
         }
     }
 
+    /// The next number of a xorshift generator: generated test cases with no
+    /// dependency, the same on every run.
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
     #[test]
     fn scan_head_agrees_with_the_bytewise_rules() {
         let limits = Limits {
@@ -564,12 +573,7 @@ mod tests {
         // and alignment (a deterministic generator: no dependency, same cases each run).
         let alphabet = b"\r\n\0\t a:\x7f\x80\xff\x0b\x0e";
         let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = || xorshift(&mut state);
         for _ in 0..200_000 {
             let len = (next() % 64) as usize;
             let bytes: Vec<u8> = (0..len)
@@ -606,12 +610,7 @@ mod tests {
             ..Limits::default()
         };
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut next = move |n: usize| (xorshift(&mut state) % n as u64) as usize;
         let starts: [&[u8]; 6] = [
             b"GET / HTTP/1.1",
             b"GET http://a.test/a-long-enough-path?q=1 HTTP/1.1",

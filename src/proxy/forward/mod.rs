@@ -285,7 +285,7 @@ impl Recorders {
     }
 
     fn record(&mut self, bytes: &[u8]) {
-        if !self.sinks.is_empty() && !bytes.is_empty() {
+        if self.any() && !bytes.is_empty() {
             self.each(|sink| sink.bytes(bytes));
         }
     }
