@@ -101,9 +101,10 @@ async fn read_with(
 /// two insertions into the timer wheel, under its lock, per read.
 async fn readable_within(stream: &Stream, idle: Duration) -> Result<(), IoFail> {
     let mut timer = IdleTimer::start(idle);
-    let mut readable = std::pin::pin!(stream.tcp().readable());
+    // The socket's own read waker slot, as in `stream::socket_readable`.
+    let tcp = stream.tcp();
     std::future::poll_fn(|cx| {
-        if let Poll::Ready(done) = readable.as_mut().poll(cx) {
+        if let Poll::Ready(done) = tcp.poll_read_ready(cx) {
             return Poll::Ready(done.map_err(IoFail::Io));
         }
         timer.poll_elapsed(cx).map(|()| Err(IoFail::Timeout))

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod io;
+pub mod stop;
 pub mod stream;
 
 use std::net::SocketAddr;

@@ -90,12 +90,15 @@ impl Stream {
         if self.ready_now() {
             return Ok(());
         }
-        self.tcp().readable().await
+        socket_readable(self.tcp()).await
     }
 
     /// Waits until the socket at the bottom takes bytes.
+    ///
+    /// Like [`socket_readable`], through the socket's own waker slot for writes.
     pub async fn writable(&self) -> io::Result<()> {
-        self.tcp().writable().await
+        let tcp = self.tcp();
+        std::future::poll_fn(|cx| tcp.poll_write_ready(cx)).await
     }
 
     /// True when some layer holds bytes (or an EOF) that a read can return without the
@@ -267,8 +270,20 @@ impl Stream {
         if tls.inner.ready_now() {
             return Ok(());
         }
-        self.tcp().readable().await
+        socket_readable(self.tcp()).await
     }
+}
+
+/// Waits until `tcp` is readable, through the socket's own waker slot for reads
+/// (`poll_read_ready`) rather than `TcpStream::readable`, whose future queues a waiter
+/// under the socket's lock and takes it out again on every wait: about 300
+/// instructions per wait, two waits per exchange. The slot keeps one waker, the last
+/// one to wait, which is enough here: a socket is only ever waited on by the one task
+/// that serves its connection. A pooled origin connection keeps the waker of the last
+/// task that read it until the next one does or the connection closes, and with it
+/// that (finished) task's allocation: at most one per pooled connection.
+pub(crate) async fn socket_readable(tcp: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await
 }
 
 /// The rustls error inside an error from [`Stream::handshake`] or a read, if any.

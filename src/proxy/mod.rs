@@ -21,11 +21,11 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::timeout_at;
 
 use crate::config::Config;
 use crate::conn::io::client_io_error;
+use crate::conn::stop::Stop;
 use crate::conn::{access, io, Client, Stream};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::{self, parse_request, parse_target, Parsed, RequestHead, Target};
@@ -50,6 +50,8 @@ pub struct Shared {
     pub listen_addrs: Arc<[SocketAddr]>,
     /// Idle upstream connections of this worker.
     pub pool: Pool,
+    /// This worker's view of the shutdown signal.
+    pub stop: Stop,
     /// Resolved origin names of this worker.
     pub dns: dns_cache::DnsCache,
     /// Worker index, for connection ids.
@@ -82,6 +84,7 @@ impl Shared {
             listen_addrs,
             pool,
             dns,
+            stop: Stop::default(),
             worker,
             factories,
             tls,
@@ -172,12 +175,8 @@ pub const CA_CERT_PATH: &[u8] = b"/_proxy/ca.pem";
 const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Serves one client connection until it closes, fails, or shutdown is signalled.
-pub async fn serve_connection(
-    stream: TcpStream,
-    addr: SocketAddr,
-    shared: &Shared,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve_connection(stream: TcpStream, addr: SocketAddr, shared: &Shared) {
+    let shutdown = &shared.stop;
     let _ = stream.set_nodelay(true);
     let conn_id = shared.next_conn_id();
     let mut client = Client {
@@ -197,14 +196,14 @@ pub async fn serve_connection(
             None => return,
         }
     }
-    let mut next = serve_requests(&mut client, shared, &mut conn, &mut shutdown, conn_id).await;
+    let mut next = serve_requests(&mut client, shared, &mut conn, shutdown, conn_id).await;
     // An intercepted CONNECT: the same loop again, inside the tunnel's TLS.
     while let Some(plan) = next {
         match boxed_intercept(client, *plan, shared, &mut conn).await {
             Some(inside) => client = inside,
             None => return,
         }
-        next = serve_requests(&mut client, shared, &mut conn, &mut shutdown, conn_id).await;
+        next = serve_requests(&mut client, shared, &mut conn, shutdown, conn_id).await;
     }
     close_chain(&mut conn, shared, client.addr);
 }
@@ -227,7 +226,7 @@ async fn serve_requests(
     client: &mut Client,
     shared: &Shared,
     conn: &mut ConnState,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Stop,
     conn_id: u64,
 ) -> Option<Box<tunnel::Intercept>> {
     let mut fresh = true;
@@ -271,7 +270,7 @@ async fn serve_requests(
                 exchange.log_ok(conn_id, shared.worker);
                 // Holds nothing of this request while the connection waits for the next.
                 exchange.release();
-                if *shutdown.borrow() {
+                if shutdown.is_set() {
                     return None;
                 }
             }
@@ -458,7 +457,7 @@ fn boxed_route<'a>(
     head: RequestHead,
     exchange: &'a mut Exchange,
     conn: &'a mut ConnState,
-    shutdown: &'a watch::Receiver<bool>,
+    shutdown: &'a Stop,
 ) -> LocalBoxFuture<'a, Result<Next, ProxyError>> {
     Box::pin(route(client, shared, head, exchange, conn, shutdown))
 }
@@ -481,7 +480,7 @@ async fn route(
     mut head: RequestHead,
     exchange: &mut Exchange,
     conn: &mut ConnState,
-    shutdown: &watch::Receiver<bool>,
+    shutdown: &Stop,
 ) -> Result<Next, ProxyError> {
     let is_connect = head.is_method("CONNECT");
     let mut target = parse_target(&head.target_bytes(), is_connect)
@@ -624,12 +623,12 @@ async fn route(
             if shared.config.enable_static_server {
                 let keep_alive =
                     crate::web::serve_static(client, &head, exchange, &shared.config).await?;
-                return Ok(Next::from(keep_alive && !*shutdown.borrow()));
+                return Ok(Next::from(keep_alive && !shutdown.is_set()));
             }
             // Addressed to the proxy itself: the built-in web server will live here.
             // A body we are not going to read means the connection cannot be reused.
             let has_body = !matches!(http::request_body_kind(&head), Ok(http::BodyKind::Empty));
-            let keep_alive = head.wants_keep_alive() && !has_body && !*shutdown.borrow();
+            let keep_alive = head.wants_keep_alive() && !has_body && !shutdown.is_set();
             let reply = http::response::simple_response(
                 404,
                 &[("Content-Type", "text/plain; charset=utf-8")],
@@ -654,12 +653,12 @@ async fn send_reply(
     reply: Reply,
     exchange: &mut Exchange,
     config: &Config,
-    shutdown: &watch::Receiver<bool>,
+    shutdown: &Stop,
 ) -> Result<bool, ProxyError> {
     // DESIGN §3 rule 7: a body we did not read must not be taken for the next
     // request; we close rather than drain it.
     let has_body = !matches!(http::request_body_kind(head), Ok(http::BodyKind::Empty));
-    let keep_alive = !reply.close && !has_body && head.wants_keep_alive() && !*shutdown.borrow();
+    let keep_alive = !reply.close && !has_body && head.wants_keep_alive() && !shutdown.is_set();
     exchange.set_status(reply.status);
     exchange.add_bytes(reply.bytes.len() as u64);
     io::write_all(&client.stream, &reply.bytes, config.timeout)
@@ -683,7 +682,7 @@ async fn send_reply(
 async fn read_head(
     client: &mut Client,
     config: &Config,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Stop,
     fresh: bool,
 ) -> Result<HeadRead, ProxyError> {
     let mut head_deadline: Option<tokio::time::Instant> = None;
@@ -706,7 +705,7 @@ async fn read_head(
             // a fresh socket, and a stale one after an exchange) is not a request yet, so
             // the header timeout only starts with the first byte.
             io::recycle(&mut client.buf);
-            let stopping = *shutdown.borrow();
+            let stopping = shutdown.is_set();
             if stopping && !fresh && io::is_idle_and_open(&client.stream) {
                 return Ok(HeadRead::Done);
             }
@@ -730,11 +729,9 @@ async fn read_head(
                 }
             } else {
                 tokio::select! {
+                    biased;
                     read = first => read,
-                    changed = shutdown.changed() => {
-                        if changed.is_err() {
-                            return Ok(HeadRead::Done);
-                        }
+                    () = shutdown.wait() => {
                         // Decide again, now as a stopping connection.
                         continue;
                     }
@@ -863,8 +860,7 @@ mod tests {
             Arc::new(tls::TlsContext::plain()),
             0,
         );
-        let (_tx, rx) = watch::channel(false);
-        let future = serve_connection(stream.unwrap(), addr, &shared, rx);
+        let future = serve_connection(stream.unwrap(), addr, &shared);
         let size = std::mem::size_of_val(&future);
         // 1,536 before TLS; the transport enum and the interception hand-over added 24.
         assert!(size <= 1568, "serve_connection future is {size} bytes");

@@ -64,12 +64,7 @@ pub fn run(
         // the last one is gone (mini-redis' shutdown-complete trick).
         let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
         for listener in async_listeners {
-            tokio::task::spawn_local(accept_loop(
-                listener,
-                Rc::clone(&shared),
-                shutdown.clone(),
-                drain_tx.clone(),
-            ));
+            tokio::task::spawn_local(accept_loop(listener, Rc::clone(&shared), drain_tx.clone()));
         }
         drop(drain_tx);
         let sweeper = tokio::task::spawn_local(sweep_pool(Rc::clone(&shared)));
@@ -77,6 +72,8 @@ pub fn run(
         let flusher = flush_every
             .map(|every| tokio::task::spawn_local(crate::plugin::lua::flush_every(every)));
         wait_for_shutdown(shutdown).await;
+        // From here on this worker's tasks see the signal without asking the channel.
+        shared.stop.set();
         tracing::debug!(worker = id, "draining");
         if tokio::time::timeout(grace, drain_rx.recv()).await.is_err() {
             tracing::warn!(
@@ -95,19 +92,14 @@ pub fn run(
     crate::plugin::lua::done_on_this_thread();
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Rc<Shared>,
-    shutdown: watch::Receiver<bool>,
-    drain: mpsc::Sender<()>,
-) {
+async fn accept_loop(listener: TcpListener, shared: Rc<Shared>, drain: mpsc::Sender<()>) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = wait_for_shutdown(shutdown.clone()) => break,
+            () = shared.stop.wait() => break,
         };
         match accepted {
-            Ok((stream, addr)) => spawn_connection(stream, addr, &shared, &shutdown, &drain),
+            Ok((stream, addr)) => spawn_connection(stream, addr, &shared, &drain),
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning on accept.
                 let pressure = matches!(
@@ -123,21 +115,19 @@ async fn accept_loop(
             }
         }
     }
-    drain_accept_queue(listener, &shared, &shutdown, &drain);
+    drain_accept_queue(listener, &shared, &drain);
 }
 
 fn spawn_connection(
     stream: tokio::net::TcpStream,
     addr: SocketAddr,
     shared: &Rc<Shared>,
-    shutdown: &watch::Receiver<bool>,
     drain: &mpsc::Sender<()>,
 ) {
     let shared = Rc::clone(shared);
-    let shutdown = shutdown.clone();
     let guard = drain.clone();
     tokio::task::spawn_local(async move {
-        serve_connection(stream, addr, &shared, shutdown).await;
+        serve_connection(stream, addr, &shared).await;
         drop(guard);
     });
 }
@@ -150,12 +140,7 @@ fn spawn_connection(
 /// A connection completed between the last `accept` and the close is still reset,
 /// unless the kernel migrates it to another listener of the `SO_REUSEPORT` group
 /// (`net.ipv4.tcp_migrate_req = 1`, Linux 5.14+; README, "Zero-downtime upgrade").
-fn drain_accept_queue(
-    listener: TcpListener,
-    shared: &Rc<Shared>,
-    shutdown: &watch::Receiver<bool>,
-    drain: &mpsc::Sender<()>,
-) {
+fn drain_accept_queue(listener: TcpListener, shared: &Rc<Shared>, drain: &mpsc::Sender<()>) {
     let listener = match listener.into_std() {
         Ok(listener) => listener,
         Err(e) => {
@@ -173,7 +158,7 @@ fn drain_accept_queue(
         match accepted {
             Ok((stream, addr)) => {
                 drained += 1;
-                spawn_connection(stream, addr, shared, shutdown, drain);
+                spawn_connection(stream, addr, shared, drain);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EINTR)) => {}

@@ -1,9 +1,9 @@
 //! The download half: reading interim and final response heads from the origin and
 //! relaying them to the client.
 
+use crate::conn::stop::Stop;
 use crate::conn::Stream;
 use bytes::{Bytes, BytesMut};
-use tokio::sync::watch;
 
 use super::body::{frame_piece, relay_body, relay_transformed, write_framed, Decoding};
 use super::request::{is_hop_by_hop, names_framing_header, remove_connection_listed};
@@ -51,7 +51,7 @@ pub(super) async fn download(
     parts: &mut Vec<Bytes>,
     hooks: Hooks<'_, '_>,
     upload: &UploadProgress,
-    shutdown: &watch::Receiver<bool>,
+    shutdown: &Stop,
     received: &mut Recorders,
 ) -> std::result::Result<Downloaded, Failure> {
     // Back to the worker's spare buffers when the exchange is over (declared first, so
@@ -132,7 +132,7 @@ pub(super) async fn download(
         || body == BodyKind::UntilClose
         || dechunk
         || !upload.done.get()
-        || *shutdown.borrow();
+        || shutdown.is_set();
     strip_hop_by_hop(&mut head);
     // Plugins see the origin's framing; the edits that re-frame for the client follow.
     if !hooks.chain.is_empty() {

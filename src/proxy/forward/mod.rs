@@ -24,10 +24,10 @@ use std::cell::Cell;
 use std::pin::pin;
 use std::time::Instant;
 
+use crate::conn::stop::Stop;
 use crate::conn::Stream;
 use crate::tls;
 use bytes::{Bytes, BytesMut};
-use tokio::sync::watch;
 
 use super::access::Exchange;
 use super::io::{write_all, write_parts, IoFail};
@@ -68,7 +68,7 @@ pub async fn run(
     early_body: Option<Bytes>,
     exchange: &mut Exchange,
     conn: &mut ConnState,
-    shutdown: &watch::Receiver<bool>,
+    shutdown: &Stop,
 ) -> Result<bool> {
     let config = &shared.config;
     let Upstream { host, port, tls } = target;
@@ -366,7 +366,7 @@ async fn exchange_once(
     exchange: &mut Exchange,
     chain: &mut Chain,
     cx: &RequestCx<'_>,
-    shutdown: &watch::Receiver<bool>,
+    shutdown: &Stop,
     (sent, received): (&mut Recorders, &mut Recorders),
 ) -> std::result::Result<End, Failure> {
     if let Err(e) = write_parts(upstream, parts, config.timeout).await {
