@@ -356,6 +356,11 @@ fn io_slices<'a>(parts: &'a [Bytes], slices: &mut [IoSlice<'a>]) -> usize {
 /// call: an `async fn` holding it across its waits would carry a kilobyte of slices in
 /// every future that writes a head.
 fn try_write_parts(stream: &Stream, parts: &[Bytes]) -> io::Result<usize> {
+    if let (Stream::Tcp(tcp), [_, _, ..]) = (stream, parts) {
+        if let Some(written) = try_write_gathered(tcp, parts) {
+            return written;
+        }
+    }
     // A head is a handful of pieces: most writes fill (and so initialize) a short array.
     if parts.len() <= FEW_IOV {
         try_write_few::<FEW_IOV>(stream, parts)
@@ -366,6 +371,40 @@ fn try_write_parts(stream: &Stream, parts: &[Bytes]) -> io::Result<usize> {
 
 /// Pieces that fit the short array of [`try_write_parts`].
 const FEW_IOV: usize = 16;
+
+/// Up to this many bytes in all, the pieces of a write over TCP are copied into one
+/// buffer and sent with one plain write.
+///
+/// The kernel's cost grows with every piece of a vectored write. Measured on loopback, a
+/// 95-byte request head in 7 pieces costs about 100 ns more to send than the same bytes
+/// in one, and the copy costs a few instructions. Above this size, copying costs more
+/// than the pieces do.
+const GATHER_MAX: usize = 1024;
+
+thread_local! {
+    /// This worker's buffer for [`try_write_gathered`] (empty between calls).
+    static GATHER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Copies `parts` into the worker's gather buffer and makes one non-blocking write of
+/// it, when they are at most [`GATHER_MAX`] bytes in all; `None` otherwise. Like a
+/// vectored write, it returns how many bytes from the front were sent.
+fn try_write_gathered(tcp: &tokio::net::TcpStream, parts: &[Bytes]) -> Option<io::Result<usize>> {
+    let total = parts.iter().try_fold(0, |total: usize, part| {
+        Some(total + part.len()).filter(|&total| total <= GATHER_MAX)
+    })?;
+    GATHER.with(|gather| {
+        let mut gather = gather.try_borrow_mut().ok()?;
+        gather.clear();
+        gather.reserve(total);
+        for part in parts {
+            gather.extend_from_slice(part);
+        }
+        let written = tcp.try_write(&gather);
+        gather.clear();
+        Some(written)
+    })
+}
 
 fn try_write_few<const N: usize>(stream: &Stream, parts: &[Bytes]) -> io::Result<usize> {
     let mut slices = [IoSlice::new(&[]); N];
@@ -569,22 +608,37 @@ mod tests {
         assert!(matches!(read, Err(IoFail::Timeout)), "{read:?}");
     }
 
+    /// Every part arrives, in order: gathered into one write (small heads, with empty
+    /// pieces among them), or sent as vectored writes (more than `GATHER_MAX` bytes,
+    /// more pieces than one write takes).
     #[tokio::test]
     async fn write_parts_sends_every_part_in_order() {
-        let (a, b) = pair().await;
-        let Stream::Tcp(mut b) = b else {
-            unreachable!()
+        let piece = |i: usize| match i % 5 {
+            0 => Bytes::new(),
+            1 => Bytes::from_static(b"\r\n"),
+            _ => Bytes::from(format!("piece-{i:05};")),
         };
-        let mut parts: Vec<Bytes> = (0..200).map(|i| Bytes::from(format!("part{i};"))).collect();
-        let expected: Vec<u8> = parts.iter().flat_map(|p| p.to_vec()).collect();
-        write_parts(&a, &mut parts, Duration::from_secs(5))
-            .await
-            .unwrap();
-        drop(a);
-        let mut got = Vec::new();
-        b.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, expected);
-        assert!(parts.is_empty());
+        for count in [2, 7, 60, 200] {
+            let (a, b) = pair().await;
+            let Stream::Tcp(mut b) = b else {
+                unreachable!()
+            };
+            let mut parts: Vec<Bytes> = (1..=count).map(piece).collect();
+            let expected: Vec<u8> = parts.iter().flat_map(|p| p.to_vec()).collect();
+            assert_eq!(expected.len() <= GATHER_MAX, count <= 60, "{count} pieces");
+            write_parts(&a, &mut parts, Duration::from_secs(5))
+                .await
+                .unwrap();
+            drop(a);
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, expected, "{count} pieces");
+            assert!(parts.is_empty());
+        }
+        assert!(
+            GATHER.with_borrow(Vec::is_empty),
+            "the gather buffer is left empty"
+        );
     }
 
     #[tokio::test]
