@@ -1361,7 +1361,10 @@ impl LogWriter {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("proxy-log-writer".into())
-                .spawn(move || write_batches(&shared))?
+                .spawn(move || {
+                    yield_to_workers();
+                    write_batches(&shared)
+                })?
         };
         let guard = LogGuard {
             shared: Arc::clone(&shared),
@@ -1404,6 +1407,26 @@ impl LogWriter {
             shared.has_lines.notify_one();
         }
     }
+}
+
+/// The writer thread's niceness: the lowest priority.
+const WRITER_NICE: i32 = 19;
+
+/// Lowers the calling thread (the writer) to [`WRITER_NICE`], so that its wake-ups do
+/// not preempt a busy worker: at the default priority each batch write (about 30 µs,
+/// a few hundred times a second under load) interrupts whichever worker runs on that
+/// core, and a saturated worker needs long to work off a stall. The writer needs little
+/// CPU (about 0.05 µs per line); if it ever fell behind, the full queue would make the
+/// workers wait for it, so no line is dropped. A failure (a sandbox that forbids it)
+/// leaves the priority as it was.
+///
+/// Measured with one pinned worker (wrk, c=50, access log to a file), over 16
+/// interleaved rounds: median p99 0.86 ms at 19 against 1.05 ms at the default
+/// priority (0.77–0.89 ms without the access log). A single round's p99 moves between
+/// 0.7 and 2.2 ms on this machine, so that difference is suggestive, not established.
+fn yield_to_workers() {
+    // Not logged when refused: this thread is the log's writer.
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), WRITER_NICE);
 }
 
 /// The writer thread: swap the queue's buffer out, write it, repeat; ends once closed
@@ -2186,5 +2209,30 @@ mod tests {
         drop(guard);
         writer.append(b"after\n");
         assert_eq!(gate.text(), "before\nafter\n");
+    }
+
+    #[test]
+    fn the_writer_thread_runs_at_the_lowest_priority() {
+        /// A sink that notes the niceness of the thread that writes to it.
+        struct Niceness(Arc<Mutex<Option<i32>>>);
+        impl io::Write for Niceness {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let me = rustix::thread::gettid();
+                *self.0.lock().unwrap() = rustix::process::getpriority_process(Some(me)).ok();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mine = || rustix::process::getpriority_process(Some(rustix::thread::gettid())).ok();
+        let before = mine();
+        let seen = Arc::new(Mutex::new(None));
+        let (writer, guard) = LogWriter::spawn(Box::new(Niceness(Arc::clone(&seen)))).unwrap();
+        writer.append(b"line\n");
+        // The writer thread writes what is queued, then ends.
+        drop(guard);
+        assert_eq!(*seen.lock().unwrap(), Some(WRITER_NICE));
+        assert_eq!(mine(), before, "the logging thread keeps its own priority");
     }
 }
