@@ -578,6 +578,44 @@ fn upstream_connection_is_reused_across_client_connections() {
     assert_eq!((reqs[0].conn, reqs[1].conn), (0, 0));
 }
 
+/// A socket is waited on through its own waker slot, which keeps the last waiter's
+/// waker: a pooled origin connection last read by one client's task, still alive, must
+/// wake the task of the client that reuses it, when its response comes late.
+#[test]
+fn a_reused_origin_connection_wakes_the_task_that_waits_on_it() {
+    let (received_tx, received_rx) = mpsc::channel();
+    let (answer_tx, answer_rx) = mpsc::channel::<()>();
+    let (received_tx, answer_rx) = (Mutex::new(received_tx), Mutex::new(answer_rx));
+    let origin = Origin::raw(move |mut conn| {
+        while let Some(req) = conn.read_request() {
+            if req.target == "/late" {
+                received_tx.lock().unwrap().send(()).unwrap();
+                answer_rx.lock().unwrap().recv_timeout(WAIT).unwrap();
+            }
+            conn.send(&ok(format!("for {}", req.target)));
+        }
+    });
+    let proxy = spawn_proxy(&[]);
+    proxy.route("alpha.test", &origin);
+
+    // The first client's task reads the origin connection, then stays, idle.
+    let mut first = proxy.connect();
+    first.send(&get("http://alpha.test/early", ""));
+    assert_eq!(first.read_response().text(), "for /early");
+
+    let mut second = proxy.connect();
+    second.send(&get("http://alpha.test/late", ""));
+    // The request is at the origin: the proxy waits for its answer, which comes only now.
+    received_rx.recv_timeout(WAIT).unwrap();
+    answer_tx.send(()).unwrap();
+    assert_eq!(second.read_response().text(), "for /late");
+    assert_eq!(origin.accepted(), 1, "one pooled origin connection");
+
+    // And the first client is served still.
+    first.send(&get("http://alpha.test/again", ""));
+    assert_eq!(first.read_response().text(), "for /again");
+}
+
 #[test]
 fn pooled_connection_closed_by_origin_is_retried_once() {
     // The first origin connection serves one keep-alive response, then closes.
