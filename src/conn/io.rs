@@ -57,7 +57,7 @@ pub async fn read_some(
 
 /// Like [`read_some`], for a message head: after a short read the next one waits for
 /// epoll at once instead of first trying a read that can only fail (see
-/// [`try_read_draining`]). Not for bodies: there, bytes that arrive while the last piece
+/// `try_read_draining`). Not for bodies: there, bytes that arrive while the last piece
 /// is being written are better read at once.
 pub async fn read_head_bytes(
     stream: &Stream,
@@ -121,7 +121,7 @@ thread_local! {
     static IDLE_TIMERS: RefCell<Option<Vec<Pin<Box<Sleep>>>>> = const { RefCell::new(None) };
 }
 
-/// Recycled timers for [`readable_within`], for the life of one worker's runtime:
+/// Recycled timers for `readable_within`, for the life of one worker's runtime:
 /// created inside it, dropped inside it (dropping empties the list, whose timers
 /// belong to it).
 ///
@@ -129,7 +129,7 @@ thread_local! {
 /// touching the wheel (the entry moves on when its old deadline comes up), and it is
 /// not deregistered when a wait ends. A recycled timer keeps the waker of the last task
 /// that waited on it until it is reused or its deadline passes: at most
-/// [`MAX_IDLE_TIMERS`] of them, for at most one timeout.
+/// `MAX_IDLE_TIMERS` of them, for at most one timeout.
 pub struct IdleTimers(());
 
 impl IdleTimers {
@@ -320,7 +320,7 @@ pub async fn read_some_idle(
 /// Writes all of `data` (tried first; the timer is armed only to wait).
 ///
 /// `idle` bounds the time without progress, not the whole write: a slow but steady
-/// reader is never cut (see [`wait_for_room`]).
+/// reader is never cut (see `wait_for_room`).
 pub async fn write_all(stream: &Stream, mut data: &[u8], idle: Duration) -> Result<(), IoFail> {
     while !data.is_empty() {
         match stream.try_write(data) {

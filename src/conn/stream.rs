@@ -95,7 +95,7 @@ impl Stream {
 
     /// Waits until the socket at the bottom takes bytes.
     ///
-    /// Like [`socket_readable`], through the socket's own waker slot for writes.
+    /// Like `socket_readable`, through the socket's own waker slot for writes.
     pub async fn writable(&self) -> io::Result<()> {
         let tcp = self.tcp();
         std::future::poll_fn(|cx| tcp.poll_write_ready(cx)).await

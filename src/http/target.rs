@@ -31,7 +31,7 @@ impl Scheme {
 pub enum Target {
     /// "/path?q" (origin-form)
     Origin,
-    /// "http://host[:port]/path?q"; host lower-cased, IPv6 without brackets; port defaulted by scheme (80/443).
+    /// `http://host[:port]/path?q`; host lower-cased, IPv6 without brackets; port defaulted by scheme (80/443).
     /// `path` is the origin-form to send upstream ("/" when the URL has no path; query kept), as Bytes sliced from
     /// the input where possible.
     Absolute {
@@ -212,7 +212,7 @@ fn parse_port(digits: &[u8]) -> Result<u16, ParseError> {
     }
 }
 
-/// The authority to put in Host: "host", "host:port" when port != default for scheme, "[v6]" bracketed.
+/// The authority to put in Host: "host", "host:port" when port != default for scheme, `[v6]` bracketed.
 pub fn host_header_value(scheme: Scheme, host: &str, port: u16) -> String {
     let mut value = String::with_capacity(host.len() + 8);
     if host.contains(':') {

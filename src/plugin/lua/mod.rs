@@ -11,7 +11,7 @@
 //! VM at load; `request(flow)` and `response(flow)` run from `on_request` and
 //! `on_response`. A script without a handler for an event costs one branch per event.
 //! `flush(opts)` runs at a worker's end (before `done`) and every
-//! `--script-flush-interval`. A directory is a Burro-style script (see [`burro`]).
+//! `--script-flush-interval`. A directory is a Burro-style script (see `burro`).
 //!
 //! A handler that raises, runs past `--script-instruction-limit` or past the VM's
 //! `--script-memory-limit` ends that event with a logged `script_error`, and the exchange
