@@ -17,6 +17,9 @@
 
 use std::sync::Arc;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
 use crate::config::Config;
 use crate::http::{RequestHead, Target};
 
@@ -138,20 +141,9 @@ fn ct_eq(given: &[u8], expected: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// Standard base64 with padding (RFC 4648 §4).
+/// Standard base64 with padding (RFC 4648 §4), as `Proxy-Authorization: Basic` carries it.
 fn base64_encode(input: &[u8]) -> Vec<u8> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let sym = |n: u32| ALPHABET[(n & 63) as usize];
-    let mut out = Vec::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let n = (b(0) << 16) | (b(1) << 8) | b(2);
-        out.push(sym(n >> 18));
-        out.push(sym(n >> 12));
-        out.push(if chunk.len() > 1 { sym(n >> 6) } else { b'=' });
-        out.push(if chunk.len() > 2 { sym(n) } else { b'=' });
-    }
-    out
+    STANDARD.encode(input).into_bytes()
 }
 
 #[cfg(test)]
