@@ -1497,41 +1497,7 @@ impl<'a> MakeWriter<'a> for LogWriter {
     }
 }
 
-// === UTC time without a date crate ===
-
-/// Days since 1970-01-01 → (year, month 1-12, day 1-31), proleptic Gregorian.
-/// Howard Hinnant's `civil_from_days` (<https://howardhinnant.github.io/date_algorithms.html>).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March-based
-    let d = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
-    let m = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
-    let y = if m <= 2 { y + 1 } else { y };
-    (y, m as u32, d as u32)
-}
-
-/// Broken-down UTC time: (year, month, day, hour, minute, second, millisecond).
-fn utc_parts(time: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
-    // Times before 1970 do not happen on a running proxy; clamp rather than fail.
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs() as i64;
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400) as u32;
-    (
-        y,
-        mo,
-        d,
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60,
-        since.subsec_millis(),
-    )
-}
+// === UTC time ===
 
 /// Python logging's `asctime`: `2026-11-22 01:54:30,229` (here in UTC).
 pub fn push_asctime(time: SystemTime, out: &mut String) {
@@ -1572,19 +1538,34 @@ fn push_utc(time: SystemTime, sep: char, frac: char, out: &mut String) {
     push_digits(ms % 100, out);
 }
 
-/// `YYYY-MM-DD<sep>hh:mm:ss` for `secs` since the epoch, digit by digit.
+/// `YYYY-MM-DD<sep>hh:mm:ss` (UTC) for `secs` since the epoch, digit by digit; the
+/// calendar is the `time` crate's. (Once a second per thread: see [`push_utc`].)
 fn push_second(secs: u64, sep: char, out: &mut String) {
-    let (y, mo, d, h, mi, s, _) = utc_parts(UNIX_EPOCH + Duration::from_secs(secs));
-    match u32::try_from(y) {
+    let Some(at) = i64::try_from(secs)
+        .ok()
+        .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+    else {
+        // Past the year 9999: no calendar date to show.
+        let _ = write!(out, "@{secs}");
+        return;
+    };
+    match u32::try_from(at.year()) {
         Ok(y) if y <= 9999 => {
             push_digits(y / 100, out);
             push_digits(y % 100, out);
         }
         _ => {
-            let _ = write!(out, "{y:04}");
+            let _ = write!(out, "{:04}", at.year());
         }
     }
-    for (lead, n) in [('-', mo), ('-', d), (sep, h), (':', mi), (':', s)] {
+    let fields = [
+        ('-', u32::from(u8::from(at.month()))),
+        ('-', u32::from(at.day())),
+        (sep, u32::from(at.hour())),
+        (':', u32::from(at.minute())),
+        (':', u32::from(at.second())),
+    ];
+    for (lead, n) in fields {
         out.push(lead);
         push_digits(n, out);
     }
@@ -1677,32 +1658,34 @@ mod tests {
         out
     }
 
+    /// Known dates (leap days, a century that is not a leap year) and the second
+    /// cache: consecutive seconds across midnight, a new year and a leap day.
     #[test]
-    fn civil_from_days_known_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(11_017), (2000, 3, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(20_779), (2026, 11, 22));
-        assert_eq!(civil_from_days(47_541), (2100, 3, 1)); // 2100 is not a leap year
-        assert_eq!(civil_from_days(47_540), (2100, 2, 28));
-    }
-
-    #[test]
-    fn civil_from_days_is_consecutive() {
-        // Walk 1970..2400 a day at a time and check the calendar never skips or repeats.
-        let mut prev = civil_from_days(0);
-        for day in 1..157_000 {
-            let cur = civil_from_days(day);
-            let next_month = (cur.1 == prev.1 % 12 + 1) && cur.2 == 1;
-            let same_month = cur.0 == prev.0 && cur.1 == prev.1 && cur.2 == prev.2 + 1;
-            assert!(same_month || next_month, "{prev:?} -> {cur:?}");
-            if cur.1 == 1 && prev.1 == 12 {
-                assert_eq!(cur.0, prev.0 + 1);
-            }
-            prev = cur;
-        }
+    fn utc_timestamps_know_the_calendar() {
+        let utc = |secs: u64, ms: u64| {
+            let mut out = String::new();
+            push_rfc3339(
+                UNIX_EPOCH + Duration::from_millis(secs * 1000 + ms),
+                &mut out,
+            );
+            out
+        };
+        let day = 86_400;
+        assert_eq!(utc(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc(11_016 * day, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(utc(11_017 * day - 1, 999), "2000-02-29T23:59:59.999Z");
+        assert_eq!(utc(11_017 * day, 0), "2000-03-01T00:00:00.000Z");
+        assert_eq!(utc(19_782 * day + 3_723, 40), "2024-02-29T01:02:03.040Z");
+        assert_eq!(utc(20_819 * day - 1, 0), "2026-12-31T23:59:59.000Z");
+        assert_eq!(utc(20_819 * day, 0), "2027-01-01T00:00:00.000Z");
+        assert_eq!(utc(47_540 * day, 0), "2100-02-28T00:00:00.000Z");
+        assert_eq!(utc(47_541 * day, 0), "2100-03-01T00:00:00.000Z"); // not a leap year
+        let mut asctime = String::new();
+        push_asctime(
+            UNIX_EPOCH + Duration::from_millis(20_779 * day * 1000 + 229),
+            &mut asctime,
+        );
+        assert_eq!(asctime, "2026-11-22 00:00:00,229");
     }
 
     #[test]
