@@ -21,9 +21,9 @@
 //!   `Allow: GET, HEAD` (proxy.py serves the file to any method);
 //! - no gzip (proxy.py compresses files over `--min-compression-length`), no ranges, no
 //!   conditional requests;
-//! - content types come from a fixed table, by the requested name's extension (proxy.py
-//!   asks Python's `mimetypes` about the file), and an unknown extension is
-//!   `application/octet-stream` (proxy.py: `text/plain`);
+//! - content types come from the `mime_guess` table, by the requested name's extension,
+//!   with text declared UTF-8 (proxy.py asks Python's `mimetypes` about the file), and an
+//!   unknown extension is `application/octet-stream` (proxy.py: `text/plain`);
 //! - a directory serves its `index.html` (proxy.py: 404 for `/`, unless the dashboard).
 
 use std::ffi::OsStr;
@@ -165,31 +165,30 @@ fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
-/// The `Content-Type` for a file, from its extension (case-insensitive).
+/// The media type of a file, from its extension (case-insensitive), by the
+/// `mime_guess` crate's table: JavaScript as `text/javascript` (RFC 9239), a PAC file
+/// as browsers expect it, and an unknown extension as `application/octet-stream`.
+/// [`push_content_type`] adds the charset of text types.
 pub fn content_type(path: &Path) -> &'static str {
-    let ext = path
+    let is_pac = path
         .extension()
-        .map(|e| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_bytes() {
-        b"html" | b"htm" => "text/html; charset=utf-8",
-        b"css" => "text/css; charset=utf-8",
-        b"js" | b"mjs" => "text/javascript; charset=utf-8",
-        b"json" | b"map" => "application/json",
-        b"txt" => "text/plain; charset=utf-8",
-        b"xml" => "application/xml",
-        b"svg" => "image/svg+xml",
-        b"png" => "image/png",
-        b"jpg" | b"jpeg" => "image/jpeg",
-        b"gif" => "image/gif",
-        b"webp" => "image/webp",
-        b"ico" => "image/vnd.microsoft.icon",
-        b"pdf" => "application/pdf",
-        b"wasm" => "application/wasm",
-        b"woff" => "font/woff",
-        b"woff2" => "font/woff2",
-        b"pac" => crate::plugin::pac::CONTENT_TYPE,
-        _ => "application/octet-stream",
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("pac"));
+    if is_pac {
+        return crate::plugin::pac::CONTENT_TYPE;
+    }
+    match mime_guess::from_path(path).first_raw() {
+        Some("application/javascript") => "text/javascript",
+        Some(known) => known,
+        None => "application/octet-stream",
+    }
+}
+
+/// The `Content-Type` value for `media_type`: text is declared UTF-8, as the files a
+/// proxy's built-in server holds are (without a charset, `text/*` means US-ASCII).
+fn push_content_type(media_type: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(media_type.as_bytes());
+    if media_type.starts_with("text/") && !media_type.contains("charset") {
+        out.extend_from_slice(b"; charset=utf-8");
     }
 }
 
@@ -240,7 +239,7 @@ pub async fn serve(
     } else {
         &rel
     };
-    out.extend_from_slice(content_type(named).as_bytes());
+    push_content_type(content_type(named), &mut out);
     out.extend_from_slice(b"\r\nCache-Control: ");
     out.extend_from_slice(CACHE_CONTROL.as_bytes());
     out.extend_from_slice(b"\r\nContent-Length: ");
@@ -428,18 +427,25 @@ mod tests {
         for (name, ct) in [
             ("a.html", "text/html; charset=utf-8"),
             ("A.HTM", "text/html; charset=utf-8"),
+            ("x.js", "text/javascript; charset=utf-8"),
             ("x.mjs", "text/javascript; charset=utf-8"),
             ("x.css", "text/css; charset=utf-8"),
+            ("notes.md", "text/markdown; charset=utf-8"),
             ("x.json", "application/json"),
             ("x.svg", "image/svg+xml"),
             ("x.jpeg", "image/jpeg"),
             ("x.woff2", "font/woff2"),
             ("x.wasm", "application/wasm"),
+            ("x.avif", "image/avif"),
             ("proxy.pac", "application/x-ns-proxy-autoconfig"),
+            ("PROXY.PAC", "application/x-ns-proxy-autoconfig"),
             ("noext", "application/octet-stream"),
-            ("x.tar.gz", "application/octet-stream"),
+            ("x.unknown-extension", "application/octet-stream"),
+            ("x.tar.gz", "application/gzip"),
         ] {
-            assert_eq!(content_type(Path::new(name)), ct, "{name}");
+            let mut out = Vec::new();
+            push_content_type(content_type(Path::new(name)), &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), ct, "{name}");
         }
     }
 }
