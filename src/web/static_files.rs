@@ -168,7 +168,7 @@ fn hex_value(b: u8) -> Option<u8> {
 /// The media type of a file, from its extension (case-insensitive), by the
 /// `mime_guess` crate's table: JavaScript as `text/javascript` (RFC 9239), a PAC file
 /// as browsers expect it, and an unknown extension as `application/octet-stream`.
-/// [`push_content_type`] adds the charset of text types.
+/// `push_content_type` adds the charset of text types.
 pub fn content_type(path: &Path) -> &'static str {
     let is_pac = path
         .extension()
