@@ -1549,15 +1549,10 @@ fn push_second(secs: u64, sep: char, out: &mut String) {
         let _ = write!(out, "@{secs}");
         return;
     };
-    match u32::try_from(at.year()) {
-        Ok(y) if y <= 9999 => {
-            push_digits(y / 100, out);
-            push_digits(y % 100, out);
-        }
-        _ => {
-            let _ = write!(out, "{:04}", at.year());
-        }
-    }
+    // 1970 to 9999: the epoch is the earliest, and the crate's dates end there.
+    let year = at.year().unsigned_abs();
+    push_digits(year / 100, out);
+    push_digits(year % 100, out);
     let fields = [
         ('-', u32::from(u8::from(at.month()))),
         ('-', u32::from(at.day())),

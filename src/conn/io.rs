@@ -395,7 +395,6 @@ fn try_write_gathered(tcp: &tokio::net::TcpStream, parts: &[Bytes]) -> Option<io
     })?;
     GATHER.with(|gather| {
         let mut gather = gather.try_borrow_mut().ok()?;
-        gather.clear();
         gather.reserve(total);
         for part in parts {
             gather.extend_from_slice(part);

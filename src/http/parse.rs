@@ -597,6 +597,7 @@ mod tests {
             }
         }
     }
+
     /// Whatever httparse completes, `check_lines` (over its spans) decides as `scan_head`
     /// (over the bytes) would, error for error. Heads are built line by line from parts
     /// that matter (CR, LF, NUL, controls, obs-text, leading SP/HTAB, long lines, many

@@ -176,7 +176,6 @@ const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(
 
 /// Serves one client connection until it closes, fails, or shutdown is signalled.
 pub async fn serve_connection(stream: TcpStream, addr: SocketAddr, shared: &Shared) {
-    let shutdown = &shared.stop;
     let _ = stream.set_nodelay(true);
     let conn_id = shared.next_conn_id();
     let mut client = Client {
@@ -196,14 +195,14 @@ pub async fn serve_connection(stream: TcpStream, addr: SocketAddr, shared: &Shar
             None => return,
         }
     }
-    let mut next = serve_requests(&mut client, shared, &mut conn, shutdown, conn_id).await;
+    let mut next = serve_requests(&mut client, shared, &mut conn, conn_id).await;
     // An intercepted CONNECT: the same loop again, inside the tunnel's TLS.
     while let Some(plan) = next {
         match boxed_intercept(client, *plan, shared, &mut conn).await {
             Some(inside) => client = inside,
             None => return,
         }
-        next = serve_requests(&mut client, shared, &mut conn, shutdown, conn_id).await;
+        next = serve_requests(&mut client, shared, &mut conn, conn_id).await;
     }
     close_chain(&mut conn, shared, client.addr);
 }
@@ -226,9 +225,9 @@ async fn serve_requests(
     client: &mut Client,
     shared: &Shared,
     conn: &mut ConnState,
-    shutdown: &Stop,
     conn_id: u64,
 ) -> Option<Box<tunnel::Intercept>> {
+    let shutdown = &shared.stop;
     let mut fresh = true;
     // One record per connection, restarted for each exchange.
     let mut exchange = Exchange::new(client, Instant::now());
@@ -249,7 +248,7 @@ async fn serve_requests(
         // The exchange's state machine is large and a task's future is allocated at its
         // largest size for the connection's whole life: boxing it per exchange keeps an
         // idle keep-alive connection down to the head reader's state.
-        let result = boxed_route(client, shared, head, &mut exchange, conn, shutdown).await;
+        let result = boxed_route(client, shared, head, &mut exchange, conn).await;
         if !conn.chain.is_empty() {
             let cx = shared.plugin_cx(client);
             if let Err(err) = &result {
@@ -457,9 +456,8 @@ fn boxed_route<'a>(
     head: RequestHead,
     exchange: &'a mut Exchange,
     conn: &'a mut ConnState,
-    shutdown: &'a Stop,
 ) -> LocalBoxFuture<'a, Result<Next, ProxyError>> {
-    Box::pin(route(client, shared, head, exchange, conn, shutdown))
+    Box::pin(route(client, shared, head, exchange, conn))
 }
 
 /// `reply_error`, boxed for the same reason as [`boxed_route`].
@@ -480,8 +478,8 @@ async fn route(
     mut head: RequestHead,
     exchange: &mut Exchange,
     conn: &mut ConnState,
-    shutdown: &Stop,
 ) -> Result<Next, ProxyError> {
+    let shutdown = &shared.stop;
     let is_connect = head.is_method("CONNECT");
     let mut target = parse_target(&head.target_bytes(), is_connect)
         .map_err(|e| ProxyError::new(e.request_kind(), "invalid request target"))?;
@@ -590,7 +588,7 @@ async fn route(
                 tls: https.then(|| sni.as_deref().unwrap_or(&host)),
             };
             forward::run(
-                client, shared, head, upstream, path, early_body, exchange, conn, shutdown,
+                client, shared, head, upstream, path, early_body, exchange, conn,
             )
             .await
             .map(Next::from)

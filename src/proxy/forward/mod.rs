@@ -68,7 +68,6 @@ pub async fn run(
     early_body: Option<Bytes>,
     exchange: &mut Exchange,
     conn: &mut ConnState,
-    shutdown: &Stop,
 ) -> Result<bool> {
     let config = &shared.config;
     let Upstream { host, port, tls } = target;
@@ -195,7 +194,7 @@ pub async fn run(
             exchange,
             chain,
             &cx,
-            shutdown,
+            &shared.stop,
             (&mut sent, &mut received),
         )
         .await;
