@@ -12,6 +12,13 @@ ROUNDS=3
 CONNS=50
 IDLE_CONNS=10000
 RSS_MODE=open
+# Extra flags for our proxy (and proxy.py) while the rss scenario holds idle connections.
+# Opening 10,000 of them can take longer than the default 10 s timeouts (more so after
+# the newconn scenario's TIME_WAIT sockets): without these, connections opened first are
+# closed before RSS is read, and "alive" counts fewer than were opened. The peers' own
+# defaults are minutes (tinyproxy's Timeout 600 here, squid's request_timeout 5 min).
+HOLD_ARGS=()
+HOLD_ARGS_PROXYPY=()
 ONLY=""
 TARGETS_WANTED=""
 PROXY_BIN="$ROOT/target/release/proxy"
@@ -73,6 +80,8 @@ Scenarios: $ALL_SCENARIOS
   1m        1 MiB downloads, keep-alive, c=$CONNS (MiB/s)
   connect   small GETs over TLS through CONNECT tunnels (hey -x http://proxy https://origin)
   rss       idle RSS after start, then RSS with --idle-conns idle client connections
+            (our proxy and proxy.py run with 300 s timeouts here, so that none of them
+            closes before all are open)
 
 TLS interception scenarios (not in the default run: --tls, or --only tls / --only tls-ka,...):
   $TLS_SCENARIOS
@@ -585,17 +594,17 @@ start_target() { # name -> 0 if started (PORT[name] set)
       rm -f "$TMP/$t.port"
       if [ "$t" = proxy-base ]; then
         spawn "$t" "${PIN_PROXY[@]}" "$BASE_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
-          --num-workers 1 --log-file /dev/null --log-level e
+          --num-workers 1 --log-file /dev/null --log-level e "${HOLD_ARGS[@]}"
       elif [ "$t" = proxy ]; then
         spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
-          --num-workers 1 --log-file /dev/null --log-level e
+          --num-workers 1 --log-file /dev/null --log-level e "${HOLD_ARGS[@]}"
       elif [ "$t" = proxy-log ]; then
         # The default log level: an access-log line per request, written to a real file.
         spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
-          --num-workers 1 --log-file "$TMP/proxy-log.log"
+          --num-workers 1 --log-file "$TMP/proxy-log.log" "${HOLD_ARGS[@]}"
       elif [ "$t" = proxy-lua ]; then
         spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
-          --num-workers 1 --log-file /dev/null --log-level e \
+          --num-workers 1 --log-file /dev/null --log-level e "${HOLD_ARGS[@]}" \
           --plugins "$ROOT/plugin_examples/lua/add_header.lua"
       elif [ "$t" = proxy-burro ]; then
         mkdir -p "$TMP/burro-count"
@@ -604,23 +613,23 @@ local n = tonumber((kv.get("requests"))) or 0
 kv.set("requests", n + 1)
 LUA
         spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
-          --num-workers 1 --log-file /dev/null --log-level e \
+          --num-workers 1 --log-file /dev/null --log-level e "${HOLD_ARGS[@]}" \
           --plugins "$TMP/burro-count/"
       elif [ "$t" = proxy-plugins ]; then
         # The cost of the chain: basic auth plus a host filter on every request.
         spawn "$t" "${PIN_PROXY[@]}" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
-          --num-workers 1 --log-file /dev/null --log-level e \
+          --num-workers 1 --log-file /dev/null --log-level e "${HOLD_ARGS[@]}" \
           --basic-auth "$BENCH_USER:$BENCH_PASS" --plugins FilterByUpstreamHostPlugin
       else
         spawn "$t" "$PROXY_BIN" --hostname 127.0.0.1 --port 0 --port-file "$TMP/$t.port" \
-          --num-workers 2 --log-file /dev/null --log-level e
+          --num-workers 2 --log-file /dev/null --log-level e "${HOLD_ARGS[@]}"
       fi
       wait_port_file "$t" ;;
     proxy.py)
       [ -x "$PROXYPY_BIN" ] || return 1
       p=$(free_ports 1)
       spawn "$t" "${PIN_PROXY[@]}" "$PROXYPY_BIN" --hostname 127.0.0.1 --port "$p" \
-        --num-acceptors 1 --num-workers 1 --log-file /dev/null --log-level e
+        --num-acceptors 1 --num-workers 1 --log-file /dev/null --log-level e "${HOLD_ARGS_PROXYPY[@]}"
       wait_port "$t" "$p" || { stop_proc "$t"; return 1; }
       PORT[$t]=$p ;;
     tinyproxy)
@@ -993,6 +1002,8 @@ run_throughput_scenario() { # scenario
 
 run_rss_scenario() {
   local t idle with line opened alive url
+  HOLD_ARGS=(--timeout 300 --header-timeout 300)
+  HOLD_ARGS_PROXYPY=(--timeout 300)
   start_scenario_targets
   log "rss: targets: $ACTIVE"
   sleep 1
@@ -1017,6 +1028,7 @@ run_rss_scenario() {
     log "rss $t: idle ${idle} KiB, with conns ${with} KiB, opened $opened, alive $alive"
   done
   stop_all
+  HOLD_ARGS=(); HOLD_ARGS_PROXYPY=()
   report_rss | tee -a "$RESULTS.tables"
 }
 
