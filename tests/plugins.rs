@@ -602,3 +602,59 @@ fn on_close_follows_the_last_exchange_of_a_connection_once() {
         ["request", "complete", "request", "complete", "close"]
     );
 }
+
+/// `GET`'s request bytes for `url`, with `HEAD` as the method.
+fn head_request(url: &str) -> Vec<u8> {
+    let mut req = get(url, "");
+    req.splice(..3, *b"HEAD");
+    req
+}
+
+#[test]
+fn head_requests_get_only_the_head_of_a_plugin_reply_and_the_connection_stays_in_step() {
+    // A mock answering in place of the origin (on_request), and a plugin replacing the
+    // origin's response (on_response): both build a body; a HEAD must not receive it, or
+    // the pipelined GET's response would be read from the middle of it.
+    let origin = Origin::fixed("the origin's own words");
+    for (plugin, url) in [
+        ("ProposedRestApiPlugin", "http://api.example.com/v1/users/"),
+        ("ManInTheMiddlePlugin", "http://alpha.test/"),
+    ] {
+        let proxy = spawn_proxy(&["--plugins", plugin]);
+        proxy.route("alpha.test", &origin);
+        let mut client = proxy.connect();
+        let mut both = head_request(url);
+        both.extend_from_slice(&get(url, ""));
+        client.send(&both);
+        let head = client.read_response_to("HEAD");
+        assert_eq!(head.status, 200, "{plugin}");
+        let length: usize = head.headers.get("content-length").unwrap().parse().unwrap();
+        let full = client.read_response();
+        assert_eq!(full.status, 200, "{plugin}");
+        // The HEAD announced the length of the body the GET then carries.
+        assert_eq!(full.body.data.len(), length, "{plugin}");
+        assert!(!gunzip(&full.body.data).is_empty(), "{plugin}");
+    }
+}
+
+#[test]
+fn head_requests_to_the_proxy_itself_and_head_errors_carry_no_body() {
+    let proxy = spawn_proxy(&[]);
+    // Origin-form: the proxy's own 404, kept alive, then the next request's answer.
+    let mut client = proxy.connect();
+    client.send(b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(client.read_response_to("HEAD").status, 404);
+    let next = client.read_response();
+    assert_eq!(next.status, 404);
+    assert!(next.text().contains("forward proxy"), "{}", next.text());
+    // An error reply (502, then close): the head and nothing after it.
+    let url = format!("http://{}/", refused_addr());
+    let raw = raw_exchange(proxy.addr, &head_request(&url));
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
+    assert!(text.contains("error=connection_refused"), "{text}");
+    assert!(
+        raw.ends_with(b"\r\n\r\n"),
+        "a body followed the head: {text}"
+    );
+}

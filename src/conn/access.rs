@@ -82,6 +82,11 @@ impl Exchange {
         self.method = head.raw().slice_ref(head.method());
     }
 
+    /// Whether the recorded request is a HEAD (its reply carries no body).
+    pub fn is_head(&self) -> bool {
+        self.method[..] == *b"HEAD"
+    }
+
     /// Records where the request goes.
     pub fn set_target(&mut self, host: &str, port: u16, path: &Bytes) {
         host.clone_into(&mut self.host);

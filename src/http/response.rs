@@ -159,12 +159,39 @@ pub fn response_with_reason(
     Bytes::from(out)
 }
 
+/// The head of a complete reply (`bytes` up to and including the blank line), for a
+/// request whose method is HEAD: its response carries no body (RFC 9110 §9.3.2), but
+/// keeps the `Content-Length` the same GET would get. Bytes without a blank line are
+/// returned whole.
+pub fn head_only(bytes: &Bytes) -> Bytes {
+    match memchr::memmem::find(bytes, b"\r\n\r\n") {
+        Some(end) => bytes.slice(..end + 4),
+        None => bytes.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Limits;
     use crate::http::parse::{parse_response, Parsed};
     use bytes::BytesMut;
+
+    #[test]
+    fn head_only_keeps_the_head_and_its_content_length() {
+        let full = simple_response(200, &[("X-A", "1")], b"\r\n\r\nbody", false);
+        let head = head_only(&full);
+        assert_eq!(
+            &head[..],
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 8\r\n\r\n"
+        );
+        let bodiless = simple_response(204, &[], b"", true);
+        assert_eq!(head_only(&bodiless), bodiless);
+        assert_eq!(
+            &head_only(&Bytes::from_static(b"no blank line"))[..],
+            b"no blank line"
+        );
+    }
 
     #[test]
     fn error_response_has_the_documented_shape() {

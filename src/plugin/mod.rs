@@ -79,7 +79,8 @@ pub enum WsVerdict {
 pub struct Reply {
     /// Status code, for the access log.
     pub status: u16,
-    /// The exact bytes to send (head and body).
+    /// The exact bytes to send (head and body; to a HEAD request, the proxy sends only
+    /// the head).
     pub bytes: Bytes,
     /// Whether the proxy closes the client connection after sending it.
     pub close: bool,
@@ -109,7 +110,7 @@ impl Reply {
         let close = !(no_body && req.wants_keep_alive());
         let bytes = http::response::simple_response(status, headers, body, close);
         let bytes = if req.is_method("HEAD") {
-            bytes.slice(..bytes.len().saturating_sub(body.len()))
+            http::response::head_only(&bytes)
         } else {
             bytes
         };

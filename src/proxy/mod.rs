@@ -633,6 +633,11 @@ async fn route(
                 b"404 Not Found: this is a forward proxy; send absolute-form requests\n",
                 !keep_alive,
             );
+            let reply = if head.is_method("HEAD") {
+                http::response::head_only(&reply)
+            } else {
+                reply
+            };
             exchange.set_status(404);
             exchange.add_bytes(reply.len() as u64);
             io::write_all(&client.stream, &reply, shared.config.timeout)
@@ -657,9 +662,16 @@ async fn send_reply(
     // request; we close rather than drain it.
     let has_body = !matches!(http::request_body_kind(head), Ok(http::BodyKind::Empty));
     let keep_alive = !reply.close && !has_body && head.wants_keep_alive() && !shutdown.is_set();
+    // A plugin's reply is built without regard to the method: a HEAD gets its head only,
+    // or the body would be read as the start of the next response.
+    let bytes = if head.is_method("HEAD") {
+        http::response::head_only(&reply.bytes)
+    } else {
+        reply.bytes
+    };
     exchange.set_status(reply.status);
-    exchange.add_bytes(reply.bytes.len() as u64);
-    io::write_all(&client.stream, &reply.bytes, config.timeout)
+    exchange.add_bytes(bytes.len() as u64);
+    io::write_all(&client.stream, &bytes, config.timeout)
         .await
         .map_err(|e| client_io_error(e, "writing a plugin's reply"))?;
     if !keep_alive {
@@ -802,7 +814,10 @@ async fn reply_error(
         return;
     };
     let details = err.context();
-    let reply = http::response::error_response(status, err.code(), Some(details), true);
+    let mut reply = http::response::error_response(status, err.code(), Some(details), true);
+    if exchange.is_head() {
+        reply = http::response::head_only(&reply);
+    }
     exchange.set_status(status);
     exchange.add_bytes(reply.len() as u64);
     if io::write_all(&client.stream, &reply, config.timeout)

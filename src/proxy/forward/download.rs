@@ -391,11 +391,17 @@ async fn send_reply(
     config: &Config,
     exchange: &mut Exchange,
 ) -> std::result::Result<(), Failure> {
-    write_all(client, &reply.bytes, config.timeout)
+    // No body for a HEAD, whatever the plugin built (RFC 9110 §9.3.2).
+    let bytes = if exchange.is_head() {
+        crate::http::response::head_only(&reply.bytes)
+    } else {
+        reply.bytes.clone()
+    };
+    write_all(client, &bytes, config.timeout)
         .await
         .map_err(|e| Failure::Fatal(client_io_error(e, "writing a plugin's reply")))?;
     exchange.set_status(reply.status);
-    exchange.add_bytes(reply.bytes.len() as u64);
+    exchange.add_bytes(bytes.len() as u64);
     Ok(())
 }
 
