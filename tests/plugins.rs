@@ -116,6 +116,11 @@ fn filter_by_upstream_host_answers_418_for_http_and_connect() {
         ),
         teapot
     );
+    // The fully qualified spelling names the same host.
+    assert_eq!(
+        raw_exchange(proxy.addr, &get("http://Blocked.Test./x", "")),
+        teapot
+    );
     assert_eq!(
         request(proxy.addr, &get("http://alpha.test/", "")).text(),
         "fine"

@@ -66,6 +66,13 @@ impl Target {
     }
 }
 
+/// `host` without the trailing dots of a fully qualified name (`example.com.` names the
+/// same DNS host as `example.com`): the form host lists are compared in, so that a
+/// trailing dot cannot slip a listed host past a filter. IP literals are unchanged.
+pub fn comparable_host(host: &str) -> &str {
+    host.trim_end_matches('.')
+}
+
 /// Classifies and parses a request-target; `is_connect` selects authority-form (RFC 9112 §3.2.3).
 pub fn parse_target(raw: &Bytes, is_connect: bool) -> Result<Target, ParseError> {
     // RFC 9112 §3.2: a fragment is never part of a request-target.

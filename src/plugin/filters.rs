@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::config::{ClientIpMode, Config};
+use crate::http::target::comparable_host;
 use crate::http::{RequestHead, Target};
 
 use super::{Flow, Plugin, PluginError, PluginFactory, Reply, RequestCx};
@@ -51,8 +52,8 @@ impl FilterByUpstreamHostFactory {
                 let h = h
                     .strip_prefix('[')
                     .and_then(|h| h.strip_suffix(']'))
-                    .unwrap_or(&h)
-                    .to_ascii_lowercase();
+                    .unwrap_or(&h);
+                let h = comparable_host(h).to_ascii_lowercase();
                 // Targets carry IP literals in canonical form.
                 match h.parse::<IpAddr>() {
                     Ok(ip) => ip.to_string(),
@@ -82,8 +83,9 @@ impl PluginFactory for FilterByUpstreamHostFactory {
 /// port aside, is exactly one of `--filtered-upstream-hosts`; CONNECT included.
 ///
 /// As proxy.py: no suffix matching (`m.facebook.com` passes the default list).
-/// Differences: host names are compared case-insensitively and an IPv6 literal may be
-/// listed with or without brackets; requests addressed to the proxy itself (origin-form)
+/// Differences: host names are compared case-insensitively and without a trailing dot
+/// (`facebook.com.` is refused too), and an IPv6 literal may be listed with or without
+/// brackets; requests addressed to the proxy itself (origin-form)
 /// are not filtered (proxy.py's proxy plugins never see them either).
 #[derive(Debug)]
 pub struct FilterByUpstreamHost {
@@ -104,6 +106,7 @@ impl Plugin for FilterByUpstreamHost {
         let Some(host) = target.upstream_host() else {
             return Ok(Flow::Continue);
         };
+        let host = comparable_host(host);
         if self.hosts.iter().any(|h| h == host) {
             return Ok(teapot());
         }
@@ -269,7 +272,7 @@ impl Plugin for FilterByUrlRegex {
             return Ok(Flow::Continue);
         }
         self.url.clear();
-        self.url.push_str(host);
+        self.url.push_str(comparable_host(host));
         self.url.push_str(&String::from_utf8_lossy(path));
         let Some(rule) = self.rules.matches(&self.url).iter().next() else {
             return Ok(Flow::Continue);
@@ -333,6 +336,9 @@ mod tests {
             "GET http://WWW.Facebook.COM:8080/x HTTP/1.1\r\nHost: www.facebook.com\r\n\r\n",
             "CONNECT www.facebook.com:443 HTTP/1.1\r\nHost: www.facebook.com:443\r\n\r\n",
             "GET https://facebook.com/ HTTP/1.1\r\nHost: facebook.com\r\n\r\n",
+            // The same DNS names, fully qualified.
+            "GET http://FaceBook.com./ HTTP/1.1\r\nHost: facebook.com.\r\n\r\n",
+            "CONNECT www.facebook.com.:443 HTTP/1.1\r\nHost: www.facebook.com.:443\r\n\r\n",
         ] {
             assert!(is_teapot(run(&f, CLIENT, raw)), "{raw}");
         }
@@ -436,6 +442,8 @@ mod tests {
             "http://www.facebook.com/tr/?id=1",
             "http://pagead2.googlesyndication.com/pagead/js",
             "http://127.0.0.1:8080/blocked/x",
+            // A fully qualified name is matched without its trailing dot.
+            "http://www.facebook.com./tr/?id=1",
         ] {
             assert!(blocked(run(&f, CLIENT, &get(url))), "{url}");
         }
@@ -449,6 +457,7 @@ mod tests {
         // CONNECT is matched by its host alone.
         let connect = |a: &str| format!("CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n");
         assert!(blocked(run(&f, CLIENT, &connect("evil.test:443"))));
+        assert!(blocked(run(&f, CLIENT, &connect("evil.test.:443"))));
         assert!(!blocked(run(&f, CLIENT, &connect("www.facebook.com:443"))));
         // Requests to the proxy itself are not filtered.
         let local = "GET /blocked/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
