@@ -139,7 +139,8 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value = "131072", value_parser = parse_bufsize, allow_negative_numbers = true)]
     pub server_recvbuf_size: usize,
 
-    /// Comma-separated request headers to remove before forwarding [default: none]
+    /// Comma-separated request headers to remove before forwarding (not Content-Length or
+    /// Transfer-Encoding, which frame the body) [default: none]
     #[arg(long, value_name = "NAMES")]
     pub disable_headers: Option<String>,
 

@@ -534,6 +534,13 @@ fn parse_header_list(list: &str) -> Result<Vec<String>, String> {
             return Err(format!("--disable-headers: '{name}' is not a header name"));
         }
         let name = name.to_ascii_lowercase();
+        // The body is framed by these: removing one would forward the body bytes as the
+        // start of another request (request smuggling), so they are refused here.
+        if name == "content-length" || name == "transfer-encoding" {
+            return Err(format!(
+                "--disable-headers: '{name}' frames the request body and cannot be removed"
+            ));
+        }
         if !names.contains(&name) {
             names.push(name);
         }
@@ -705,6 +712,9 @@ mod tests {
         let c = config(&["--disable-headers", "X-Foo, Cookie,,x-foo,User-Agent"]);
         assert_eq!(c.disable_headers, vec!["x-foo", "cookie", "user-agent"]);
         assert_eq!(exit_code(&["--disable-headers", "bad header"]), 64);
+        // The framing headers cannot be removed (their body would become a request).
+        assert_eq!(exit_code(&["--disable-headers", "X-A,Content-Length"]), 64);
+        assert_eq!(exit_code(&["--disable-headers", "transfer-encoding"]), 64);
     }
 
     #[test]
