@@ -158,7 +158,7 @@ fn malformed_requests_are_400_http_request_error_then_closed() {
     let proxy = spawn_proxy(&[]);
     proxy.route("alpha.test", &origin);
 
-    let cases: [(&str, &[u8]); 4] = [
+    let cases: [(&str, &[u8]); 5] = [
         (
             "Content-Length and Transfer-Encoding",
             b"POST http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 5\r\n\
@@ -168,6 +168,10 @@ fn malformed_requests_are_400_http_request_error_then_closed() {
             "duplicate Content-Length",
             b"POST http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 5\r\n\
               Content-Length: 5\r\n\r\nhello",
+        ),
+        (
+            "Content-Length with a leading zero (DESIGN: 0|[1-9][0-9]*)",
+            b"POST http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 05\r\n\r\nhello",
         ),
         (
             "bad chunk size",

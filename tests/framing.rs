@@ -88,6 +88,10 @@ fn malformed_response_content_length_is_502() {
             b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\nok",
         ),
         (
+            "Content-Length with a leading zero",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 02\r\n\r\nok",
+        ),
+        (
             "hex Content-Length",
             b"HTTP/1.1 200 OK\r\nContent-Length: 0x2\r\n\r\nok",
         ),

@@ -155,6 +155,11 @@ fn content_length(value: Option<&[u8]>) -> Result<BodyKind, FramingError> {
     if value.is_empty() {
         return Err(FramingError::Malformed("empty Content-Length"));
     }
+    // DESIGN §3 rule 2: `0|[1-9][0-9]*`. RFC 9110 allows leading zeros, but a next hop
+    // may read `010` otherwise (as octal): a value that is not canonical is refused.
+    if value.len() > 1 && value[0] == b'0' {
+        return Err(FramingError::Malformed("Content-Length has a leading zero"));
+    }
     let mut n: u64 = 0;
     for &b in value {
         if !b.is_ascii_digit() {
@@ -553,9 +558,18 @@ mod tests {
     }
 
     #[test]
-    fn content_length_leading_zeros_are_decimal() {
-        assert_eq!(req_kind("Content-Length: 05\r\n"), Ok(BodyKind::Length(5)));
-        assert_eq!(req_kind("Content-Length: 000\r\n"), Ok(BodyKind::Length(0)));
+    fn content_length_is_canonical_without_leading_zeros() {
+        assert_eq!(req_kind("Content-Length: 0\r\n"), Ok(BodyKind::Length(0)));
+        assert_eq!(req_kind("Content-Length: 10\r\n"), Ok(BodyKind::Length(10)));
+        for v in ["05", "000", "00", "010"] {
+            assert!(
+                matches!(
+                    req_kind(&format!("Content-Length: {v}\r\n")),
+                    Err(FramingError::Malformed(_))
+                ),
+                "{v}"
+            );
+        }
     }
 
     #[test]
