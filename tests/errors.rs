@@ -158,7 +158,7 @@ fn malformed_requests_are_400_http_request_error_then_closed() {
     let proxy = spawn_proxy(&[]);
     proxy.route("alpha.test", &origin);
 
-    let cases: [(&str, &[u8]); 5] = [
+    let cases: [(&str, &[u8]); 6] = [
         (
             "Content-Length and Transfer-Encoding",
             b"POST http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 5\r\n\
@@ -177,6 +177,11 @@ fn malformed_requests_are_400_http_request_error_then_closed() {
             "bad chunk size",
             b"POST http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: chunked\r\n\r\n\
               zz\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "Content-Length in the trailers",
+            b"POST http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\nContent-Length: 44\r\n\r\n",
         ),
         ("bare LF in the head", b"GET http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\nX-A: b\r\n\r\n"),
     ];

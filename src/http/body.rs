@@ -281,7 +281,15 @@ pub struct ChunkedDecoder {
     trailer_len: usize,
     max_chunk_line: usize,
     max_trailers: usize,
+    /// In a trailer field name: its bytes so far, and which of [`FRAMING_FIELDS`] it
+    /// may still be (one bit each).
+    name_len: usize,
+    name_may_be: u8,
 }
+
+/// Fields that frame a message: never accepted in trailers (RFC 9110 §6.5.1), where a
+/// next hop that merges trailers into the head would reframe the message by them.
+const FRAMING_FIELDS: [&[u8]; 2] = [b"content-length", b"transfer-encoding"];
 
 /// The longest chunk-size that fits a `u64`; more digits are rejected rather than overflowed.
 const MAX_SIZE_DIGITS: u8 = 16;
@@ -304,6 +312,8 @@ impl ChunkedDecoder {
             trailer_len: 0,
             max_chunk_line: limits.max_chunk_line,
             max_trailers: limits.max_trailers,
+            name_len: 0,
+            name_may_be: 0,
         }
     }
 
@@ -438,7 +448,12 @@ impl ChunkedDecoder {
                 }
                 match b {
                     b'\r' => State::EndLf,
-                    _ if is_tchar(b) => State::TrailerName,
+                    _ if is_tchar(b) => {
+                        self.name_len = 0;
+                        self.name_may_be = (1 << FRAMING_FIELDS.len()) - 1;
+                        self.match_name_byte(b);
+                        State::TrailerName
+                    }
                     // RFC 9112 §5.2: obs-fold is rejected in trailers as in heads.
                     b' ' | b'\t' => return Err(Malformed("obs-fold in trailers")),
                     _ => return Err(Malformed("invalid trailer field name")),
@@ -447,8 +462,19 @@ impl ChunkedDecoder {
             State::TrailerName => {
                 self.count_trailer_byte()?;
                 match b {
-                    b':' => State::TrailerValue,
-                    _ if is_tchar(b) => State::TrailerName,
+                    b':' => {
+                        let whole = FRAMING_FIELDS.iter().enumerate().any(|(i, name)| {
+                            self.name_may_be & (1 << i) != 0 && name.len() == self.name_len
+                        });
+                        if whole {
+                            return Err(Malformed("framing field in trailers"));
+                        }
+                        State::TrailerValue
+                    }
+                    _ if is_tchar(b) => {
+                        self.match_name_byte(b);
+                        State::TrailerName
+                    }
                     _ => return Err(Malformed("invalid trailer field name")),
                 }
             }
@@ -486,6 +512,17 @@ impl ChunkedDecoder {
             return Err(FramingError::TooLarge);
         }
         Ok(())
+    }
+
+    /// Narrows which framing field the trailer name being read may be, by its next byte.
+    fn match_name_byte(&mut self, b: u8) {
+        let at = self.name_len;
+        for (i, name) in FRAMING_FIELDS.iter().enumerate() {
+            if name.get(at) != Some(&b.to_ascii_lowercase()) {
+                self.name_may_be &= !(1 << i);
+            }
+        }
+        self.name_len += 1;
     }
 
     fn count_trailer_byte(&mut self) -> Result<(), FramingError> {
@@ -1101,16 +1138,29 @@ mod tests {
     #[test]
     fn trailer_rules() {
         assert!(decode(b"0\r\nA: b\r\nC:\r\n\r\n").unwrap().2);
+        // Names that only begin or end like a framing field are fine.
+        assert!(
+            decode(b"0\r\nContent-Lengths: 1\r\nContent: 2\r\nX-Content-Length: 3\r\n\r\n")
+                .unwrap()
+                .2
+        );
+        // A name split across reads is matched as a whole.
+        assert!(matches!(
+            decode_pieces(b"0\r\nContent-Length: 1\r\n\r\n", &[10], &limits()),
+            Err(FramingError::Malformed(_))
+        ));
         for bad in [
-            &b"0\r\nA : b\r\n\r\n"[..], // whitespace before colon
-            b"0\r\nA: b\r\n c\r\n\r\n", // obs-fold
-            b"0\r\n: b\r\n\r\n",        // empty name
-            b"0\r\nA(b: c\r\n\r\n",     // non-token name
-            b"0\r\nA: b\0\r\n\r\n",     // NUL
-            b"0\r\nA: b\rc\r\n\r\n",    // bare CR
-            b"0\r\nA: b\n\r\n",         // bare LF
-            b"0\r\nAb\r\n\r\n",         // no colon
-            b"0\r\n\rX",                // bare CR on the final line
+            &b"0\r\nA : b\r\n\r\n"[..],        // whitespace before colon
+            b"0\r\nA: b\r\n c\r\n\r\n",        // obs-fold
+            b"0\r\n: b\r\n\r\n",               // empty name
+            b"0\r\nA(b: c\r\n\r\n",            // non-token name
+            b"0\r\nA: b\0\r\n\r\n",            // NUL
+            b"0\r\nA: b\rc\r\n\r\n",           // bare CR
+            b"0\r\nA: b\n\r\n",                // bare LF
+            b"0\r\nAb\r\n\r\n",                // no colon
+            b"0\r\n\rX",                       // bare CR on the final line
+            b"0\r\nContent-Length: 5\r\n\r\n", // framing fields, any case
+            b"0\r\nA: b\r\ntransfer-ENCODING: chunked\r\n\r\n",
         ] {
             assert!(
                 matches!(decode_err(bad), FramingError::Malformed(_)),
