@@ -513,3 +513,51 @@ fn ipv4_mapped_ipv6_spelling_of_the_proxy_is_a_loop() {
     let resp = request(proxy.addr, &get(&url, ""));
     resp.assert_error(508, "proxy_loop_detected");
 }
+
+/// RFC 9110 §8.6, RFC 9112 §6.1: no Content-Length or Transfer-Encoding on a 1xx or
+/// 204. An origin's such fields are dropped, not relayed to mislead the client (the
+/// bytes after a 204's head were never part of it).
+#[test]
+fn framing_fields_of_interim_and_204_responses_are_not_relayed() {
+    let origin = Origin::spawn(|req| {
+        Reply::keep(if req.target == "/204" {
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-A: 1\r\n\r\n".to_vec()
+        } else if req.target == "/204-te" {
+            b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n".to_vec()
+        } else {
+            b"HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\nLink: </a>\r\n\r\n\
+              HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                .to_vec()
+        })
+    });
+    let proxy = spawn_proxy(&[]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    for path in ["/204", "/204-te"] {
+        client.send(&get(&format!("http://alpha.test{path}"), ""));
+        let resp = client.read_response();
+        assert_eq!(resp.status, 204, "{path}");
+        assert_eq!(resp.headers.get("x-a"), Some("1"));
+        assert!(
+            !resp.headers.has("content-length"),
+            "{path}: {:?}",
+            resp.headers
+        );
+        assert!(
+            !resp.headers.has("transfer-encoding"),
+            "{path}: {:?}",
+            resp.headers
+        );
+    }
+    client.send(&get("http://alpha.test/103", ""));
+    let interim = parse_head(&client.read_head().unwrap().unwrap());
+    assert_eq!(interim.start[1], "103");
+    assert_eq!(interim.headers.get("link"), Some("</a>"));
+    assert!(
+        !interim.headers.has("content-length"),
+        "{:?}",
+        interim.headers
+    );
+    let fin = client.read_response();
+    assert_eq!((fin.status, fin.text().as_str()), (200, "ok"));
+}

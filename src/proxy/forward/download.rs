@@ -102,6 +102,7 @@ pub(super) async fn download(
         if request.version == Version::Http11 {
             let mut head = head;
             strip_hop_by_hop(&mut head);
+            remove_forbidden_framing(&mut head);
             head.encode_with_version(Version::Http11, parts);
             let len: usize = parts.iter().map(Bytes::len).sum();
             write_parts(client, parts, config.timeout)
@@ -209,6 +210,7 @@ pub(super) async fn download(
             head.append("Transfer-Encoding", b"chunked");
         }
     }
+    remove_forbidden_framing(&mut head);
     connection_header(&mut head, close_client, request.version);
     head.encode_with_version(Version::Http11, parts);
     // Body bytes that came with the head leave in the same write (one syscall for a
@@ -363,6 +365,7 @@ async fn whole_response(
         data = concat(&[out, tail]);
     }
     head.remove("transfer-encoding");
+    remove_forbidden_framing(&mut head);
     if request.is_head || !response_may_have_body(head.status()) {
         // HEAD, 204, 304: the origin's Content-Length (if any) describes another message.
     } else {
@@ -406,6 +409,17 @@ async fn send_reply(
 }
 
 /// Whether a response with this status carries a body (RFC 9110 §6.4.1).
+/// RFC 9110 §8.6 and RFC 9112 §6.1: a 1xx or 204 response must not carry
+/// Content-Length or Transfer-Encoding. Its body was never read (it has none), so an
+/// origin's such fields are dropped rather than passed on to mislead the client.
+fn remove_forbidden_framing(head: &mut ResponseHead) {
+    let status = head.status();
+    if status == 204 || (100..200).contains(&status) {
+        head.remove("content-length");
+        head.remove("transfer-encoding");
+    }
+}
+
 fn response_may_have_body(status: u16) -> bool {
     !(status == 204 || status == 304 || (100..200).contains(&status))
 }
