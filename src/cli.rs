@@ -127,7 +127,7 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub connect_timeout: Duration,
 
-    /// On SIGINT/SIGTERM, seconds in-flight requests may take to finish (not in proxy.py).
+    /// On SIGINT/SIGTERM/SIGHUP, seconds in-flight requests may take to finish (not in proxy.py).
     #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_grace, allow_negative_numbers = true)]
     pub grace_period: Duration,
 

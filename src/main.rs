@@ -87,9 +87,12 @@ fn run(
     let signals = runtime.and_then(|rt| {
         let int = rt.block_on(async { signal(SignalKind::interrupt()) })?;
         let term = rt.block_on(async { signal(SignalKind::terminate()) })?;
-        Ok((rt, int, term))
+        // A closed terminal: stop as for SIGTERM (the default would exit at once and
+        // leave the pid file behind).
+        let hup = rt.block_on(async { signal(SignalKind::hangup()) })?;
+        Ok((rt, int, term, hup))
     });
-    let (rt, mut int, mut term) = match signals {
+    let (rt, mut int, mut term, mut hup) = match signals {
         Ok(parts) => parts,
         Err(e) => {
             tracing::error!("cannot install signal handlers: {e}");
@@ -118,7 +121,11 @@ fn run(
         if workers == 1 { "" } else { "s" }
     );
     let name = rt.block_on(async {
-        tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM" }
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
+        }
     });
     tracing::info!("{name} received; draining for up to {grace:?} (send it again to stop now)");
     handle.shutdown();
@@ -128,7 +135,12 @@ fn run(
         let _ = done_tx.send(());
     });
     let drained = rt.block_on(async {
-        tokio::select! { _ = done_rx => true, _ = int.recv() => false, _ = term.recv() => false }
+        tokio::select! {
+            _ = done_rx => true,
+            _ = int.recv() => false,
+            _ = term.recv() => false,
+            _ = hup.recv() => false,
+        }
     });
     if drained {
         ExitCode::SUCCESS

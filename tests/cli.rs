@@ -110,60 +110,64 @@ fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<i32> {
     panic!("proxy did not exit within {limit:?}");
 }
 
+/// SIGTERM stops the proxy cleanly, and so does SIGHUP (a closed terminal): exit 0,
+/// pid file removed.
 #[test]
-fn abbreviated_flags_start_the_proxy_and_sigterm_stops_it() {
-    let port_file = temp_path("port");
-    let pid_file = temp_path("pid");
-    let _ = std::fs::remove_file(&port_file);
-    let _ = std::fs::remove_file(&pid_file);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
-        .args([
-            "--num-w",
-            "1",
-            "--hostname",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--log-level",
-            "e",
-        ])
-        .arg("--port-f")
-        .arg(&port_file)
-        .arg("--pid-file")
-        .arg(&pid_file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+fn abbreviated_flags_start_the_proxy_and_sigterm_or_sighup_stops_it() {
+    for signal in ["-TERM", "-HUP"] {
+        let port_file = temp_path("port");
+        let pid_file = temp_path("pid");
+        let _ = std::fs::remove_file(&port_file);
+        let _ = std::fs::remove_file(&pid_file);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+            .args([
+                "--num-w",
+                "1",
+                "--hostname",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--log-level",
+                "e",
+            ])
+            .arg("--port-f")
+            .arg(&port_file)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
 
-    // The port file appears once the listeners are up.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let port: u16 = loop {
-        let written = std::fs::read_to_string(&port_file).unwrap_or_default();
-        if let Some(Ok(port)) = written.lines().next().map(str::parse) {
-            break port;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("proxy exited early: {status}");
-        }
-        assert!(Instant::now() < deadline, "no port file");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_ne!(port, 0);
-    TcpStream::connect(("127.0.0.1", port)).unwrap();
-    assert_eq!(
-        std::fs::read_to_string(&pid_file).unwrap().trim(),
-        child.id().to_string()
-    );
+        // The port file appears once the listeners are up.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port: u16 = loop {
+            let written = std::fs::read_to_string(&port_file).unwrap_or_default();
+            if let Some(Ok(port)) = written.lines().next().map(str::parse) {
+                break port;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("proxy exited early: {status}");
+            }
+            assert!(Instant::now() < deadline, "no port file");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_ne!(port, 0);
+        TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&pid_file).unwrap().trim(),
+            child.id().to_string()
+        );
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    assert_eq!(wait_for_exit(&mut child, Duration::from_secs(20)), Some(0));
-    assert!(!pid_file.exists(), "pid file left behind");
-    let _ = std::fs::remove_file(&port_file);
+        let killed = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        assert_eq!(wait_for_exit(&mut child, Duration::from_secs(20)), Some(0));
+        assert!(!pid_file.exists(), "{signal}: pid file left behind");
+        let _ = std::fs::remove_file(&port_file);
+    }
 }
 
 /// A newcomer sees at once that the proxy started and where: the version, every bound
