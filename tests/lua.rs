@@ -256,6 +256,23 @@ fn a_script_that_does_not_load_stops_start_up_with_file_and_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/script.lua"));
+    // Lua gives a memory error no place: it is named at the line the script was running.
+    let hungry = script(
+        "hungry-at-load",
+        "local t = {}\n\nwhile true do t[#t + 1] = string.rep(\"x\", 4096) .. #t end\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxy"))
+        .args(["--port", "0", "--script", &hungry])
+        .args(["--script-memory-limit", "4000000"])
+        .args(["--script-instruction-limit", "1000000000"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{hungry}:3: memory limit: not enough memory")),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -353,6 +370,25 @@ fn the_memory_cap_ends_a_hungry_handler_and_the_request_is_answered() {
         client.send(&get("http://alpha.test/", ""));
         assert_eq!(client.read_response().text(), "ok");
     }
+    // The logged error names the script's file and the line it was running.
+    let log_file = temp_path("lua-memory.log");
+    let proxy = ProxyBinary::spawn(&[
+        "--script",
+        &path,
+        "--script-memory-limit",
+        "4000000",
+        "--script-instruction-limit",
+        "1000000000",
+        "--log-file",
+        &log_file.display().to_string(),
+    ]);
+    assert_eq!(request(proxy.addr, &get(&origin.url("/"), "")).text(), "ok");
+    assert_eq!(proxy.terminate().code(), Some(0));
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(
+        log.contains(&format!("script {path}:3: memory limit: not enough memory")),
+        "{log}"
+    );
 }
 
 #[test]
@@ -508,6 +544,61 @@ fn error_gets_the_stable_code_and_access_log_the_status_the_client_got() {
         ),
         "{text}"
     );
+}
+
+#[test]
+fn access_log_and_error_see_the_request_an_earlier_plugin_answered() {
+    let origin = Origin::fixed("fine");
+    // Answers or fails some requests itself: the script after it never sees `request`.
+    let first = script(
+        "answers_first",
+        r#"FAIL_CLOSED = true
+           function request(flow)
+             if flow.request.path == "/mine" then flow:reply(403, "mine\n") end
+             if flow.request.path == "/broken" then error("boom") end
+           end"#,
+    );
+    let later = script(
+        "logs_later",
+        r#"local log = {}
+           function request(flow)
+             if flow.request.host == "log.test" then
+               flow:reply(200, table.concat(log, ","))
+             end
+           end
+           function access_log(flow)
+             local r = flow.request
+             if r.host ~= "log.test" then
+               log[#log + 1] = table.concat({ r.method, r.host, r.path,
+                 r.headers["x-probe"] or "-", tostring(flow.response.status_code) }, " ")
+             end
+           end
+           return { error = function(flow, err)
+             log[#log + 1] = table.concat({ "error", err.code, err.target_host, flow.request.path }, " ")
+           end }"#,
+    );
+    let plugins = format!("FilterByUpstreamHostPlugin,{first},{later}");
+    let proxy = spawn_proxy(&[
+        "--plugins",
+        &plugins,
+        "--filtered-upstream-hosts",
+        "blocked.test",
+    ]);
+    proxy.route("alpha.test", &origin);
+    let status = |url: &str, extra: &str| request(proxy.addr, &get(url, extra)).status;
+    assert_eq!(status("http://blocked.test/x?q=1", "X-Probe: p1\r\n"), 418);
+    assert_eq!(status("http://alpha.test/mine", "X-Probe: p2\r\n"), 403);
+    assert_eq!(status("http://alpha.test/broken", ""), 500);
+    assert_eq!(status("http://alpha.test/fine", ""), 200);
+    assert_eq!(
+        request(proxy.addr, &get("http://log.test/", "")).text(),
+        "GET blocked.test /x?q=1 p1 418,\
+         GET alpha.test /mine p2 403,\
+         error proxy_internal_error alpha.test /broken,\
+         GET alpha.test /broken - 500,\
+         GET alpha.test /fine - 200"
+    );
+    assert_eq!(origin.requests().len(), 1);
 }
 
 // === bodies (BODIES opt-in) ===

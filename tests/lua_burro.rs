@@ -333,6 +333,53 @@ fn block_example_answers_403_without_contacting_the_origin() {
 }
 
 #[test]
+fn after_response_sees_the_request_an_earlier_plugin_answered() {
+    let origin = Origin::fixed("hello");
+    let record = append(
+        r#"table.concat({ ctx.req.method, ctx.req.host, ctx.req.path, ctx.req.query,
+             ctx.req.headers["x-probe"] or "-", tostring(ctx.resp.status_code) }, " ")"#,
+    );
+    // Reads the log and the metric example's counts.
+    let reader = r#"
+if ctx.req.host == "log.test" then
+  mut.resp.set_body((kv.get("log") or "") .. (kv.get("metric:requests:blocked.test") or "0")
+    .. "/" .. (kv.get("metric:requests:alpha.test") or "0"))
+  mut.ctx.set_finish()
+end
+"#;
+    let after_response = format!("if ctx.req.host ~= \"log.test\" then {record} end");
+    let dir = hooks(
+        "after_answered",
+        &[
+            ("before_request", reader),
+            ("after_response", &after_response),
+        ],
+    );
+    // The filter answers 418, Burro's block example 403 for /block.
+    let plugins = format!(
+        "FilterByUpstreamHostPlugin,{},{},{dir}",
+        example("block"),
+        example("metric")
+    );
+    let proxy = spawn_proxy(&[
+        "--plugins",
+        &plugins,
+        "--filtered-upstream-hosts",
+        "blocked.test",
+    ]);
+    proxy.route("alpha.test", &origin);
+    let status = |url: &str, extra: &str| request(proxy.addr, &get(url, extra)).status;
+    assert_eq!(status("http://blocked.test/x?q=1", "X-Probe: p1\r\n"), 418);
+    assert_eq!(status("http://alpha.test/block", "X-Probe: p2\r\n"), 403);
+    assert_eq!(status("http://alpha.test/open", ""), 200);
+    assert_eq!(
+        read_log(&proxy),
+        "GET blocked.test /x q=1 p1 418,GET alpha.test /block  p2 403,GET alpha.test /open  - 200,1/2"
+    );
+    assert_eq!(origin.requests().len(), 1);
+}
+
+#[test]
 fn set_finish_alone_answers_200_with_what_was_built() {
     let origin = Origin::fixed("origin");
     let dir = hooks(

@@ -227,6 +227,14 @@ pub trait Plugin {
         Ok(Flow::Continue)
     }
 
+    /// A plugin before this one ended the request in `on_request` (answered it, closed
+    /// the connection or failed), so this one's `on_request` is not called for it: the
+    /// request as it was then, for a plugin that reports on the exchange in `on_error`
+    /// and `on_complete` (a script's `access_log`). Observing only.
+    fn on_request_skipped(&mut self, cx: &RequestCx<'_>, req: &RequestHead, target: &Target) {
+        let _ = (cx, req, target);
+    }
+
     /// The origin's final response head arrived and has not been sent yet. Headers may
     /// be edited in place; `Respond` replaces the whole response (the upstream
     /// connection is then closed, its body unread).
@@ -468,7 +476,8 @@ impl Chain {
         self.plugins.is_empty()
     }
 
-    /// Runs `on_request` in order; the first non-`Continue` wins.
+    /// Runs `on_request` in order; the first non-`Continue` (or error) wins, and the
+    /// plugins after it get `on_request_skipped`.
     ///
     /// A plugin that turns a proxied request into one addressed to this server
     /// (`Target::Origin`, as RedirectToCustomServerPlugin does) hands it to the built-in
@@ -483,11 +492,19 @@ impl Chain {
         target: &mut Target,
     ) -> Result<Flow, (&'static str, PluginError)> {
         let mut redirected_at = None;
-        for (i, plugin) in self.plugins.iter_mut().enumerate() {
+        for i in 0..self.plugins.len() {
+            let plugin = &mut self.plugins[i];
             let was_local = matches!(target, Target::Origin);
-            match guard(plugin.name(), || plugin.on_request(cx, req, target))? {
-                Flow::Continue => {}
-                flow => return Ok(flow),
+            let ended = guard(plugin.name(), || plugin.on_request(cx, req, target));
+            if !matches!(ended, Ok(Flow::Continue)) {
+                // The plugins after it still see the request (for `on_complete`).
+                for later in self.plugins.iter_mut().skip(i + 1) {
+                    let _ = guard(later.name(), || {
+                        later.on_request_skipped(cx, req, target);
+                        Ok(())
+                    });
+                }
+                return ended;
             }
             if !was_local && matches!(target, Target::Origin) && redirected_at.is_none() {
                 redirected_at = Some(i);

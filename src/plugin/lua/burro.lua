@@ -235,7 +235,9 @@ end
 local CTX = setmetatable({}, {
   __index = function(_, k)
     if k == "req" then
-      if conn or request_of() then
+      -- Every exchange has a request (one the proxy refused before any plugin saw it
+      -- reads empty fields); connect.lua and close.lua read the connection's.
+      if conn or cur then
         return REQ
       end
     elseif k == "resp" then

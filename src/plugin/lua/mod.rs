@@ -567,6 +567,21 @@ impl Plugin for LuaPlugin {
         }))
     }
 
+    fn on_request_skipped(&mut self, cx: &RequestCx<'_>, req: &RequestHead, target: &Target) {
+        let Some(vm) = self.vm.clone() else {
+            return;
+        };
+        self.connect(&vm, cx);
+        // An earlier plugin answered: `error` and `access_log` still read the request
+        // (the response handlers do not run on its answer).
+        if !vm.access_log.is_empty() || !vm.error.is_empty() {
+            let shared = self.exchange(cx);
+            let mut ex = shared.borrow_mut();
+            ex.req = Some(req.clone());
+            ex.target = Some(target.clone());
+        }
+    }
+
     fn hold(&mut self) -> Option<crate::plugin::Hold> {
         let pause = self.exchange.as_ref()?.borrow().paused.clone()?;
         Some(Box::pin(pause.resumed()))

@@ -319,3 +319,51 @@ fn a_burro_directory_vm_stays_small_when_idle() {
     assert_eq!((vm.access_log.len(), vm.flush.len()), (1, 1));
     assert!(vm.request.is_empty() && vm.response.is_empty());
 }
+
+#[test]
+fn memory_errors_name_the_file_and_line() {
+    // Lua gives a memory error no place: it is where the budget hook last saw the script.
+    let hungry = "local t = {}\nwhile true do t[#t + 1] = string.rep('x', 4096) .. #t end";
+    let mut s = script(&format!("function request(f)\n  {hungry}\nend"));
+    s.instruction_limit = u64::MAX;
+    let vm = Vm::load(&s).unwrap();
+    vm.refill();
+    let err = vm.request[0].call(&mlua::Value::Nil).unwrap_err();
+    assert_eq!(
+        vm.describe(&err),
+        "dir/test.lua:3: memory limit: not enough memory"
+    );
+    // One allocation too many before the hook ran in this event: the file at least.
+    let vm = Vm::load(&script(
+        "function request(f) return string.rep('x', 64 * 1024 * 1024) end",
+    ))
+    .unwrap();
+    vm.refill();
+    let err = vm.request[0].call(&mlua::Value::Nil).unwrap_err();
+    let msg = vm.describe(&err);
+    assert!(
+        msg.starts_with("dir/test.lua") && msg.ends_with(": memory limit: not enough memory"),
+        "{msg}"
+    );
+    // While loading.
+    let mut s = script(&format!("\n{hungry}"));
+    s.instruction_limit = u64::MAX;
+    let err = Vm::load(&s).err().unwrap();
+    assert_eq!(err, "dir/test.lua:3: memory limit: not enough memory");
+    // A Burro hook file, named whole.
+    let dir = std::env::temp_dir().join(format!("proxy-lua-memory-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("after_response.lua"), format!("\n\n{hungry}\n")).unwrap();
+    let mut s = script(&burro::source(&dir).unwrap());
+    s.path = dir.clone();
+    s.instruction_limit = u64::MAX;
+    let vm = Vm::load(&s).unwrap();
+    vm.refill();
+    let err = vm.access_log[0].call(&mlua::Value::Nil).unwrap_err();
+    let file = dir.join("after_response.lua");
+    assert_eq!(
+        vm.describe(&err),
+        format!("{}:4: memory limit: not enough memory", file.display())
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,6 +1,6 @@
 //! One script's Lua VM: the sandbox, the limits, and the handlers found at load.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -108,6 +108,8 @@ pub(crate) struct Vm {
     /// Instructions left for the running event.
     budget: Rc<Cell<u64>>,
     limit: u64,
+    /// Where the budget hook last found the script in the running event.
+    place: Rc<RefCell<Place>>,
     /// The script's file or hooks directory, to name its files whole in errors.
     root: PathBuf,
     pub(crate) lua: Lua,
@@ -121,7 +123,8 @@ impl Vm {
     /// The script does not compile, raises while loading or in `start`, or runs past a
     /// limit: `file:line: message`.
     pub(crate) fn load(script: &Script) -> Result<Vm, String> {
-        let fail = |e: mlua::Error| whole_paths(describe(&e), &script.path);
+        let place = Rc::new(RefCell::new(Place::default()));
+        let fail = |e: mlua::Error| describe_at(&e, &place.borrow(), &script.path);
         // No `coroutine`: mlua 0.10 hooks one Lua thread at a time, so a coroutine would
         // run outside the instruction budget.
         let libs = StdLib::TABLE
@@ -142,9 +145,13 @@ impl Vm {
         lua.gc_gen(0, 0);
         let budget = Rc::new(Cell::new(script.instruction_limit));
         let left = Rc::clone(&budget);
+        let seen = Rc::clone(&place);
         lua.set_hook(
             HookTriggers::new().every_nth_instruction(HOOK_EVERY),
-            move |_, _| {
+            move |_, debug| {
+                if let Ok(mut place) = seen.try_borrow_mut() {
+                    place.note(&debug);
+                }
                 let now = left.get();
                 if now < u64::from(HOOK_EVERY) {
                     left.set(0);
@@ -183,6 +190,7 @@ impl Vm {
             response_bodies: false,
             budget,
             limit: script.instruction_limit,
+            place: Rc::clone(&place),
             root: script.path.clone(),
             lua,
         };
@@ -258,9 +266,11 @@ impl Vm {
             || !self.websocket_end.is_empty()
     }
 
-    /// Gives the next event its whole instruction budget.
+    /// Gives the next event its whole instruction budget (and forgets where the last
+    /// one was).
     pub(crate) fn refill(&self) {
         self.budget.set(self.limit);
+        self.place.borrow_mut().line = 0;
     }
 
     /// Finds the handlers: global functions named for events, then those of a returned
@@ -451,17 +461,10 @@ fn sandbox(lua: &Lua, script: &Script) -> mlua::Result<()> {
 /// One line for a Lua error: `file:line: message` where Lua knows the place.
 pub(crate) fn describe(err: &mlua::Error) -> String {
     match err {
-        mlua::Error::CallbackError { traceback, cause } => {
-            let place = traceback
-                .lines()
-                .map(str::trim)
-                .find(|l| l.contains(".lua:"))
-                .and_then(|l| l.split(": in ").next());
-            match place {
-                Some(place) => format!("{place}: {}", describe(cause)),
-                None => describe(cause),
-            }
-        }
+        mlua::Error::CallbackError { traceback, cause } => match traceback_place(traceback) {
+            Some(place) => format!("{place}: {}", describe(cause)),
+            None => describe(cause),
+        },
         mlua::Error::SyntaxError { message, .. } => first_line(message),
         mlua::Error::RuntimeError(message) => first_line(message),
         mlua::Error::MemoryError(message) => format!("memory limit: {}", first_line(message)),
@@ -470,9 +473,65 @@ pub(crate) fn describe(err: &mlua::Error) -> String {
 }
 
 impl Vm {
-    /// [`describe`], with this script's file names whole.
+    /// [`describe`], with this script's file names whole; a memory error is placed (see
+    /// [`describe_at`]).
     pub(crate) fn describe(&self, err: &mlua::Error) -> String {
-        whole_paths(describe(err), &self.root)
+        describe_at(err, &self.place.borrow(), &self.root)
+    }
+}
+
+/// Where a script was when the budget hook last ran (every [`HOOK_EVERY`] instructions)
+/// in the running event: a file of the script (`@` chunks: not the sandbox's or the
+/// Burro prelude's code) and a line, 0 when not seen in this event.
+#[derive(Default)]
+struct Place {
+    file: String,
+    line: i32,
+}
+
+impl Place {
+    /// Records where `debug`'s function is (in one of the script's files).
+    fn note(&mut self, debug: &mlua::Debug) {
+        let line = debug.curr_line();
+        if line <= 0 {
+            return;
+        }
+        let source = debug.source();
+        let Some(file) = source.source.as_deref().and_then(|s| s.strip_prefix('@')) else {
+            return;
+        };
+        if self.file != file {
+            self.file.clear();
+            self.file.push_str(file);
+        }
+        self.line = line;
+    }
+}
+
+/// A script's error as one line, `file:line: message`, file names whole (`root`: the
+/// script's file or directory). Lua gives a memory error no place (its message handler
+/// does not run for one): it is put where the budget hook (every [`HOOK_EVERY`]
+/// instructions) last saw one of the script's files in this event, else at the script.
+fn describe_at(err: &mlua::Error, place: &Place, root: &Path) -> String {
+    let mut msg = describe(err);
+    if unplaced_memory_error(err) {
+        msg = if place.line > 0 {
+            format!("{}:{}: {msg}", place.file, place.line)
+        } else {
+            format!("{}: {msg}", root.display())
+        };
+    }
+    whole_paths(msg, root)
+}
+
+/// Whether `err` is a memory error that [`describe`] finds no place for.
+fn unplaced_memory_error(err: &mlua::Error) -> bool {
+    match err {
+        mlua::Error::MemoryError(_) => true,
+        mlua::Error::CallbackError { traceback, cause } => {
+            traceback_place(traceback).is_none() && unplaced_memory_error(cause)
+        }
+        _ => false,
     }
 }
 
@@ -522,6 +581,15 @@ fn whole_name(after: &str, root: &str) -> Option<(String, usize)> {
         .into_iter()
         .find(|name| name.len() > tail.len() && name.ends_with(tail))
         .map(|name| (name, tail.len()))
+}
+
+/// The first `file.lua:line` of a traceback.
+fn traceback_place(traceback: &str) -> Option<&str> {
+    traceback
+        .lines()
+        .map(str::trim)
+        .find(|l| l.contains(".lua:"))
+        .and_then(|l| l.split(": in ").next())
 }
 
 fn first_line(s: &str) -> String {
