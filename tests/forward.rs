@@ -118,6 +118,34 @@ fn existing_via_is_kept_and_ours_follows_it() {
     assert_eq!(joined, "1.0 fred, 1.1 proxy");
 }
 
+/// RFC 9110 §7.6.3: a proxy adds Via to every message it forwards, both ways, naming
+/// the protocol version it received the message with.
+#[test]
+fn via_names_the_received_version_on_requests_and_responses() {
+    let origin = Origin::spawn(|req| {
+        Reply::keep(if req.target == "/old" {
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\nVia: 1.1 upstream\r\n\r\nok"
+                .to_vec()
+        } else {
+            ok("new")
+        })
+    });
+    let proxy = spawn_proxy(&[]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(
+        b"GET http://alpha.test/new HTTP/1.0\r\nHost: alpha.test\r\nConnection: keep-alive\r\n\r\n",
+    );
+    let resp = client.read_response();
+    assert_eq!(resp.headers.get_all("via"), ["1.1 proxy"]);
+    assert_eq!(origin.next_request().headers.get_all("via"), ["1.0 proxy"]);
+    client.send(&get("http://alpha.test/old", ""));
+    let resp = client.read_response();
+    assert_eq!(resp.text(), "ok");
+    assert_eq!(resp.headers.get_all("via"), ["1.1 upstream", "1.0 proxy"]);
+    assert_eq!(origin.next_request().headers.get_all("via"), ["1.1 proxy"]);
+}
+
 #[test]
 fn response_hop_by_hop_headers_are_removed_others_unchanged() {
     let origin = Origin::spawn(|_| {

@@ -131,6 +131,8 @@ pub(crate) struct Fields {
     /// not there, and looking it up costs no pass over the lines. (Removal leaves the
     /// bit: it only ever says "maybe".)
     names: u64,
+    /// A line sent after every header (see [`Fields::set_last_line`]).
+    last_line: Option<&'static [u8]>,
 }
 
 /// A name's bit in [`Fields::names`], from its length and its first and last bytes,
@@ -167,6 +169,7 @@ impl Fields {
             owned: Vec::new(),
             headers_end,
             names,
+            last_line: None,
         }
     }
 
@@ -378,6 +381,16 @@ impl Fields {
         self.note_name(self.list.len() - 1);
     }
 
+    /// Sends `line`, a whole `Name: value\r\n` line known valid at compile time, after
+    /// every header when the head is encoded (replacing an earlier such line). Lookups do
+    /// not see it: it is for our own `Via`, added once the plugins are done with a head.
+    /// Unlike [`Fields::append_static`] it costs no allocation, and an untouched head
+    /// stays one slice up to it.
+    pub(crate) fn set_last_line(&mut self, line: &'static [u8]) {
+        debug_assert!(line.ends_with(b"\r\n") && memchr::memchr(b':', line).is_some());
+        self.last_line = Some(line);
+    }
+
     /// Renders `Name: value\r\n` into an owned line and returns its slot and spans.
     ///
     /// Never emits a line our own parser would reject: non-token name bytes become `-`, CR/LF/NUL/CTL in the
@@ -434,14 +447,21 @@ impl Fields {
                 }
             }
         }
-        match run {
+        match (run, self.last_line) {
             // Untouched to the end: the final CRLF rides along in the same slice.
-            Some(start) => self.push_raw(
+            (Some(start), None) => self.push_raw(
                 start,
                 u32::try_from(self.raw.len()).unwrap_or(u32::MAX),
                 out,
             ),
-            None => out.push(Bytes::from_static(b"\r\n")),
+            (run, Some(line)) => {
+                if let Some(start) = run {
+                    self.push_raw(start, self.headers_end, out);
+                }
+                out.push(Bytes::from_static(line));
+                out.push(Bytes::from_static(b"\r\n"));
+            }
+            (None, None) => out.push(Bytes::from_static(b"\r\n")),
         }
     }
 
@@ -597,6 +617,12 @@ impl RequestHead {
     /// after all others, without rendering or allocating it.
     pub fn append_static(&mut self, line: &'static [u8]) {
         self.fields.append_static(line);
+    }
+
+    /// Sends `line` after every header when encoding; lookups do not see it (our `Via`,
+    /// once the plugins are done). No allocation.
+    pub fn set_last_line(&mut self, line: &'static [u8]) {
+        self.fields.set_last_line(line);
     }
 
     /// Replaces the request-target `encode` sends (e.g. absolute-form → origin-form).
@@ -764,6 +790,12 @@ impl ResponseHead {
     /// Adds a header after all others.
     pub fn append(&mut self, name: &str, value: &[u8]) {
         self.fields.append(name, value);
+    }
+
+    /// Sends `line` after every header when encoding; lookups do not see it (our `Via`,
+    /// once the plugins are done). No allocation.
+    pub fn set_last_line(&mut self, line: &'static [u8]) {
+        self.fields.set_last_line(line);
     }
 
     /// The framing headers, in one pass.

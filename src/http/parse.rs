@@ -1338,6 +1338,28 @@ Accept: */*\r\nProxy-Connection: keep-alive\r\n\r\n";
     }
 
     #[test]
+    fn last_line_follows_every_header_and_keeps_untouched_runs_whole() {
+        let mut head = req_ok(GET);
+        head.set_last_line(b"Via: 1.1 proxy\r\n");
+        let mut out = Vec::new();
+        head.encode(Version::Http11, &mut out);
+        assert_eq!(
+            joined(&out),
+            b"GET http://example.com/a?b=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t/1\r\n\
+Accept: */*\r\nProxy-Connection: keep-alive\r\nVia: 1.1 proxy\r\n\r\n"
+        );
+        // The untouched head up to its final CRLF, the line, the final CRLF.
+        assert_eq!(out.len(), 3);
+        assert_eq!(head.header("via"), None, "lookups do not see it");
+        // After an edit at the end, the line still comes last, once.
+        head.set("x-new", b"1");
+        head.set_last_line(b"Via: 1.0 proxy\r\n");
+        head.encode(Version::Http11, &mut out);
+        assert!(joined(&out).ends_with(b"\r\nx-new: 1\r\nVia: 1.0 proxy\r\n\r\n"));
+        assert_eq!(joined(&out).windows(4).filter(|w| w == b"Via:").count(), 1);
+    }
+
+    #[test]
     fn edited_request_coalesces_untouched_runs() {
         let mut head = req_ok(GET);
         head.set_target(Bytes::from_static(b"/a?b=1"));

@@ -6,7 +6,7 @@ use crate::conn::Stream;
 use bytes::{Bytes, BytesMut};
 
 use super::body::{frame_piece, relay_body, relay_transformed, write_framed, Decoding};
-use super::request::{is_hop_by_hop, names_framing_header, remove_connection_listed};
+use super::request::{is_hop_by_hop, names_framing_header, remove_connection_listed, via_line};
 use super::upload::UploadProgress;
 use super::{upstream_error, End, Failure, Recorders, RequestFacts};
 use crate::config::Config;
@@ -86,6 +86,7 @@ pub(super) async fn download(
             remove_connection_listed(&mut head, true);
             head.remove_where(|name| is_hop_by_hop(name) && !name.eq_ignore_ascii_case(b"upgrade"));
             head.append("Connection", b"upgrade");
+            head.set_last_line(via_line(head.version()));
             head.encode_with_version(Version::Http11, parts);
             let len: usize = parts.iter().map(Bytes::len).sum();
             write_parts(client, parts, config.timeout)
@@ -103,6 +104,7 @@ pub(super) async fn download(
             let mut head = head;
             strip_hop_by_hop(&mut head);
             remove_forbidden_framing(&mut head);
+            head.set_last_line(via_line(head.version()));
             head.encode_with_version(Version::Http11, parts);
             let len: usize = parts.iter().map(Bytes::len).sum();
             write_parts(client, parts, config.timeout)
@@ -212,6 +214,7 @@ pub(super) async fn download(
     }
     remove_forbidden_framing(&mut head);
     connection_header(&mut head, close_client, request.version);
+    head.set_last_line(via_line(head.version()));
     head.encode_with_version(Version::Http11, parts);
     // Body bytes that came with the head leave in the same write (one syscall for a
     // small response instead of two).
@@ -341,6 +344,7 @@ async fn whole_response(
             head.append("Transfer-Encoding", b"chunked");
         }
         connection_header(&mut head, close_client, request.version);
+        head.set_last_line(via_line(head.version()));
         head.encode_with_version(Version::Http11, parts);
         write_framed(client, parts, config, exchange).await?;
         exchange.set_status(head.status());
@@ -374,6 +378,7 @@ async fn whole_response(
     // An unread (or close-delimited) origin body: the upstream is not reused.
     let clean = decoding.done() && decoding.clean(&buf);
     connection_header(&mut head, close_client, request.version);
+    head.set_last_line(via_line(head.version()));
     head.encode_with_version(Version::Http11, parts);
     if !request.is_head && response_may_have_body(head.status()) {
         frame_piece(parts, data, false);

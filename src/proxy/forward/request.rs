@@ -13,8 +13,14 @@ use crate::http::target::{host_header_is, host_header_value};
 use crate::http::{BodyKind, ChunkedDecoder, RequestHead, ResponseHead, Scheme, Version};
 use crate::plugin::MAX_BUFFERED_REQUEST_BODY;
 
-/// Our `Via` line (RFC 9110 §7.6.3): protocol version and pseudonym.
-const VIA_LINE: &[u8] = b"Via: 1.1 proxy\r\n";
+/// Our `Via` line (RFC 9110 §7.6.3): the protocol version the message was received
+/// with, and our pseudonym. Added to every request and response passed on.
+pub(super) fn via_line(received: Version) -> &'static [u8] {
+    match received {
+        Version::Http11 => b"Via: 1.1 proxy\r\n",
+        Version::Http10 => b"Via: 1.0 proxy\r\n",
+    }
+}
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1), besides
 /// the ones a `Connection` header lists. `Upgrade` is kept only while upgrading.
@@ -86,7 +92,7 @@ pub(super) fn prepare_request(
             host_header_value(scheme, target.host, target.port).as_bytes(),
         );
     }
-    head.append_static(VIA_LINE);
+    head.set_last_line(via_line(head.version()));
     head.set_target(path);
     upgrade
 }
