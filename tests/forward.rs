@@ -679,3 +679,44 @@ fn pooled_connection_closed_by_origin_is_retried_once() {
     assert_eq!(resp.text(), "fresh /2");
     assert_eq!(origin.accepted(), 2);
 }
+
+/// RFC 9110 §7.6.2: OPTIONS and TRACE with `Max-Forwards: 0` are answered by the proxy
+/// (TRACE echoes the request, less its credentials); above 0 the value goes on one
+/// lower; other methods pass it unchanged.
+#[test]
+fn max_forwards_is_honoured_for_options_and_trace() {
+    let origin = Origin::fixed("origin");
+    let proxy = spawn_proxy(&[]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(
+        b"OPTIONS http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\nMax-Forwards: 0\r\n\r\n",
+    );
+    let resp = client.read_response();
+    assert_eq!((resp.status, resp.body.data.len()), (200, 0));
+    client.send(
+        b"TRACE http://alpha.test/t HTTP/1.1\r\nHost: alpha.test\r\nMax-Forwards: 0\r\n\
+          X-Probe: 1\r\nCookie: secret=1\r\nAuthorization: Basic c2VjcmV0\r\n\r\n",
+    );
+    let resp = client.read_response();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.headers.get("content-type"), Some("message/http"));
+    let echo = resp.text();
+    assert!(
+        echo.starts_with("TRACE http://alpha.test/t HTTP/1.1\r\n"),
+        "{echo}"
+    );
+    assert!(echo.contains("X-Probe: 1\r\n"), "{echo}");
+    assert!(!echo.contains("secret"), "credentials echoed: {echo}");
+    assert!(!echo.contains("c2VjcmV0"), "credentials echoed: {echo}");
+    assert_eq!(origin.accepted(), 0, "answered without the origin");
+
+    client.send(
+        b"OPTIONS http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\nMax-Forwards: 3\r\n\r\n",
+    );
+    assert_eq!(client.read_response().text(), "origin");
+    assert_eq!(origin.next_request().headers.get("max-forwards"), Some("2"));
+    client.send(&get("http://alpha.test/", "Max-Forwards: 0\r\n"));
+    assert_eq!(client.read_response().text(), "origin");
+    assert_eq!(origin.next_request().headers.get("max-forwards"), Some("0"));
+}

@@ -582,6 +582,12 @@ async fn route(
                 }
                 _ => None,
             };
+            // OPTIONS or TRACE with `Max-Forwards: 0` is answered here.
+            if let Some(reply) = forward::max_forwards(&mut head) {
+                return send_reply(client, &head, reply, exchange, &shared.config, shutdown)
+                    .await
+                    .map(Next::from);
+            }
             let upstream = forward::Upstream {
                 host: &host,
                 port,

@@ -38,6 +38,7 @@ use crate::http::{request_body_kind, BodyKind, ChunkedDecoder, RequestHead, Vers
 use crate::plugin::{Chain, RequestCx, WireSink};
 
 use download::{download, Downloaded, Hooks};
+pub(crate) use request::max_forwards;
 pub use request::HOP_BY_HOP;
 use request::{names_framing_header, prepare_request, read_whole_body};
 use upload::{upload, UploadFail, UploadProgress};

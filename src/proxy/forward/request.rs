@@ -11,7 +11,7 @@ use crate::error::{ErrorKind, ProxyError, Result};
 use crate::http::response::CONTINUE_100;
 use crate::http::target::{host_header_is, host_header_value};
 use crate::http::{BodyKind, ChunkedDecoder, RequestHead, ResponseHead, Scheme, Version};
-use crate::plugin::MAX_BUFFERED_REQUEST_BODY;
+use crate::plugin::{Reply, MAX_BUFFERED_REQUEST_BODY};
 
 /// Our `Via` line (RFC 9110 §7.6.3): the protocol version the message was received
 /// with, and our pseudonym. Added to every request and response passed on.
@@ -95,6 +95,58 @@ pub(super) fn prepare_request(
     head.set_last_line(via_line(head.version()));
     head.set_target(path);
     upgrade
+}
+
+/// RFC 9110 §7.6.2: `Max-Forwards` on an OPTIONS or TRACE request. At 0 this proxy is
+/// the final recipient and answers itself: OPTIONS with `200` and no content, TRACE
+/// with `200 message/http` echoing the request as received, less the fields that carry
+/// credentials (§9.3.8). Above 0 the value is decremented on the way. Other methods,
+/// and a value that is not `1*DIGIT`, pass unchanged.
+pub(crate) fn max_forwards(head: &mut RequestHead) -> Option<Reply> {
+    let trace = head.is_method("TRACE");
+    if !trace && !head.is_method("OPTIONS") {
+        return None;
+    }
+    let value = head.header("max-forwards")?;
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // Saturates: a value beyond u64 is only "many hops".
+    let hops = value.iter().fold(0u64, |n, &d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    });
+    if hops > 0 {
+        head.set("Max-Forwards", (hops - 1).to_string().as_bytes());
+        return None;
+    }
+    if !trace {
+        return Some(Reply::new(200, &[], b"", false));
+    }
+    let mut echo = Vec::with_capacity(head.raw().len());
+    echo.extend_from_slice(head.method());
+    echo.push(b' ');
+    echo.extend_from_slice(head.target());
+    echo.push(b' ');
+    echo.extend_from_slice(head.version().as_bytes());
+    echo.extend_from_slice(b"\r\n");
+    for (name, value) in head.headers() {
+        let secret = ["authorization", "proxy-authorization", "cookie"]
+            .iter()
+            .any(|s| name.eq_ignore_ascii_case(s.as_bytes()));
+        if !secret {
+            echo.extend_from_slice(name);
+            echo.extend_from_slice(b": ");
+            echo.extend_from_slice(value);
+            echo.extend_from_slice(b"\r\n");
+        }
+    }
+    echo.extend_from_slice(b"\r\n");
+    Some(Reply::new(
+        200,
+        &[("Content-Type", "message/http")],
+        &echo,
+        false,
+    ))
 }
 
 /// True when `Connection` names a framing header. RFC 9110 §7.6.1 says listed
