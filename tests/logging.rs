@@ -127,3 +127,28 @@ fn default_template_access_line_has_proxy_py_shape() {
         "{ms:?}"
     );
 }
+
+/// A request the proxy answers itself (here basic auth's 407) involved no upstream:
+/// proxy.py's `None:None` then the request's path, not its whole URL.
+#[test]
+fn a_request_answered_without_an_upstream_logs_none_none_and_its_path() {
+    let log_file = temp_path("access-none.log");
+    let proxy = ProxyBinary::spawn(&[
+        "--log-file",
+        log_file.to_str().unwrap(),
+        "--basic-auth",
+        "user:pass",
+    ]);
+    let (resp, _, client) = get_through(proxy.addr, "http://127.0.0.1:9/a?b=1");
+    assert_eq!(resp.status, 407);
+    assert_eq!(proxy.terminate().code(), Some(0));
+    let text = std::fs::read_to_string(&log_file).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("{client} - ")))
+        .unwrap_or_else(|| panic!("no access line for {client} in:\n{text}"));
+    assert!(
+        line.contains(" - GET None:None/a?b=1 - 407 Proxy Authentication Required - "),
+        "{line}"
+    );
+}

@@ -524,8 +524,13 @@ async fn route(
             Flow::Continue => conn.chain.wait_holds(shared.config.timeout).await?,
             Flow::Close => return Ok(Next::Close),
             Flow::Respond(reply) => {
-                let request_target = head.effective_target_bytes();
-                exchange.set_target("", 0, &request_target);
+                // No upstream: proxy.py's `None:None` and the path (`GET None:None/a`).
+                let path = match &target {
+                    Target::Absolute { path, .. } => path.clone(),
+                    Target::Authority { .. } => Bytes::new(),
+                    Target::Origin | Target::Asterisk => head.effective_target_bytes(),
+                };
+                exchange.set_target("", 0, &path);
                 return send_reply(client, &head, reply, exchange, &shared.config, shutdown)
                     .await
                     .map(Next::from);
