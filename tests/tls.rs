@@ -1242,3 +1242,17 @@ fn ca_generate_writes_three_files_once_and_refuses_to_overwrite() {
     wire.send(&get_in("/generated", "127.0.0.1"));
     assert_eq!(wire.read_response().status, 200);
 }
+
+#[test]
+fn a_key_that_is_not_the_certificates_is_named_at_start() {
+    let (a, b) = (OriginPki::new(), OriginPki::new());
+    let out = ProxyBinary::run_to_end(&[
+        "--cert-file",
+        &path_text(&a.chain_file),
+        "--key-file",
+        &path_text(&b.key_file),
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not the key of --cert-file"), "{stderr}");
+}

@@ -158,8 +158,41 @@ fn certificate_problem(err: &rustls::CertificateError) -> String {
         }
         E::Revoked => "revoked".into(),
         E::BadSignature => "bad signature".into(),
-        other => format!("{other:?}"),
+        E::BadEncoding => "malformed (not valid DER)".into(),
+        E::InvalidPurpose | E::InvalidPurposeContext { .. } => {
+            "not meant for TLS servers (its extended key usage)".into()
+        }
+        E::UnhandledCriticalExtension => "has a critical extension we do not know".into(),
+        E::UnsupportedSignatureAlgorithmContext { .. }
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+            "signed with an unsupported algorithm".into()
+        }
+        // The checks rustls leaves to webpki's own error (its variant's name).
+        E::Other(other) => webpki_problem(&other.to_string()),
+        other => format!("rejected ({other:?})"),
     }
+}
+
+/// Plain words for the webpki errors rustls passes on as they are (named by their
+/// variant, e.g. `CaUsedAsEndEntity`).
+fn webpki_problem(name: &str) -> String {
+    let words = match name {
+        "CaUsedAsEndEntity" => {
+            "a CA certificate presented as the server's own (self-signed with CA:TRUE, as \
+             `openssl req -x509` makes by default)"
+        }
+        "EndEntityUsedAsCa" => "issued by a certificate that is not a CA",
+        "PathLenConstraintViolated" | "MaximumPathDepthExceeded" => "its chain is too long",
+        "NameConstraintViolation" => "outside its issuer's name constraints",
+        "RequiredEkuNotFound" | "RequiredEkuNotFoundContext" => {
+            "not meant for TLS servers (its extended key usage)"
+        }
+        "UnsupportedCertVersion" => "not an X.509 v3 certificate",
+        "UnsupportedCriticalExtension" => "has a critical extension we do not know",
+        "SignatureAlgorithmMismatch" => "its signature algorithms disagree",
+        _ => return format!("rejected ({name})"),
+    };
+    words.to_owned()
 }
 
 /// Accepts any origin certificate (`--insecure-tls-interception`), while still checking
@@ -205,6 +238,31 @@ impl ServerCertVerifier for NoVerification {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_problems_read_as_words_not_debug_dumps() {
+        use rustls::{CertificateError as E, OtherError};
+        // What webpki reports for a self-signed CA:TRUE certificate, as rustls passes it.
+        let ca_as_leaf = E::Other(OtherError(Arc::new(std::io::Error::other(
+            "CaUsedAsEndEntity",
+        ))));
+        let words = certificate_problem(&ca_as_leaf);
+        assert!(
+            words.starts_with("a CA certificate presented as"),
+            "{words}"
+        );
+        assert_eq!(
+            certificate_problem(&E::InvalidPurpose),
+            "not meant for TLS servers (its extended key usage)"
+        );
+        assert_eq!(
+            certificate_problem(&E::BadEncoding),
+            "malformed (not valid DER)"
+        );
+        // An error without words is still named, never a nested debug dump.
+        let odd = E::Other(OtherError(Arc::new(std::io::Error::other("SomethingNew"))));
+        assert_eq!(certificate_problem(&odd), "rejected (SomethingNew)");
+    }
 
     #[test]
     fn names_for_dns_and_ip_hosts() {

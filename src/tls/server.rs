@@ -33,7 +33,7 @@ const MAX_CLIENT_HELLO: usize = 64 * 1024;
 ///
 /// # Errors
 /// A message naming the file and the problem.
-pub fn listener_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+pub fn listener_config(cert: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, String> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("--cert-file {}: {e}", cert.display()))?;
@@ -43,13 +43,20 @@ pub fn listener_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Str
             cert.display()
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("--key-file {}: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| format!("--key-file {}: {e}", key_path.display()))?;
     super::ensure_provider();
     let mut config = ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| format!("--cert-file/--key-file: {e}"))?;
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "--key-file {} is not the key of --cert-file {}",
+                key_path.display(),
+                cert.display()
+            ),
+            e => format!("--cert-file/--key-file: {e}"),
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
