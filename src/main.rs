@@ -105,7 +105,11 @@ fn run(
     let handle = match proxy::server::start_prepared(config, factories, tls) {
         Ok(handle) => handle,
         Err(e) => {
+            // Also on stderr: with --log-file the log alone would leave the terminal
+            // silent. Exit 1, not 64: the flags were valid, the system refused (a
+            // port in use, an address this host does not have).
             tracing::error!("{e}");
+            eprintln!("proxy: error: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -122,3 +122,21 @@ fn two_workers_share_one_ephemeral_port_and_both_accept() {
     }
     assert_eq!(origin.requests().len(), 40);
 }
+
+/// A port another socket holds (without --reuse-port) stops the start with one
+/// `proxy: error:` line on stderr, even when the log goes to a file, and exit 1.
+#[test]
+fn a_port_in_use_is_reported_on_stderr_and_exits_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let log = temp_path("port-in-use.log");
+    // `run_to_end` listens on port 0; the taken port comes as an extra one.
+    let out = ProxyBinary::run_to_end(&["--ports", &port, "--log-file", log.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("proxy: error: ") && stderr.contains(&port),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
