@@ -17,7 +17,8 @@
 //! segment of the module path: Rust has no function names at run time), `filename`,
 //! `pathname`, `lineno`, `thread`/`threadName` (thread name) and `message` (the message,
 //! then ` key=value` for each other field). Python's flags, width and precision work
-//! (`%(levelname)-.1s` → `I`). `%%` is `%`; unknown keys are printed as written.
+//! (`%(levelname)-.1s` → `I`). `%%` is `%`; an unknown key is refused at start-up
+//! ([`check_template`]).
 //! Control characters in messages are escaped, so one event is always one line.
 //! Access-log events (target [`ACCESS_TARGET`]) print their preformatted message
 //! alone in template mode; their fields show in JSON mode.
@@ -49,9 +50,12 @@ pub const ACCESS_TARGET: &str = "proxy::access";
 /// and the access log's fast path ([`access_log`]).
 ///
 /// # Errors
-/// The log file cannot be opened (exit 64), or a subscriber is already installed, or the
-/// writer thread cannot start (exit 1).
+/// The template names an unknown key or the log file cannot be opened (exit 64), or a
+/// subscriber is already installed, or the writer thread cannot start (exit 1).
 pub fn init(log: &LogConfig) -> Result<LogGuard, CliError> {
+    if let LogFormat::Template(template) = &log.format {
+        check_template(template).map_err(CliError::usage)?;
+    }
     let sink: Box<dyn io::Write + Send> = match &log.file {
         Some(path) => Box::new(
             OpenOptions::new()
@@ -613,8 +617,45 @@ enum Rendered<'r> {
     Float(f64),
 }
 
+/// Every key a template may name, for error messages.
+const KEY_NAMES: &str = "asctime, created, msecs, relativeCreated, process, processName, \
+levelname, levelno, name, module, funcName, filename, pathname, lineno, thread, threadName, message";
+
+/// Checks a `--log-format` template: every `%(` must open a known key with a
+/// conversion (`%(message)s`). A typo would otherwise print itself in place of every
+/// log line, the access log's included.
+///
+/// # Errors
+/// The first field that does not parse, and the known keys.
+pub fn check_template(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(pos) = rest.find('%') {
+        rest = &rest[pos..];
+        if let Some(after) = rest.strip_prefix("%%") {
+            rest = after;
+            continue;
+        }
+        if rest.starts_with("%(") && parse_field(rest).is_none() {
+            let end = rest.find(')').map_or(rest.len(), |close| {
+                rest[close + 1..]
+                    .char_indices()
+                    .nth(1)
+                    .map_or(rest.len(), |(i, _)| close + 1 + i)
+            });
+            let field: String = rest[..end].chars().take(40).collect();
+            return Err(format!(
+                "--log-format: '{field}' is not a known key with a conversion such as `s` \
+                 (keys: {KEY_NAMES})"
+            ));
+        }
+        rest = &rest[1..];
+    }
+    Ok(())
+}
+
 impl Template {
-    /// Parses `template`; anything that is not a well-formed `%(known)spec` stays literal.
+    /// Parses `template`; anything that is not a well-formed `%(known)spec` stays literal
+    /// (`init` refuses such a template first: see [`check_template`]).
     pub fn parse(template: &str) -> Template {
         let mut parts = Vec::new();
         let mut literal = String::new();
@@ -1626,6 +1667,29 @@ mod tests {
     use std::sync::Arc;
     use std::sync::Mutex;
     use std::time::Duration;
+
+    #[test]
+    fn templates_with_unknown_keys_are_refused() {
+        for good in [
+            crate::config::DEFAULT_LOG_FORMAT,
+            "%(message)s",
+            "100%% %(levelname)-8s %(lineno)05d",
+            "50% done %(message)s", // a lone % is literal
+            "",
+        ] {
+            assert_eq!(check_template(good), Ok(()), "{good}");
+        }
+        for (bad, named) in [
+            ("%(mesage)s", "'%(mesage)s'"),
+            ("%(message)", "'%(message)'"),
+            ("x %(message", "'%(message'"),
+            ("%(levelname)q - %(message)s", "'%(levelname)q'"),
+        ] {
+            let err = check_template(bad).unwrap_err();
+            assert!(err.contains(named), "{bad}: {err}");
+            assert!(err.contains("funcName"), "lists the keys: {err}");
+        }
+    }
 
     /// 2026-11-22 01:54:30.229 UTC.
     fn sample_time() -> SystemTime {

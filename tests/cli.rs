@@ -88,6 +88,7 @@ fn bad_values_print_one_line_and_exit_64() {
         &["--num-workers", "5000"],
         &["--log-level", "loud"],
         &["--log-file", "/nonexistent-proxy-test-dir/proxy.log"],
+        &["--log-format", "%(asctime)s %(mesage)s"],
     ] {
         let out = proxy(args);
         assert_eq!(out.status.code(), Some(64), "{args:?}");
