@@ -299,7 +299,8 @@ pub struct Cli {
     pub pac_file_url_path: String,
 
     /// Serve origin-form requests (requests addressed to the proxy itself) with the
-    /// built-in web server: enables proxy.plugin.WebServerPlugin's routes.
+    /// built-in web server, whose routes come from web-server plugins such as
+    /// proxy.plugin.WebServerPlugin (load it with --plugins too, as in proxy.py).
     #[arg(long)]
     pub enable_web_server: bool,
 

@@ -101,7 +101,7 @@ fn run(
     };
     let grace = config.grace_period;
     let workers = config.num_workers;
-    announce(&config);
+    announce(&config, &factories);
     let handle = match proxy::server::start_prepared(config, factories, tls) {
         Ok(handle) => handle,
         Err(e) => {
@@ -155,7 +155,16 @@ fn run(
 }
 
 /// Start-up notes on settings a newcomer may not expect (logged before listening).
-fn announce(config: &proxy::Config) {
+fn announce(
+    config: &proxy::Config,
+    factories: &[std::sync::Arc<dyn proxy::plugin::PluginFactory>],
+) {
+    let routes = proxy::plugin::web_route::NAME;
+    if !config.enable_web_server && factories.iter().any(|f| f.name() == routes) {
+        tracing::warn!(
+            "{routes} is loaded but answers nothing without --enable-web-server (as in proxy.py)"
+        );
+    }
     if config.pac_file_is_literal {
         tracing::warn!("--pac-file names no existing file: serving its value as literal PAC text");
     }

@@ -173,13 +173,15 @@ fn abbreviated_flags_start_the_proxy_and_sigterm_or_sighup_stops_it() {
 
 /// A newcomer sees at once that the proxy started and where: the version, every bound
 /// address and the worker count at INFO; a warning when `--pac-file` is served as literal
-/// text; `--num-acceptors` (proxy.py's) is accepted and said to be ignored.
+/// text; `--num-acceptors` (proxy.py's) is accepted and said to be ignored; a route
+/// plugin loaded without `--enable-web-server` is pointed out.
 #[test]
 fn start_is_announced_on_stdout() {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
         .args(["--port", "0", "--ports", "0", "--num-workers", "2"])
         .args(["--num-acceptors", "4", "--pac-file", "not/a/file.pac"])
+        .args(["--plugins", "WebServerPlugin"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -210,6 +212,11 @@ fn start_is_announced_on_stdout() {
         "{all}"
     );
     assert!(all.contains("--num-acceptors 4 ignored"), "{all}");
+    // A route plugin without the web server would answer nothing: said at start.
+    assert!(
+        all.contains("WebServerPlugin is loaded but answers nothing without --enable-web-server"),
+        "{all}"
+    );
 }
 
 #[test]
