@@ -97,7 +97,7 @@ fn httparse_error(err: httparse::Error) -> ParseError {
         E::NewLine => ParseError::Malformed("invalid line ending"),
         E::Status => ParseError::Malformed("invalid status line"),
         E::Token => ParseError::Malformed("invalid method or request-target"),
-        E::Version => ParseError::Malformed("unsupported HTTP version"),
+        E::Version => ParseError::Malformed("bad HTTP version (or a space in the request-target)"),
     }
 }
 

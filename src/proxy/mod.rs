@@ -715,7 +715,7 @@ async fn read_head(
                 Err(e) => {
                     return Err(ProxyError::new(
                         e.request_kind(),
-                        format!("request head: {e:?}"),
+                        format!("request head: {e}"),
                     ))
                 }
             }

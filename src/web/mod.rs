@@ -53,7 +53,7 @@ pub async fn serve_static(
         Err(e) => {
             return Err(ProxyError::new(
                 e.request_kind(),
-                format!("request framing: {e:?}"),
+                format!("request framing: {e}"),
             ))
         }
     }

@@ -283,7 +283,7 @@ pub(super) async fn relay_transformed(
 fn chunked_failure(e: FramingError) -> Failure {
     Failure::Fatal(ProxyError::new(
         e.response_kind(),
-        format!("response chunked body: {e:?}"),
+        format!("response chunked body: {e}"),
     ))
 }
 

@@ -123,7 +123,7 @@ pub(super) async fn download(
     let body = response_body_kind(&head, request.is_head).map_err(|e| {
         Failure::Fatal(ProxyError::new(
             e.response_kind(),
-            format!("response framing: {e:?}"),
+            format!("response framing: {e}"),
         ))
     })?;
     let origin_keeps_open = match head.version() {
@@ -471,7 +471,7 @@ async fn read_response_head(
                 Err(e) => {
                     return Err(Failure::Fatal(ProxyError::new(
                         e.response_kind(),
-                        format!("response head: {e:?}"),
+                        format!("response head: {e}"),
                     )))
                 }
             }

@@ -81,7 +81,7 @@ pub async fn run(
         ));
     }
     let mut body = match request_body_kind(&head)
-        .map_err(|e| ProxyError::new(e.request_kind(), format!("request framing: {e:?}")))?
+        .map_err(|e| ProxyError::new(e.request_kind(), format!("request framing: {e}")))?
     {
         // `Content-Length: 0` is no body: nothing to upload, nothing to wait for.
         BodyKind::Length(0) => BodyKind::Empty,
@@ -92,9 +92,7 @@ pub async fn run(
     if body == BodyKind::Chunked && !client.buf.is_empty() {
         ChunkedDecoder::new(&config.limits)
             .advance(&client.buf, None)
-            .map_err(|e| {
-                ProxyError::new(e.request_kind(), format!("request chunked body: {e:?}"))
-            })?;
+            .map_err(|e| ProxyError::new(e.request_kind(), format!("request chunked body: {e}")))?;
     }
     // A body a plugin asked for is read whole now, rewritten, and sent right behind the
     // head with an exact length; nothing is left to upload from the client afterwards.
@@ -259,7 +257,7 @@ pub async fn read_body_first(
         ));
     }
     match request_body_kind(head)
-        .map_err(|e| ProxyError::new(e.request_kind(), format!("request framing: {e:?}")))?
+        .map_err(|e| ProxyError::new(e.request_kind(), format!("request framing: {e}")))?
     {
         BodyKind::Empty | BodyKind::Length(0) => Ok(Bytes::new()),
         kind => read_whole_body(client, head, kind, config).await,

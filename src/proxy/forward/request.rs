@@ -270,7 +270,7 @@ pub(super) async fn read_whole_body(
                 let progress = decoder
                     .advance(&client.buf, Some(&mut ranges))
                     .map_err(|e| {
-                        ProxyError::new(e.request_kind(), format!("request chunked body: {e:?}"))
+                        ProxyError::new(e.request_kind(), format!("request chunked body: {e}"))
                     })?;
                 for range in &ranges {
                     whole.extend_from_slice(client.buf.get(range.clone()).unwrap_or_default());

@@ -94,7 +94,7 @@ pub(super) async fn upload(
                     let progress = decoder.advance(buf, None).map_err(|e| {
                         UploadFail::Client(ProxyError::new(
                             e.request_kind(),
-                            format!("request chunked body: {e:?}"),
+                            format!("request chunked body: {e}"),
                         ))
                     })?;
                     let piece = buf.split_to(progress.consumed);
