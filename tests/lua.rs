@@ -761,6 +761,35 @@ fn bodies_over_the_limit_are_refused_or_passed_untouched() {
     assert_eq!(resp.headers.get("x-body"), Some("string"));
 }
 
+/// A request the proxy refuses before any plugin runs (here a body over the 8 MiB a
+/// body-reading script may get: 413) still reaches the scripts' `access_log`.
+#[test]
+fn access_log_sees_a_request_refused_before_the_scripts_ran() {
+    let origin = Origin::fixed("fine");
+    let path = script(
+        "refused_seen",
+        r#"BODIES = { request = true }
+           local seen = {}
+           function request(flow)
+             if flow.request.host == "log.test" then flow:reply(200, table.concat(seen, ",")) end
+           end
+           function access_log(flow)
+             if flow.request.host ~= "log.test" then
+               seen[#seen + 1] = flow.request.method .. " " .. flow.request.host .. flow.request.path
+             end
+           end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    let big = vec![b'x'; 9 << 20];
+    let resp = request(proxy.addr, &post("http://alpha.test/up", &big));
+    resp.assert_error(413, "http_request_body_too_large");
+    assert_eq!(
+        request(proxy.addr, &get("http://log.test/", "")).text(),
+        "POST alpha.test/up"
+    );
+}
+
 #[test]
 fn without_bodies_a_script_sees_nil_and_cannot_assign() {
     let origin = Origin::spawn(|req| Reply::keep(ok(&req.body.data)));

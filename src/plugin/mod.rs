@@ -476,6 +476,27 @@ impl Chain {
         self.plugins.is_empty()
     }
 
+    /// The request ended before the chain ran (the proxy refused it, or the origin of
+    /// an intercepted tunnel failed): every plugin gets `on_request_skipped`.
+    pub fn on_request_refused(&mut self, cx: &RequestCx<'_>, req: &RequestHead, target: &Target) {
+        self.skipped_from(0, cx, req, target);
+    }
+
+    fn skipped_from(
+        &mut self,
+        first: usize,
+        cx: &RequestCx<'_>,
+        req: &RequestHead,
+        target: &Target,
+    ) {
+        for plugin in self.plugins.iter_mut().skip(first) {
+            let _ = guard(plugin.name(), || {
+                plugin.on_request_skipped(cx, req, target);
+                Ok(())
+            });
+        }
+    }
+
     /// Runs `on_request` in order; the first non-`Continue` (or error) wins, and the
     /// plugins after it get `on_request_skipped`.
     ///
@@ -498,12 +519,7 @@ impl Chain {
             let ended = guard(plugin.name(), || plugin.on_request(cx, req, target));
             if !matches!(ended, Ok(Flow::Continue)) {
                 // The plugins after it still see the request (for `on_complete`).
-                for later in self.plugins.iter_mut().skip(i + 1) {
-                    let _ = guard(later.name(), || {
-                        later.on_request_skipped(cx, req, target);
-                        Ok(())
-                    });
-                }
+                self.skipped_from(i + 1, cx, req, target);
                 return ended;
             }
             if !was_local && matches!(target, Target::Origin) && redirected_at.is_none() {

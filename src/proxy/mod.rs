@@ -486,6 +486,9 @@ async fn route(
     // Inside an intercepted tunnel, origin-form requests are for the tunnel's origin.
     if let (Some(origin), Target::Origin) = (&mut conn.origin, &target) {
         if let Some(err) = origin.error.take() {
+            // The plugins still learn the request, for their error and access reports.
+            conn.chain
+                .on_request_refused(&shared.plugin_cx(client), &head, &target);
             return Err(err);
         }
         target = Target::Absolute {
@@ -503,7 +506,14 @@ async fn route(
         && conn.chain.wants_request_body_first()
     {
         let read = Box::pin(forward::read_body_first(client, &head, &shared.config));
-        let body = read.await?;
+        let body = match read.await {
+            Ok(body) => body,
+            Err(err) => {
+                let cx = shared.plugin_cx(client);
+                conn.chain.on_request_refused(&cx, &head, &target);
+                return Err(err);
+            }
+        };
         let cx = shared.plugin_cx(client);
         conn.chain
             .on_request_body_first(&cx, &body)
