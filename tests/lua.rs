@@ -29,6 +29,22 @@ fn script(name: &str, source: &str) -> String {
     path.display().to_string()
 }
 
+/// Lua for scripts that keep a log: a `log` table, and `serve_log(flow)`, which answers
+/// a request for `http://log.test/` with the entries joined by commas (and says so).
+const LOG_PRELUDE: &str = r#"local log = {}
+local function serve_log(flow)
+  if flow.request.host == "log.test" then
+    flow:reply(200, table.concat(log, ","))
+    return true
+  end
+end
+"#;
+
+/// What a script written with [`LOG_PRELUDE`] has logged so far.
+fn read_log(proxy: &TestProxy) -> String {
+    request(proxy.addr, &get("http://log.test/", "")).text()
+}
+
 #[test]
 fn add_header_example_reaches_the_origin_from_plugins_and_script() {
     let path = example("add_header.lua");
@@ -515,12 +531,9 @@ fn replace_swaps_the_whole_response_and_url_assignment_redirects() {
 fn error_gets_the_stable_code_and_access_log_the_status_the_client_got() {
     let path = script(
         "errors",
-        r#"local log = {}
-           function request(flow)
-             if flow.request.host == "log.test" then
-               flow:reply(200, table.concat(log, ","))
-             end
-           end
+        &[
+            LOG_PRELUDE,
+            r#"function request(flow) serve_log(flow) end
            function access_log(flow)
              if flow.request.host ~= "log.test" then
                log[#log + 1] = "log:" .. tostring(flow.response and flow.response.status_code)
@@ -532,12 +545,14 @@ fn error_gets_the_stable_code_and_access_log_the_status_the_client_got() {
                tostring(err.target_port), err.url, err.client_ip, err.clientIP,
                type(err.timestamp), flow.error.code }, ":")
            end }"#,
+        ]
+        .concat(),
     );
     let proxy = spawn_proxy(&["--script", &path]);
     proxy.names.insert("down.test", refused_addr());
     let resp = request(proxy.addr, &get("http://down.test/", ""));
     assert_eq!(resp.status, 502);
-    let text = request(proxy.addr, &get("http://log.test/", "")).text();
+    let text = read_log(&proxy);
     assert!(
         text.starts_with(
             "connection_refused:down.test:GET:connect:80:http://down.test/:127.0.0.1:127.0.0.1:number:connection_refused,log:502"
@@ -560,12 +575,9 @@ fn access_log_and_error_see_the_request_an_earlier_plugin_answered() {
     );
     let later = script(
         "logs_later",
-        r#"local log = {}
-           function request(flow)
-             if flow.request.host == "log.test" then
-               flow:reply(200, table.concat(log, ","))
-             end
-           end
+        &[
+            LOG_PRELUDE,
+            r#"function request(flow) serve_log(flow) end
            function access_log(flow)
              local r = flow.request
              if r.host ~= "log.test" then
@@ -576,6 +588,8 @@ fn access_log_and_error_see_the_request_an_earlier_plugin_answered() {
            return { error = function(flow, err)
              log[#log + 1] = table.concat({ "error", err.code, err.target_host, flow.request.path }, " ")
            end }"#,
+        ]
+        .concat(),
     );
     let plugins = format!("FilterByUpstreamHostPlugin,{first},{later}");
     let proxy = spawn_proxy(&[
@@ -591,7 +605,7 @@ fn access_log_and_error_see_the_request_an_earlier_plugin_answered() {
     assert_eq!(status("http://alpha.test/broken", ""), 500);
     assert_eq!(status("http://alpha.test/fine", ""), 200);
     assert_eq!(
-        request(proxy.addr, &get("http://log.test/", "")).text(),
+        read_log(&proxy),
         "GET blocked.test /x?q=1 p1 418,\
          GET alpha.test /mine p2 403,\
          error proxy_internal_error alpha.test /broken,\
@@ -768,26 +782,24 @@ fn access_log_sees_a_request_refused_before_the_scripts_ran() {
     let origin = Origin::fixed("fine");
     let path = script(
         "refused_seen",
-        r#"BODIES = { request = true }
-           local seen = {}
-           function request(flow)
-             if flow.request.host == "log.test" then flow:reply(200, table.concat(seen, ",")) end
-           end
+        &[
+            LOG_PRELUDE,
+            r#"BODIES = { request = true }
+           function request(flow) serve_log(flow) end
            function access_log(flow)
              if flow.request.host ~= "log.test" then
-               seen[#seen + 1] = flow.request.method .. " " .. flow.request.host .. flow.request.path
+               log[#log + 1] = flow.request.method .. " " .. flow.request.host .. flow.request.path
              end
            end"#,
+        ]
+        .concat(),
     );
     let proxy = spawn_proxy(&["--script", &path]);
     proxy.route("alpha.test", &origin);
     let big = vec![b'x'; 9 << 20];
     let resp = request(proxy.addr, &post("http://alpha.test/up", &big));
     resp.assert_error(413, "http_request_body_too_large");
-    assert_eq!(
-        request(proxy.addr, &get("http://log.test/", "")).text(),
-        "POST alpha.test/up"
-    );
+    assert_eq!(read_log(&proxy), "POST alpha.test/up");
 }
 
 #[test]
