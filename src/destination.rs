@@ -147,7 +147,15 @@ impl DenyList {
     /// The listed range that holds `ip` (in canonical form), if any.
     pub fn matching(&self, ip: IpAddr) -> Option<&IpNet> {
         let ip = ip.to_canonical();
-        self.0.iter().find(|net| net.contains(&ip))
+        let found = self.0.iter().find(|net| net.contains(&ip));
+        // A connection to the unspecified address (0.0.0.0, ::) reaches this host's
+        // loopback: it is refused whenever loopback is.
+        let loopback = match ip {
+            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            _ => return found,
+        };
+        found.or_else(|| self.0.iter().find(|net| net.contains(&loopback)))
     }
 }
 
@@ -168,6 +176,17 @@ fn canonical_net(net: IpNet) -> IpNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unspecified_address_counts_as_loopback() {
+        let deny = DenyList::parse("127.0.0.0/8, ::1").unwrap();
+        for reached in ["0.0.0.0", "::", "::ffff:0.0.0.0"] {
+            assert!(deny.matching(ip(reached)).is_some(), "{reached}");
+        }
+        // Only when loopback is denied.
+        let deny = DenyList::parse("10.0.0.0/8").unwrap();
+        assert!(deny.matching(ip("0.0.0.0")).is_none());
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -88,3 +88,31 @@ fn addresses_outside_the_deny_list_are_forwarded() {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "allowed");
 }
+
+/// Connecting to the unspecified address reaches this host's loopback (Linux): a deny
+/// list naming loopback, without `private`'s 0.0.0.0/8 and ::/128, refuses it too.
+#[test]
+fn the_unspecified_address_is_refused_with_loopback() {
+    let origin = Origin::fixed("must not be reached");
+    let proxy = spawn_proxy(&["--deny-destinations", "127.0.0.0/8,::1/128"]);
+    let port = origin.addr.port();
+    for url in [
+        format!("http://0.0.0.0:{port}/"),
+        format!("http://[::ffff:0.0.0.0]:{port}/"),
+        format!("http://[::]:{port}/"),
+    ] {
+        let resp = request(proxy.handle().local_addr(), &get(&url, ""));
+        resp.assert_error(403, "destination_ip_prohibited");
+        let details = resp.headers.get("proxy-status").unwrap();
+        assert!(
+            !details.contains("127.0.0"),
+            "the deny list leaked: {details}"
+        );
+    }
+    let resp = request(
+        proxy.handle().local_addr(),
+        &connect_request(&format!("0.0.0.0:{port}")),
+    );
+    resp.assert_error(403, "destination_ip_prohibited");
+    assert_eq!(origin.accepted(), 0);
+}

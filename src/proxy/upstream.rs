@@ -129,10 +129,10 @@ pub async fn connect(
             None => true,
         });
         if let (true, Some((ip, net))) = (addrs.is_empty(), denied) {
-            return Err(ProxyError::new(
-                ErrorKind::DestinationIpProhibited,
-                format!("{host}:{port} is {ip}, in denied range {net}"),
-            ));
+            // The client reads only that it was refused; the address and the range
+            // (the operator's list) are in the debug log alone.
+            tracing::debug!(host, port, "{host}:{port} is {ip}, in denied range {net}");
+            return Err(denied_error(host, port));
         }
         if addrs.len() < before {
             tracing::debug!(host, port, "skipped denied addresses of {host}");
@@ -154,6 +154,16 @@ pub async fn connect(
                     if shared.is_self_connection(peer, local) {
                         return Err(loop_error(host, port));
                     }
+                    // The address actually reached (the kernel may have chosen it, as
+                    // for 0.0.0.0) is held to --deny-destinations too.
+                    if let Some(net) = deny.matching(peer.ip()) {
+                        tracing::debug!(
+                            host,
+                            port,
+                            "{host}:{port} reached {peer}, in denied range {net}"
+                        );
+                        return Err(denied_error(host, port));
+                    }
                 }
                 // Small heads and responses must not wait on Nagle.
                 let _ = stream.set_nodelay(true);
@@ -173,6 +183,13 @@ pub async fn connect(
         format!("connecting to {host}:{port}"),
     )
     .with_source(err))
+}
+
+fn denied_error(host: &str, port: u16) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::DestinationIpProhibited,
+        format!("{host}:{port} is a denied destination (--deny-destinations)"),
+    )
 }
 
 /// The first plugin's resolve hook for a new upstream connection to `host:port`.
