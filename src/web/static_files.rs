@@ -123,7 +123,10 @@ pub fn relative_path(target: &[u8]) -> Result<PathBuf, PathError> {
     if path.first() != Some(&b'/') {
         return Err(PathError::NotFound);
     }
-    let decoded = percent_decode(path).ok_or(PathError::BadRequest)?;
+    if !escapes_are_well_formed(path) {
+        return Err(PathError::BadRequest);
+    }
+    let decoded: Vec<u8> = percent_encoding::percent_decode(path).collect();
     if decoded.iter().any(|&b| b == 0 || b == b'\\') {
         return Err(PathError::BadRequest);
     }
@@ -138,31 +141,14 @@ pub fn relative_path(target: &[u8]) -> Result<PathBuf, PathError> {
     Ok(rel)
 }
 
-/// `%XX` → byte; `None` for a `%` not followed by two hex digits.
-fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while let Some(&b) = input.get(i) {
-        if b == b'%' {
-            let hi = hex_value(*input.get(i + 1)?)?;
-            let lo = hex_value(*input.get(i + 2)?)?;
-            out.push(hi << 4 | lo);
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    Some(out)
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+/// Whether every `%` is followed by two hex digits (a path with a stray `%` is refused,
+/// where the decoder would pass it through).
+fn escapes_are_well_formed(input: &[u8]) -> bool {
+    memchr::memchr_iter(b'%', input).all(|at| {
+        input
+            .get(at + 1..at + 3)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    })
 }
 
 /// The media type of a file, from its extension (case-insensitive), by the
