@@ -302,10 +302,15 @@ fn filter_by_url_regex_blocks_matching_urls_with_proxy_py_bytes() {
     proxy.route("alpha.test", &origin);
     proxy.route("beta.test", &origin);
     let blocked = b"HTTP/1.1 404 Blocked\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-    assert_eq!(
-        raw_exchange(proxy.addr, &get("http://alpha.test/ads/banner.png", "")),
-        blocked
-    );
+    // The rule's path, and other spellings of it (escapes, dot and empty segments).
+    for url in [
+        "http://alpha.test/ads/banner.png",
+        "http://alpha.test/%61ds/banner.png",
+        "http://alpha.test/news/../ads/banner.png",
+        "http://alpha.test//ads/banner.png",
+    ] {
+        assert_eq!(raw_exchange(proxy.addr, &get(url, "")), blocked, "{url}");
+    }
     assert_eq!(
         raw_exchange(
             proxy.addr,

@@ -274,7 +274,17 @@ impl Plugin for FilterByUrlRegex {
         self.url.clear();
         self.url.push_str(comparable_host(host));
         self.url.push_str(&String::from_utf8_lossy(path));
-        let Some(rule) = self.rules.matches(&self.url).iter().next() else {
+        let mut rule = self.rules.matches(&self.url).iter().next();
+        // The same URL spelled otherwise (`/%62locked`, `/a/../blocked`, `//blocked`)
+        // names the same resource at most origins: matched in its normal form too.
+        if rule.is_none() && needs_normalising(path) {
+            let normal = format!("{}{}", comparable_host(host), normal_path(path));
+            rule = self.rules.matches(&normal).iter().next();
+            if rule.is_some() {
+                self.url = normal;
+            }
+        }
+        let Some(rule) = rule else {
             return Ok(Flow::Continue);
         };
         tracing::info!(
@@ -288,6 +298,49 @@ impl Plugin for FilterByUrlRegex {
             true,
         )))
     }
+}
+
+/// Whether `path` has a percent-escape, a dot segment or an empty segment: only then
+/// does its normal form differ.
+fn needs_normalising(path: &[u8]) -> bool {
+    memchr::memchr(b'%', path).is_some()
+        || memchr::memmem::find(path, b"/.").is_some()
+        || memchr::memmem::find(path, b"//").is_some()
+}
+
+/// `path` percent-decoded, with its dot segments resolved (RFC 3986 §5.2.4) and empty
+/// segments dropped; the query is decoded but otherwise kept.
+fn normal_path(path: &[u8]) -> String {
+    let (path, query) = match memchr::memchr(b'?', path) {
+        Some(at) => (&path[..at], Some(&path[at..])),
+        None => (path, None),
+    };
+    let decoded = percent_encoding::percent_decode(path).decode_utf8_lossy();
+    let mut segments: Vec<&str> = Vec::new();
+    let mut last = "";
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+        last = segment;
+    }
+    let mut out = String::with_capacity(decoded.len() + 1);
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    // A directory stays one: `/a/`, `/a/.` and `/a/b/..` all name `/a/`.
+    if out.is_empty() || matches!(last, "" | "." | "..") {
+        out.push('/');
+    }
+    if let Some(query) = query {
+        out.push_str(&percent_encoding::percent_decode(query).decode_utf8_lossy());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -444,6 +497,13 @@ mod tests {
             "http://127.0.0.1:8080/blocked/x",
             // A fully qualified name is matched without its trailing dot.
             "http://www.facebook.com./tr/?id=1",
+            // Other spellings of a blocked path.
+            "http://127.0.0.1:8080/%62locked/x",
+            "http://127.0.0.1:8080//blocked/x",
+            "http://127.0.0.1:8080/./blocked/x",
+            "http://127.0.0.1:8080/fine/../blocked/x",
+            "http://127.0.0.1:8080/%2e/blocked/x",
+            "http://www.facebook.com/%74r/?id=1",
         ] {
             assert!(blocked(run(&f, CLIENT, &get(url))), "{url}");
         }
@@ -468,6 +528,24 @@ mod tests {
             CLIENT,
             &get("http://a/")
         )));
+    }
+
+    #[test]
+    fn normal_paths() {
+        for (path, normal) in [
+            ("/", "/"),
+            ("", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/", "/a/"),
+            ("//a///b", "/a/b"),
+            ("/a/./b/../c", "/a/c"),
+            ("/a/b/..", "/a/"),
+            ("/../../a", "/a"),
+            ("/%61%2Fb?q=%41", "/a/b?q=A"),
+            ("/%zz", "/%zz"),
+        ] {
+            assert_eq!(normal_path(path.as_bytes()), normal, "{path}");
+        }
     }
 
     #[test]
