@@ -1256,3 +1256,19 @@ fn a_key_that_is_not_the_certificates_is_named_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is not the key of --cert-file"), "{stderr}");
 }
+
+/// Inside an intercepted tunnel an origin-form request keeps the client's Host, but an
+/// absolute-form one is sent with the Host of its own target (RFC 9112 §3.2.2), as
+/// outside a tunnel: a Host naming some other site does not reach the origin.
+#[test]
+fn absolute_form_inside_the_tunnel_gets_the_host_of_its_target() {
+    let s = Setup::new(&[]);
+    let mut wire = s.tunnel().into_wire();
+    let authority = s.authority();
+    wire.send(
+        format!("GET https://{authority}/abs HTTP/1.1\r\nHost: other.test\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(wire.read_response().text(), s.echo("/abs"));
+    wire.send(&get_in("/origin-form", &authority));
+    assert_eq!(wire.read_response().text(), s.echo("/origin-form"));
+}

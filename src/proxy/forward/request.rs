@@ -48,7 +48,7 @@ pub(super) fn is_hop_by_hop(name: &[u8]) -> bool {
 }
 
 /// Rewrites a request head for the origin. Returns whether this is an upgrade.
-/// `intercepted`: the request came inside an intercepted tunnel, in origin-form; its
+/// `intercepted`: the request came inside an intercepted tunnel; if in origin-form, its
 /// `Host` is the client's own and is kept.
 pub(super) fn prepare_request(
     head: &mut RequestHead,
@@ -85,8 +85,10 @@ pub(super) fn prepare_request(
             single.is_some_and(|value| host_header_is(value, scheme, target.host, target.port));
         (single.is_some(), same)
     };
-    // Inside an intercepted tunnel the client's single Host is its own: kept too.
-    if !(same_host || intercepted && single_host) {
+    // Inside an intercepted tunnel the single Host of an origin-form request is the
+    // client's own: kept too. An absolute-form one names its target (RFC 9112 §3.2.2).
+    let origin_form = head.target().first() == Some(&b'/');
+    if !(same_host || intercepted && origin_form && single_host) {
         head.set(
             "host",
             host_header_value(scheme, target.host, target.port).as_bytes(),
