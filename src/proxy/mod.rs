@@ -113,9 +113,13 @@ impl Shared {
     /// Addresses are compared in canonical form: `::ffff:127.0.0.1` is `127.0.0.1`.
     pub fn is_own_address(&self, addr: SocketAddr) -> bool {
         let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        // A wildcard listener covers loopback of its own family only: `::` is v6-only.
         self.listen_addrs.iter().any(|own| {
             own.port() == addr.port()
-                && (own.ip() == addr.ip() || (own.ip().is_unspecified() && addr.ip().is_loopback()))
+                && (own.ip() == addr.ip()
+                    || (own.ip().is_unspecified()
+                        && own.is_ipv4() == addr.is_ipv4()
+                        && addr.ip().is_loopback()))
         })
     }
 
@@ -126,7 +130,10 @@ impl Shared {
         let local = SocketAddr::new(local.ip().to_canonical(), local.port());
         self.listen_addrs.iter().any(|own| {
             own.port() == peer.port()
-                && (own.ip() == peer.ip() || (own.ip().is_unspecified() && peer.ip() == local.ip()))
+                && (own.ip() == peer.ip()
+                    || (own.ip().is_unspecified()
+                        && own.is_ipv4() == peer.is_ipv4()
+                        && peer.ip() == local.ip()))
         })
     }
 }
@@ -933,5 +940,24 @@ mod tests {
         );
         let other: SocketAddr = "10.9.9.9:40000".parse().unwrap();
         assert!(!shared.is_self_connection(peer, other));
+    }
+
+    /// `::` listens on IPv6 only (v6-only sockets): IPv4 loopback on its port is some
+    /// other service, not this proxy.
+    #[test]
+    fn a_v6_wildcard_covers_v6_loopback_only() {
+        let listen: Arc<[SocketAddr]> = Arc::from(vec!["[::]:9000".parse().unwrap()]);
+        let shared = Shared::new(
+            Arc::new(Config::default()),
+            listen,
+            Arc::from(vec![]),
+            Arc::new(tls::TlsContext::plain()),
+            0,
+        );
+        assert!(shared.is_own_address("[::1]:9000".parse().unwrap()));
+        assert!(!shared.is_own_address("127.0.0.1:9000".parse().unwrap()));
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(!shared.is_self_connection(at("127.0.0.1:9000"), at("127.0.0.1:40000")));
+        assert!(shared.is_self_connection(at("[fd00::2]:9000"), at("[fd00::2]:40000")));
     }
 }
