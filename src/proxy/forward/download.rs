@@ -462,6 +462,7 @@ async fn read_response_head(
     received_any: &mut bool,
     upload: &UploadProgress,
 ) -> std::result::Result<ResponseHead, Failure> {
+    let mut wait = config.timeout;
     loop {
         if !buf.is_empty() {
             *received_any = true;
@@ -476,7 +477,7 @@ async fn read_response_head(
                 }
             }
         }
-        match read_head_bytes(upstream, buf, HEAD_READ_CHUNK, config.timeout).await {
+        match read_head_bytes(upstream, buf, HEAD_READ_CHUNK, wait).await {
             Ok(0) if !*received_any => {
                 return Err(Failure::BeforeResponse(ProxyError::new(
                     ErrorKind::ConnectionTerminated,
@@ -489,11 +490,13 @@ async fn read_response_head(
                     "upstream closed inside a response head",
                 )))
             }
-            Ok(_) => {}
+            Ok(_) => wait = config.timeout,
             // The origin may answer only once it has the whole body: while the upload moves
             // (it has its own inactivity bounds) and for `--timeout` after it ended, the
             // wait goes on.
-            Err(IoFail::Timeout) if upload.still_moving(upstream, config.timeout) => {}
+            Err(IoFail::Timeout) if let Some(more) = upload.wait_more(upstream, config.timeout) => {
+                wait = more;
+            }
             Err(IoFail::Io(e)) if !*received_any => {
                 return Err(Failure::BeforeResponse(
                     ProxyError::new(

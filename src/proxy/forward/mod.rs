@@ -22,7 +22,6 @@ mod websocket;
 
 use std::cell::Cell;
 use std::pin::pin;
-use std::time::Instant;
 
 use crate::conn::stop::Stop;
 use crate::conn::Stream;
@@ -421,7 +420,7 @@ async fn exchange_once(
                 d = &mut download => break d,
                 u = uploading => {
                     // Only a body's end is stamped (a bodiless request never gets here).
-                    progress.ended.set(Some(Instant::now()));
+                    progress.end(upstream);
                     match u {
                         // The client vanished or sent a broken body: the exchange is over.
                         Err(UploadFail::Client(err)) => return Err(Failure::Fatal(err)),

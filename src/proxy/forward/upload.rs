@@ -1,7 +1,7 @@
 //! The upload half: relaying the request body from the client to the origin.
 
 use std::cell::Cell;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::conn::Stream;
 use bytes::BytesMut;
@@ -18,26 +18,37 @@ pub(super) struct UploadProgress {
     pub(super) done: Cell<bool>,
     /// When the body's upload ended (well or not); never set for bodiless requests.
     pub(super) ended: Cell<Option<Instant>>,
-    /// What the upstream had not acknowledged at the last check, once the upload ended.
+    /// What the upstream had not acknowledged when the upload ended, then at each check.
     pub(super) unacknowledged: Cell<Option<usize>>,
 }
 
 impl UploadProgress {
-    /// True while the upload runs, ended less than `idle` ago, or its last bytes are
-    /// still draining from our send buffer to the origin (less is unacknowledged than
-    /// at the previous check, one `idle` ago). Bodiless requests never wait longer.
-    pub(super) fn still_moving(&self, upstream: &Stream, idle: std::time::Duration) -> bool {
+    /// Records that the body's upload ended (well or not) now, and what of it the origin
+    /// has not acknowledged yet.
+    pub(super) fn end(&self, upstream: &Stream) {
+        self.ended.set(Some(Instant::now()));
+        self.unacknowledged
+            .set(crate::conn::io::unacknowledged(upstream));
+    }
+
+    /// How much longer to wait for the response head after a wait of `idle` ran out:
+    /// `idle` while the upload runs, the rest of `idle` after it ended, then `idle` again
+    /// only while its last bytes still drain from our send buffer to the origin (less is
+    /// unacknowledged than at the previous check). `None`: wait no more. Bodiless
+    /// requests never wait longer. So an origin that stops reading a body costs the
+    /// upload's own stall bound plus one `idle`, not more.
+    pub(super) fn wait_more(&self, upstream: &Stream, idle: Duration) -> Option<Duration> {
         let Some(ended) = self.ended.get() else {
             // Not ended: running, unless there was no body to send.
-            return !self.done.get();
+            return (!self.done.get()).then_some(idle);
         };
-        if ended.elapsed() < idle {
-            return true;
+        let since = ended.elapsed();
+        if since < idle {
+            return Some(idle - since);
         }
         let now = crate::conn::io::unacknowledged(upstream);
         let before = self.unacknowledged.replace(now);
-        matches!((before, now), (None, Some(n)) if n > 0)
-            || matches!((before, now), (Some(b), Some(n)) if n < b)
+        matches!((before, now), (Some(b), Some(n)) if n < b).then_some(idle)
     }
 }
 
@@ -128,4 +139,58 @@ pub(super) fn closed_in_body() -> ProxyError {
         ErrorKind::ClientClosed,
         "client closed inside a request body",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(done: bool) -> UploadProgress {
+        UploadProgress {
+            done: Cell::new(done),
+            ended: Cell::new(None),
+            unacknowledged: Cell::new(None),
+        }
+    }
+
+    /// The wait for a response after an upload: the upload's run, the rest of one
+    /// `idle` once it ended, then more only while its bytes drain.
+    #[tokio::test]
+    async fn the_wait_after_an_upload_is_bounded_by_what_drains() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stream, _peer) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let upstream = Stream::Tcp(stream.unwrap());
+        let idle = Duration::from_secs(10);
+
+        assert_eq!(
+            progress(false).wait_more(&upstream, idle),
+            Some(idle),
+            "running"
+        );
+        assert_eq!(progress(true).wait_more(&upstream, idle), None, "no body");
+
+        let ended = progress(false);
+        ended.end(&upstream);
+        let rest = ended.wait_more(&upstream, idle).unwrap();
+        assert!(
+            rest <= idle && rest > idle / 2,
+            "the rest of one idle: {rest:?}"
+        );
+
+        // Ended one idle ago with nothing left in flight: an origin that stopped
+        // reading gets no further wait (the first sample is taken at the end).
+        let stalled = progress(false);
+        stalled.end(&upstream);
+        stalled.ended.set(Instant::now().checked_sub(idle));
+        assert_eq!(stalled.wait_more(&upstream, idle), None);
+
+        // Ended one idle ago with bytes in flight then, fewer now: still draining.
+        let draining = progress(false);
+        draining.ended.set(Instant::now().checked_sub(idle));
+        draining.unacknowledged.set(Some(1 << 20));
+        assert_eq!(draining.wait_more(&upstream, idle), Some(idle));
+        // Nothing moved since: the wait ends.
+        assert_eq!(draining.wait_more(&upstream, idle), None);
+    }
 }
