@@ -228,16 +228,20 @@ pub async fn relay(client: &Stream, upstream: &Stream, chunk: usize, idle: Durat
     let activity = Activity::new();
     let up_bytes = Cell::new(0u64);
     let down_bytes = Cell::new(0u64);
-    let up = pump(client, upstream, chunk, idle, &activity, &up_bytes);
-    let down = pump(upstream, client, chunk, idle, &activity, &down_bytes);
-    let both = async {
-        let (up, down) = tokio::join!(up, down);
-        match (up, down) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(e), _) => Err(classify(e, Direction::Upload)),
-            (_, Err(e)) => Err(classify(e, Direction::Download)),
-        }
+    let up = async {
+        pump(client, upstream, chunk, idle, &activity, &up_bytes)
+            .await
+            .map_err(|e| classify(e, Direction::Upload))
     };
+    let down = async {
+        pump(upstream, client, chunk, idle, &activity, &down_bytes)
+            .await
+            .map_err(|e| classify(e, Direction::Download))
+    };
+    // The first failure ends the tunnel, with its own error (a stalled origin is an
+    // upstream timeout, not an idle client); a direction that finished waits for the
+    // other (half-close).
+    let both = async { tokio::try_join!(up, down).map(|_| ()) };
     let result = tokio::select! {
         res = both => res,
         () = activity.idle_for(idle) => Err(ProxyError::new(ErrorKind::ClientTimeout, "tunnel idle")),
@@ -365,5 +369,39 @@ async fn pump(
                 Err(e) => return Err(PumpFail::Read(e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Two connected sockets: ours (wrapped) and the peer's.
+    async fn pair() -> (Stream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (Stream::Tcp(ours.unwrap()), theirs.unwrap().0)
+    }
+
+    /// An origin that stops reading ends the tunnel through the upload's own stall
+    /// bound, with the upstream's error: the download side, idle meanwhile, does not
+    /// keep the tunnel open for another period, nor is it blamed on the client.
+    #[tokio::test]
+    async fn a_stalled_origin_ends_the_tunnel_with_an_upstream_timeout() {
+        let (client, mut client_peer) = pair().await;
+        let (upstream, _upstream_peer_never_reads) = pair().await;
+        let writer = tokio::spawn(async move {
+            let block = vec![0u8; 64 * 1024];
+            // Until the buffers on the way are full and the write stalls for good.
+            while client_peer.write_all(&block).await.is_ok() {}
+        });
+        let relayed = relay(&client, &upstream, 16 * 1024, Duration::from_millis(200)).await;
+        writer.abort();
+        let err = relayed.result.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionReadTimeout, "{err}");
+        assert!(relayed.to_upstream > 0);
     }
 }
