@@ -494,9 +494,15 @@ async fn read_response_head(
             // The origin may answer only once it has the whole body: while the upload moves
             // (it has its own inactivity bounds) and for `--timeout` after it ended, the
             // wait goes on.
-            Err(IoFail::Timeout) if let Some(more) = upload.wait_more(upstream, config.timeout) => {
-                wait = more;
-            }
+            Err(IoFail::Timeout) => match upload.wait_more(upstream, config.timeout) {
+                Some(more) => wait = more,
+                None => {
+                    return Err(Failure::Fatal(upstream_error(
+                        IoFail::Timeout,
+                        "reading a response head",
+                    )))
+                }
+            },
             Err(IoFail::Io(e)) if !*received_any => {
                 return Err(Failure::BeforeResponse(
                     ProxyError::new(
