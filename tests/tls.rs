@@ -1272,3 +1272,30 @@ fn absolute_form_inside_the_tunnel_gets_the_host_of_its_target() {
     wire.send(&get_in("/origin-form", &authority));
     assert_eq!(wire.read_response().text(), s.echo("/origin-form"));
 }
+
+/// A request inside a tunnel whose origin failed verification is logged with where it
+/// was going (`https://host:port/path`), not `None:None`.
+#[test]
+fn a_request_to_an_unverified_origin_is_logged_with_its_target() {
+    let pki = OriginPki::new();
+    let origin = Origin::tls_echo(&pki);
+    let ca = ProxyCa::new();
+    let log_file = temp_path("tls-untrusted.log");
+    let mut args = ca.args();
+    args.extend(["--log-file".to_owned(), path_text(&log_file)]);
+    let proxy = ProxyBinary::spawn(&strs(&args));
+    let authority = format!("127.0.0.1:{}", origin.addr.port());
+    let mut wire = tunnel(proxy.addr, &authority, "127.0.0.1", &[&ca.cert_der]).into_wire();
+    wire.send(&get_in("/secret?q=1", "127.0.0.1"));
+    wire.read_response()
+        .assert_error(502, "tls_certificate_error");
+    drop(wire);
+    assert_eq!(proxy.terminate().code(), Some(0));
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(
+        log.contains(&format!(
+            " - GET https://{authority}/secret?q=1 - 502 Bad Gateway - "
+        )),
+        "{log}"
+    );
+}

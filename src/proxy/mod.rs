@@ -493,7 +493,10 @@ async fn route(
     // Inside an intercepted tunnel, origin-form requests are for the tunnel's origin.
     if let (Some(origin), Target::Origin) = (&mut conn.origin, &target) {
         if let Some(err) = origin.error.take() {
-            // The plugins still learn the request, for their error and access reports.
+            // The access line names where the request was going, and the plugins still
+            // learn the request, for their error and access reports.
+            exchange.set_target(&origin.host, origin.port, &head.target_bytes());
+            exchange.set_https(true);
             conn.chain
                 .on_request_refused(&shared.plugin_cx(client), &head, &target);
             return Err(err);
