@@ -1299,3 +1299,52 @@ fn a_request_to_an_unverified_origin_is_logged_with_its_target() {
         "{log}"
     );
 }
+
+/// A ClientHello rustls refuses (here a server name with a port in it, as hey sends)
+/// cannot be intercepted. With plugins loaded it is refused, so that no request escapes
+/// them; without any, it goes through as an opaque tunnel.
+#[test]
+fn a_client_hello_that_cannot_be_intercepted_is_refused_when_plugins_are_loaded() {
+    use std::io::Write;
+    // A real ClientHello for "localhost", its name then made "local:443" (same length).
+    let mut session = rustls::ClientConnection::new(
+        client_config(&[]),
+        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let mut hello = Vec::new();
+    session.write_tls(&mut hello).unwrap();
+    let at = hello.windows(9).position(|w| w == b"localhost").unwrap();
+    hello[at..at + 9].copy_from_slice(b"local:443");
+
+    // An origin that answers whatever reaches it.
+    let origin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let authority = origin.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        while let Ok((mut conn, _)) = origin.accept() {
+            let mut first = [0u8; 1];
+            if conn.read(&mut first).is_ok_and(|n| n > 0) {
+                let _ = conn.write_all(b"RELAYED");
+            }
+        }
+    });
+    let ca = ProxyCa::new();
+    for (plugins, relayed) in [
+        (&["--plugins", "FilterByUpstreamHostPlugin"][..], false),
+        (&[][..], true),
+    ] {
+        let mut args = ca.args();
+        args.extend(plugins.iter().map(|s| s.to_string()));
+        let proxy = spawn_proxy(&strs(&args));
+        let mut sock = tcp(proxy.addr);
+        connect_over(&mut sock, &authority, "");
+        sock.write_all(&hello).unwrap();
+        let mut got = Vec::new();
+        let _ = sock.read_to_end(&mut got);
+        assert_eq!(
+            got == b"RELAYED",
+            relayed,
+            "plugins {plugins:?}: got {got:?}"
+        );
+    }
+}

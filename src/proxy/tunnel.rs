@@ -105,12 +105,34 @@ pub async fn run(
     exchange.add_bytes(CONNECT_ESTABLISHED.len() as u64);
     if let (Some(ca), true) = (&shared.tls.ca, intercepting) {
         let origin = fresh.as_ref().or(pooled.as_ref());
-        let hello = match origin {
+        let mut hello = match origin {
             Some(origin) => {
                 read_client_hello(&client.stream, &mut client.buf, origin, config.timeout).await?
             }
             None => Hello::NotTls,
         };
+        if let Hello::Unreadable(why) = &hello {
+            // Plugins would never see this client's requests: with plugins loaded, the
+            // tunnel is refused rather than let through uninspected (fail closed).
+            // Without any, interception only observes, and the client's own TLS to the
+            // origin is relayed as it is (hey sends `host:port` as its server name).
+            if !chain.is_empty() {
+                return Err(ProxyError::new(
+                    ErrorKind::TlsClientHandshakeError,
+                    format!("a ClientHello that cannot be intercepted ({why}); refused, as plugins are loaded"),
+                ));
+            }
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            let message =
+                "a ClientHello rustls refuses: relayed as an opaque tunnel, not intercepted";
+            if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::debug!(error = %why, "{message}");
+            } else {
+                tracing::warn!(error = %why, "{message} (logged once; later ones at debug level)");
+            }
+            hello = Hello::NotTls;
+        }
         if let Hello::Tls(accepted) = hello {
             let sni = accepted
                 .client_hello()

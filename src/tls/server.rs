@@ -145,6 +145,10 @@ pub enum Hello {
     Tls(Box<Accepted>),
     /// Something else, or nothing before EOF: relay it as an opaque tunnel.
     NotTls,
+    /// A TLS handshake rustls cannot accept (a server name such as `host:port`, only
+    /// TLS 1.0/1.1, a malformed or oversized ClientHello): it cannot be intercepted.
+    /// The bytes stay in the client's buffer; the caller relays them or refuses.
+    Unreadable(String),
 }
 
 /// Reads the client's first bytes into `buf` and, if they start a TLS handshake, the
@@ -173,30 +177,17 @@ pub async fn read_client_hello(
                 match acceptor.read_tls(&mut rest) {
                     Ok(n) if n > 0 => fed += n,
                     // Its buffer is full (a ClientHello too large to be one) or it failed.
-                    _ => return Ok(Hello::NotTls),
+                    _ => return Ok(Hello::Unreadable("an oversized ClientHello".into())),
                 }
             }
             match acceptor.accept() {
                 Ok(Some(accepted)) => return Ok(Hello::Tls(Box::new(accepted))),
                 Ok(None) => {}
                 // Not a ClientHello rustls can read: the origin may still understand it.
-                Err((e, _)) => {
-                    // Worth knowing (interception silently does not happen for this client),
-                    // but not worth a line per connection.
-                    static WARNED: std::sync::atomic::AtomicBool =
-                        std::sync::atomic::AtomicBool::new(false);
-                    let message = "a ClientHello rustls refuses (hey, for one, sends `host:port` \
-                                   as its server name): relayed as an opaque tunnel, not intercepted";
-                    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                        tracing::debug!(error = %e, "{message}");
-                    } else {
-                        tracing::warn!(error = %e, "{message} (logged once; later ones at debug level)");
-                    }
-                    return Ok(Hello::NotTls);
-                }
+                Err((e, _)) => return Ok(Hello::Unreadable(e.to_string())),
             }
             if buf.len() > MAX_CLIENT_HELLO {
-                return Ok(Hello::NotTls);
+                return Ok(Hello::Unreadable("an oversized ClientHello".into()));
             }
         }
         let read = if buf.is_empty() {
