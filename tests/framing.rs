@@ -647,3 +647,50 @@ fn malformed_chunked_body_buffered_with_the_head_never_reaches_the_origin() {
         assert_eq!(origin.accepted(), 0, "{what}: the origin was contacted");
     }
 }
+
+/// A 101 must name the protocol it switches to, one the client asked for: else 502,
+/// and nothing after it reaches the client.
+#[test]
+fn a_101_to_no_protocol_or_another_one_is_502() {
+    for (what, reply) in [
+        (
+            "no Upgrade",
+            &b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\nRAW"[..],
+        ),
+        (
+            "another protocol",
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo/1\r\n\r\nRAW",
+        ),
+    ] {
+        let origin = Origin::spawn(move |_| Reply::keep(reply));
+        let proxy = spawn_proxy(&[]);
+        proxy.route("alpha.test", &origin);
+        let bytes = raw_exchange(
+            proxy.addr,
+            b"GET http://alpha.test/ws HTTP/1.1\r\nHost: alpha.test\r\nConnection: upgrade\r\n\
+              Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Sec-WebSocket-Version: 13\r\n\r\n",
+        );
+        let (resp, rest) = parse_response(bytes);
+        resp.assert_error(502, "http_protocol_error");
+        assert!(!String::from_utf8_lossy(&rest).contains("RAW"), "{what}");
+    }
+}
+
+/// `Upgrade: h2c` is not an upgrade through this proxy: the request goes on as plain
+/// HTTP/1.1, without the Upgrade header, so no raw HTTP/2 can follow past the plugins.
+#[test]
+fn an_h2c_upgrade_is_forwarded_as_plain_http11() {
+    let origin = Origin::fixed("plain");
+    let proxy = spawn_proxy(&[]);
+    proxy.route("alpha.test", &origin);
+    let resp = request(
+        proxy.addr,
+        b"GET http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    );
+    assert_eq!((resp.status, resp.text().as_str()), (200, "plain"));
+    let seen = origin.next_request();
+    assert!(!seen.headers.has("upgrade"), "{:?}", seen.headers);
+    assert!(!seen.headers.has("http2-settings"), "{:?}", seen.headers);
+}

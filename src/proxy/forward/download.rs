@@ -73,6 +73,16 @@ pub(super) async fn download(
                     "101 Switching Protocols without an Upgrade request",
                 )));
             }
+            // RFC 9110 §15.2.2 and §7.8: a 101 names the protocol switched to, one the
+            // client asked for. Otherwise a WebSocket session would be relayed raw,
+            // unseen by the plugins that read its messages.
+            let named = head.header("upgrade").is_some_and(|v| !v.is_empty());
+            if !named || (request.websocket && !head.has_token("upgrade", "websocket")) {
+                return Err(Failure::Fatal(ProxyError::new(
+                    ErrorKind::HttpProtocolError,
+                    "101 Switching Protocols to no protocol, or to one not asked for",
+                )));
+            }
             // Extensions were not offered when a plugin reads messages: one accepted
             // anyway would make frames the relay cannot read.
             if request.ws_messages && head.header("sec-websocket-extensions").is_some() {

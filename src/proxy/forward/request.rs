@@ -57,9 +57,14 @@ pub(super) fn prepare_request(
     intercepted: bool,
     config: &Config,
 ) -> bool {
+    // `h2c` is never an upgrade here: after a 101 the connection would be relayed raw,
+    // and the HTTP/2 requests on it would pass no plugin ("h2c smuggling"). Without
+    // the token the request is plain HTTP/1.1 (RFC 9110 §7.8 lets an intermediary drop
+    // upgrade tokens; RFC 9113 §3.1 deprecates this one).
     let upgrade = head.version() == Version::Http11
         && head.count("upgrade") > 0
-        && head.has_token("connection", "upgrade");
+        && head.has_token("connection", "upgrade")
+        && !head.has_token("upgrade", "h2c");
     remove_connection_listed(head, upgrade);
     head.remove_where(|name| {
         is_hop_by_hop(name) && !(upgrade && name.eq_ignore_ascii_case(b"upgrade"))
