@@ -1274,7 +1274,8 @@ fn absolute_form_inside_the_tunnel_gets_the_host_of_its_target() {
 }
 
 /// A request inside a tunnel whose origin failed verification is logged with where it
-/// was going (`https://host:port/path`), not `None:None`.
+/// was going (`https://host:port/path`), not `None:None`; the leaf shown to the client
+/// stays in memory.
 #[test]
 fn a_request_to_an_unverified_origin_is_logged_with_its_target() {
     let pki = OriginPki::new();
@@ -1291,6 +1292,9 @@ fn a_request_to_an_unverified_origin_is_logged_with_its_target() {
         .assert_error(502, "tls_certificate_error");
     drop(wire);
     assert_eq!(proxy.terminate().code(), Some(0));
+    // The leaf minted to show that error was not written to --ca-cert-dir: made-up
+    // names cannot fill the disk.
+    assert!(!ca.cert_dir.join("127.0.0.1.pem").exists());
     let log = std::fs::read_to_string(&log_file).unwrap();
     assert!(
         log.contains(&format!(

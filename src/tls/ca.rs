@@ -317,9 +317,25 @@ impl Ca {
         host: &str,
         origin: Option<&CertificateDer<'_>>,
     ) -> Result<Arc<CertifiedKey>, String> {
+        self.leaf_kept(host, origin, true)
+    }
+
+    /// [`Ca::leaf`], writing a leaf it mints to `cert_dir` only if `persist`: a leaf
+    /// minted to show a client the error of an origin that failed stays in memory, so
+    /// that clients naming made-up hosts cannot fill the disk (the memory cache is
+    /// bounded).
+    ///
+    /// # Errors
+    /// As [`Ca::leaf`].
+    pub fn leaf_kept(
+        &self,
+        host: &str,
+        origin: Option<&CertificateDer<'_>>,
+        persist: bool,
+    ) -> Result<Arc<CertifiedKey>, String> {
         let host = Host::parse(host)?;
         let slot = self.slot(&host.key);
-        match slot.get_or_init(|| self.obtain(&host, origin)) {
+        match slot.get_or_init(|| self.obtain(&host, origin, persist)) {
             Ok(leaf) => Ok(Arc::clone(leaf)),
             Err(e) => {
                 let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -365,6 +381,7 @@ impl Ca {
         &self,
         host: &Host,
         origin: Option<&CertificateDer<'_>>,
+        persist: bool,
     ) -> Result<Arc<CertifiedKey>, String> {
         let path = self
             .cert_dir
@@ -375,7 +392,7 @@ impl Ca {
         }
         let leaf = self.mint(host, origin)?;
         self.minted.fetch_add(1, Ordering::Relaxed);
-        if let Some(path) = &path {
+        if let (Some(path), true) = (&path, persist) {
             if let Err(e) = self.write_atomically(path, leaf.pem().as_bytes()) {
                 if !self.disk_warned.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
@@ -1036,6 +1053,20 @@ mod tests {
         }
         assert_eq!(ca.minted(), 0);
         assert!(ca.cache.lock().unwrap().slots.is_empty());
+    }
+
+    #[test]
+    fn a_leaf_not_kept_stays_off_the_disk() {
+        let dir = TempDir::new("unkept");
+        let generated = generate(&dir.0.join("ca")).unwrap();
+        let cert_dir = dir.0.join("certs");
+        let ca = Ca::load(files(&generated), Some(cert_dir.clone()), 10).unwrap();
+        let leaf = ca.leaf_kept("made-up.test", None, false).unwrap();
+        assert!(!cert_dir.join("made-up.test.pem").exists());
+        // Served from memory after that, the same leaf.
+        assert_eq!(ca.leaf("made-up.test", None).unwrap().cert, leaf.cert);
+        ca.leaf_kept("kept.test", None, true).unwrap();
+        assert!(cert_dir.join("kept.test.pem").exists());
     }
 
     #[test]

@@ -109,7 +109,8 @@ impl LeafConfigs {
     }
 
     /// The configuration for `host`, minting its leaf if the CA has none yet.
-    /// `origin` is the origin's certificate, whose subject a new leaf copies.
+    /// `origin` is the origin's certificate, whose subject a new leaf copies; without it
+    /// (the origin failed) a new leaf is not written to `--ca-cert-dir`.
     ///
     /// # Errors
     /// `proxy_internal_error` when minting fails.
@@ -122,7 +123,7 @@ impl LeafConfigs {
         if let Some(config) = self.configs.borrow().get(host) {
             return Ok(Arc::clone(config));
         }
-        let leaf = ca.leaf(host, origin).map_err(|e| {
+        let leaf = ca.leaf_kept(host, origin, origin.is_some()).map_err(|e| {
             ProxyError::new(
                 ErrorKind::ProxyInternalError,
                 format!("minting a certificate for {host}: {e}"),
