@@ -1352,3 +1352,37 @@ fn a_client_hello_that_cannot_be_intercepted_is_refused_when_plugins_are_loaded(
         );
     }
 }
+
+/// A pooled connection verified for the CONNECT host never carries a request of a
+/// tunnel whose client named another host in its SNI: that request goes on a
+/// connection made (and verified) for the SNI.
+#[test]
+fn a_tunnel_with_another_sni_does_not_reuse_the_hosts_pooled_connection() {
+    let s = Setup::new(&[]);
+    // First a tunnel by IP with no SNI: its origin connection (no SNI) is pooled.
+    let mut by_ip = tunnel(
+        s.proxy.addr,
+        &s.ip_authority(),
+        "127.0.0.1",
+        &[&s.ca.cert_der],
+    )
+    .into_wire();
+    by_ip.send(&get_in("/first", "127.0.0.1"));
+    assert_eq!(
+        by_ip.read_response().text(),
+        "path=/first host=127.0.0.1 sni=-"
+    );
+    // Then the same CONNECT host, TLS by name: the request must travel with SNI localhost.
+    let mut by_name = tunnel(
+        s.proxy.addr,
+        &s.ip_authority(),
+        "localhost",
+        &[&s.ca.cert_der],
+    )
+    .into_wire();
+    by_name.send(&get_in("/second", "localhost"));
+    assert_eq!(
+        by_name.read_response().text(),
+        "path=/second host=localhost sni=localhost"
+    );
+}

@@ -160,7 +160,9 @@ pub async fn run(
 
     let mut attempt = 0;
     loop {
-        let pooled = if attempt == 0 {
+        // Pooled TLS connections were verified for their host: a request that must go
+        // to another name (an intercepted tunnel's SNI) gets its own connection.
+        let pooled = if attempt == 0 && tls.map_or(true, |name| name == host) {
             shared.pool.take(host, port, tls.is_some())
         } else {
             None
