@@ -1386,3 +1386,18 @@ fn a_tunnel_with_another_sni_does_not_reuse_the_hosts_pooled_connection() {
         "path=/second host=localhost sni=localhost"
     );
 }
+
+/// A client that offers only protocols the proxy does not speak (ALPN `h2` alone) gets
+/// a `no_application_protocol` alert (RFC 7301 §3.2), not a bare close.
+#[test]
+fn an_h2_only_client_gets_the_no_application_protocol_alert() {
+    let s = Setup::new(&[]);
+    let mut sock = tcp(s.proxy.addr);
+    connect_over(&mut sock, &s.authority(), "");
+    let mut config = (*client_config(&[&s.ca.cert_der])).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let err = handshake(sock, "localhost", std::sync::Arc::new(config))
+        .err()
+        .expect("the handshake must fail");
+    assert!(err.to_string().contains("NoApplicationProtocol"), "{err}");
+}

@@ -389,7 +389,13 @@ async fn intercept(
     let Client { stream, addr, .. } = client;
     let session = match accepted.into_connection(config) {
         Ok(session) => session,
-        Err((e, _alert)) => {
+        Err((e, mut alert)) => {
+            // The client learns why (e.g. `no_application_protocol` for an h2-only
+            // ALPN offer, RFC 7301 §3.2) instead of seeing a bare close.
+            let mut bytes = Vec::new();
+            if alert.write_all(&mut bytes).is_ok() && !bytes.is_empty() {
+                let _ = io::write_all(&stream, &bytes, shared.config.timeout).await;
+            }
             let err = ProxyError::new(ErrorKind::TlsClientHandshakeError, "client TLS handshake")
                 .with_source(e);
             tracing::warn!(client = %addr, host, error.code = err.code(), "{err}");
