@@ -436,8 +436,14 @@ fn modify_post_data_replaces_request_bodies_with_an_exact_length() {
     assert_eq!(client.read_response().text(), "seen");
     client.send(&get("http://alpha.test/c", ""));
     assert_eq!(client.read_response().text(), "seen");
+    // An empty chunked body is no body, as `Content-Length: 0` is: nothing is added.
+    client.send(
+        b"POST http://alpha.test/d HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert_eq!(client.read_response().text(), "seen");
     let reqs = origin.requests();
-    assert_eq!(reqs.len(), 3);
+    assert_eq!(reqs.len(), 4);
+    assert!(reqs[3].body.data.is_empty(), "an empty body stays empty");
     for req in &reqs[..2] {
         assert_eq!(req.body.data, b"{\"key\": \"modified\"}", "{}", req.target);
         assert_eq!(req.headers.get("content-length"), Some("19"));

@@ -113,7 +113,11 @@ impl Plugin for ModifyPostData {
         self.active
     }
 
-    fn on_request_body(&mut self, _cx: &RequestCx<'_>, _body: Bytes) -> Result<Bytes, PluginError> {
+    fn on_request_body(&mut self, _cx: &RequestCx<'_>, body: Bytes) -> Result<Bytes, PluginError> {
+        // An empty chunked body (`0\r\n\r\n`) is no body, as `Content-Length: 0` is.
+        if body.is_empty() {
+            return Ok(body);
+        }
         Ok(Bytes::from_static(MODIFIED_POST_DATA))
     }
 }
