@@ -260,6 +260,21 @@ fn disable_http_proxy_refuses_proxying_but_serves_files() {
     assert_eq!((resp.status, resp.text().as_str()), (200, HELLO));
 }
 
+/// With nothing to serve at a path, `--disable-http-proxy` answers a plain 404: it does
+/// not send the client to absolute-form requests, which it refuses.
+#[test]
+fn disable_http_proxy_answers_a_plain_404() {
+    let proxy = spawn_proxy(&["--disable-http-proxy"]);
+    let resp = request(proxy.addr, &origin_get("/nothing", ""));
+    assert_eq!(
+        (resp.status, resp.text().as_str()),
+        (404, "404 Not Found\n")
+    );
+    let proxy = spawn_proxy(&[]);
+    let resp = request(proxy.addr, &origin_get("/nothing", ""));
+    assert!(resp.text().contains("absolute-form"), "{}", resp.text());
+}
+
 #[test]
 fn the_pac_file_wins_for_its_path_and_static_serves_the_rest() {
     let site = site();

@@ -664,10 +664,16 @@ async fn route(
             // A body we are not going to read means the connection cannot be reused.
             let has_body = !matches!(http::request_body_kind(&head), Ok(http::BodyKind::Empty));
             let keep_alive = head.wants_keep_alive() && !has_body && !shutdown.is_set();
+            // Under --disable-http-proxy, absolute-form requests are refused: no advice.
+            let text: &[u8] = if shared.config.disable_http_proxy {
+                b"404 Not Found\n"
+            } else {
+                b"404 Not Found: this is a forward proxy; send absolute-form requests\n"
+            };
             let reply = http::response::simple_response(
                 404,
                 &[("Content-Type", "text/plain; charset=utf-8")],
-                b"404 Not Found: this is a forward proxy; send absolute-form requests\n",
+                text,
                 !keep_alive,
             );
             let reply = if head.is_method("HEAD") {
