@@ -265,7 +265,14 @@ impl Entry {
     fn finish(mut self, complete: bool) {
         if let Some(mut file) = self.file.take() {
             match file.flush() {
-                Ok(()) => tracing::debug!(path = %self.path.display(), complete, "cached response"),
+                // proxy.py's line, at INFO, for the response files (its README reads
+                // the path from it); the request files at DEBUG.
+                Ok(())
+                    if complete && self.path.parent().is_some_and(|d| d.ends_with("responses")) =>
+                {
+                    tracing::info!("Cached response at {}", self.path.display());
+                }
+                Ok(()) => tracing::debug!(path = %self.path.display(), complete, "cached"),
                 Err(e) => {
                     tracing::warn!(path = %self.path.display(), error = %e, "CacheResponsesPlugin: cannot write");
                     let _ = std::fs::remove_file(&self.path);
