@@ -114,7 +114,6 @@ fn static_files_get_head_404_405_and_index_on_one_connection() {
         ("/data.bin", "application/octet-stream", "\0\x01\x02\x03"),
         ("/", "text/html; charset=utf-8", "<h1>home</h1>"),
         ("/docs/", "text/html; charset=utf-8", "<p>docs</p>"),
-        ("/docs", "text/html; charset=utf-8", "<p>docs</p>"),
         // A symlink inside the root works; the type is the requested name's.
         ("/inner-link", "application/octet-stream", HELLO),
         ("/hello%2Etxt", "text/plain; charset=utf-8", HELLO),
@@ -125,6 +124,15 @@ fn static_files_get_head_404_405_and_index_on_one_connection() {
         assert_eq!(resp.headers.get("content-type"), Some(ctype), "{path}");
         assert_eq!(resp.text(), body, "{path}");
     }
+
+    // A directory without its slash is redirected to it (its index's relative links
+    // then resolve inside it); a file with a slash is not that file.
+    client.send(&origin_get("/docs?x=1", ""));
+    let resp = client.read_response();
+    assert_eq!(resp.status, 301);
+    assert_eq!(resp.headers.get("location"), Some("/docs/?x=1"));
+    client.send(&origin_get("/hello.txt/", ""));
+    assert_eq!(client.read_response().status, 404);
 
     client.send(b"HEAD /hello.txt HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let resp = client.read_response_to("HEAD");

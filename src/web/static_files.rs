@@ -5,7 +5,8 @@
 //! malformed `%` escape) is a 400. The segments are joined onto the root, the result is
 //! canonicalized (`tokio::fs::canonicalize`: every symlink resolved) and must still lie
 //! under the canonical root, so a symlink that leaves the root is a 404 while one that
-//! stays inside works. A directory serves its `index.html` (checked the same way), or 404.
+//! stays inside works. A directory serves its `index.html` (checked the same way), or 404;
+//! asked for without its trailing slash, it is redirected (301) to it.
 //!
 //! The file is opened with `O_NOFOLLOW` (the canonical path has no symlink left, so a
 //! swap after the check fails instead of escaping) and `O_NONBLOCK` (a FIFO cannot hang
@@ -216,6 +217,34 @@ pub async fn serve(
         Ok(found) => found,
         Err(status) => return reply(stream, status, &[], is_head, keep_alive, config).await,
     };
+    // A directory is addressed with its slash, a file without: `/sub` is redirected to
+    // `/sub/` (so that the index's relative links resolve inside it, as web servers do),
+    // and `/file.html/` is not that file.
+    let target = head.effective_target();
+    let (path, query) = match memchr::memchr(b'?', target) {
+        Some(at) => target.split_at(at),
+        None => (target, &b""[..]),
+    };
+    let dir_form = path.ends_with(b"/") || path.ends_with(b"/.");
+    if is_index && !dir_form {
+        let location = format!(
+            "{}/{}",
+            String::from_utf8_lossy(path),
+            String::from_utf8_lossy(query)
+        );
+        return reply(
+            stream,
+            301,
+            &[("Location", &location)],
+            is_head,
+            keep_alive,
+            config,
+        )
+        .await;
+    }
+    if !is_index && dir_form {
+        return reply(stream, 404, &[], is_head, keep_alive, config).await;
+    }
 
     let mut out = Vec::with_capacity(256 + if is_head { 0 } else { CHUNK });
     out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: ");
