@@ -1401,3 +1401,28 @@ fn an_h2_only_client_gets_the_no_application_protocol_alert() {
         .expect("the handshake must fail");
     assert!(err.to_string().contains("NoApplicationProtocol"), "{err}");
 }
+
+/// A CONNECT host the resolver takes but no certificate can name (`127.1`), with no
+/// SNI to name it otherwise: the tunnel fails as the client's doing
+/// (`tls_client_handshake_error`), not as an internal error of the proxy.
+#[test]
+fn a_connect_host_no_certificate_can_name_is_the_clients_error() {
+    let pki = OriginPki::new();
+    let origin = Origin::tls_echo(&pki);
+    let ca = ProxyCa::new();
+    let log_file = temp_path("tls-unnameable.log");
+    let mut args = ca.args();
+    args.extend(pki.ca_file_args());
+    args.extend(["--log-file".to_owned(), path_text(&log_file)]);
+    let proxy = ProxyBinary::spawn(&strs(&args));
+    let authority = format!("127.1:{}", origin.addr.port());
+    // An IP literal as the TLS name: the client sends no SNI.
+    assert!(try_tunnel(proxy.addr, &authority, "127.0.0.1", &[&ca.cert_der]).is_err());
+    assert_eq!(proxy.terminate().code(), Some(0));
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("CONNECT {authority}")))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.ends_with(" - tls_client_handshake_error"), "{line}");
+}

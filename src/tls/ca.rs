@@ -320,6 +320,12 @@ impl Ca {
         self.leaf_kept(host, origin, true)
     }
 
+    /// Whether a certificate can name `host` at all (a DNS name or an IP literal):
+    /// when not, a leaf for it fails because of what the client asked for.
+    pub fn can_name(host: &str) -> bool {
+        Host::parse(host).is_ok()
+    }
+
     /// [`Ca::leaf`], writing a leaf it mints to `cert_dir` only if `persist`: a leaf
     /// minted to show a client the error of an origin that failed stays in memory, so
     /// that clients naming made-up hosts cannot fill the disk (the memory cache is
@@ -1053,6 +1059,17 @@ mod tests {
         }
         assert_eq!(ca.minted(), 0);
         assert!(ca.cache.lock().unwrap().slots.is_empty());
+    }
+
+    #[test]
+    fn names_a_certificate_can_carry() {
+        for host in ["example.com", "127.0.0.1", "::1", "[::1]", "localhost"] {
+            assert!(Ca::can_name(host), "{host}");
+        }
+        // Resolvers take `127.1`; certificates cannot name it.
+        for host in ["127.1", "", "a/b", ".example.com"] {
+            assert!(!Ca::can_name(host), "{host:?}");
+        }
     }
 
     #[test]

@@ -113,6 +113,7 @@ impl LeafConfigs {
     /// (the origin failed) a new leaf is not written to `--ca-cert-dir`.
     ///
     /// # Errors
+    /// `tls_client_handshake_error` for a name no certificate can carry, else
     /// `proxy_internal_error` when minting fails.
     pub fn get(
         &self,
@@ -124,10 +125,13 @@ impl LeafConfigs {
             return Ok(Arc::clone(config));
         }
         let leaf = ca.leaf_kept(host, origin, origin.is_some()).map_err(|e| {
-            ProxyError::new(
-                ErrorKind::ProxyInternalError,
-                format!("minting a certificate for {host}: {e}"),
-            )
+            // A name no certificate can carry (`127.1`) is the client's doing.
+            let kind = if Ca::can_name(host) {
+                ErrorKind::ProxyInternalError
+            } else {
+                ErrorKind::TlsClientHandshakeError
+            };
+            ProxyError::new(kind, format!("minting a certificate for {host}: {e}"))
         })?;
         let config = leaf_config(leaf, &self.sessions);
         let mut configs = self.configs.borrow_mut();
