@@ -1426,3 +1426,49 @@ fn a_connect_host_no_certificate_can_name_is_the_clients_error() {
         .unwrap_or_else(|| panic!("{log}"));
     assert!(line.ends_with(" - tls_client_handshake_error"), "{line}");
 }
+
+/// An origin that requires a client certificate (TLS 1.3 asks for it after the
+/// handshake): a 502 that says so, as a TLS error, rather than "upstream reset".
+#[test]
+fn an_origin_requiring_a_client_certificate_is_a_tls_error_that_says_so() {
+    let pki = OriginPki::new();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider(),
+    )
+    .build()
+    .unwrap();
+    let base = pki.server_config();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(base.cert_resolver.clone());
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = std::sync::Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        while let Ok((tcp, _)) = listener.accept() {
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut buf = [0u8; 1024];
+            // Fails for a client without a certificate, sending the alert.
+            let _ = tls.read(&mut buf);
+        }
+    });
+    let proxy = spawn_proxy(&strs(&pki.ca_file_args()));
+    proxy.names.insert(
+        "localhost",
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+    );
+    let resp = request(
+        proxy.addr,
+        &get(&format!("https://localhost:{port}/mtls"), ""),
+    );
+    resp.assert_error(502, "tls_protocol_error");
+    let status = resp.headers.get("proxy-status").unwrap();
+    assert!(status.contains("requires a client certificate"), "{status}");
+}

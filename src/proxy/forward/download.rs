@@ -2,6 +2,7 @@
 //! relaying them to the client.
 
 use crate::conn::stop::Stop;
+use crate::conn::stream::rustls_error;
 use crate::conn::Stream;
 use bytes::{Bytes, BytesMut};
 
@@ -424,6 +425,14 @@ async fn send_reply(
 }
 
 /// Whether a response with this status carries a body (RFC 9110 §6.4.1).
+/// The alert an origin's TLS sent in place of data, if that is what a read failed on.
+fn alert_received(err: &std::io::Error) -> Option<rustls::AlertDescription> {
+    match rustls_error(err)? {
+        rustls::Error::AlertReceived(alert) => Some(*alert),
+        _ => None,
+    }
+}
+
 /// RFC 9110 §8.6 and RFC 9112 §6.1: a 1xx or 204 response must not carry
 /// Content-Length or Transfer-Encoding. Its body was never read (it has none), so an
 /// origin's such fields are dropped rather than passed on to mislead the client.
@@ -513,6 +522,21 @@ async fn read_response_head(
                     )))
                 }
             },
+            // A TLS alert from the origin instead of a response: its TLS refused us
+            // after the handshake (TLS 1.3 asks for a client certificate only then).
+            // Said as a TLS error, and not retried: it would recur.
+            Err(IoFail::Io(e)) if alert_received(&e).is_some() => {
+                let details = match alert_received(&e) {
+                    Some(rustls::AlertDescription::CertificateRequired) => {
+                        "the origin requires a client certificate".to_owned()
+                    }
+                    Some(other) => format!("the origin's TLS sent the alert {other:?}"),
+                    None => "the origin's TLS sent an alert".to_owned(),
+                };
+                return Err(Failure::Fatal(
+                    ProxyError::new(ErrorKind::TlsProtocolError, details).with_source(e),
+                ));
+            }
             Err(IoFail::Io(e)) if !*received_any => {
                 return Err(Failure::BeforeResponse(
                     ProxyError::new(
