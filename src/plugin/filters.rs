@@ -271,14 +271,15 @@ impl Plugin for FilterByUrlRegex {
         if self.rules.is_empty() {
             return Ok(Flow::Continue);
         }
+        let host = comparable_host(host);
         self.url.clear();
-        self.url.push_str(comparable_host(host));
+        self.url.push_str(host);
         self.url.push_str(&String::from_utf8_lossy(path));
         let mut rule = self.rules.matches(&self.url).iter().next();
         // The same URL spelled otherwise (`/%62locked`, `/a/../blocked`, `//blocked`)
         // names the same resource at most origins: matched in its normal form too.
         if rule.is_none() && needs_normalising(path) {
-            let normal = format!("{}{}", comparable_host(host), normal_path(path));
+            let normal = format!("{host}{}", normal_path(path));
             rule = self.rules.matches(&normal).iter().next();
             if rule.is_some() {
                 self.url = normal;

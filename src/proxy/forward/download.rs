@@ -97,8 +97,7 @@ pub(super) async fn download(
             remove_connection_listed(&mut head, true);
             head.remove_where(|name| is_hop_by_hop(name) && !name.eq_ignore_ascii_case(b"upgrade"));
             head.append("Connection", b"upgrade");
-            head.set_last_line(via_line(head.version()));
-            head.encode_with_version(Version::Http11, parts);
+            encode_for_client(&mut head, parts);
             let len: usize = parts.iter().map(Bytes::len).sum();
             write_parts(client, parts, config.timeout)
                 .await
@@ -115,8 +114,7 @@ pub(super) async fn download(
             let mut head = head;
             strip_hop_by_hop(&mut head);
             remove_forbidden_framing(&mut head);
-            head.set_last_line(via_line(head.version()));
-            head.encode_with_version(Version::Http11, parts);
+            encode_for_client(&mut head, parts);
             let len: usize = parts.iter().map(Bytes::len).sum();
             write_parts(client, parts, config.timeout)
                 .await
@@ -225,8 +223,7 @@ pub(super) async fn download(
     }
     remove_forbidden_framing(&mut head);
     connection_header(&mut head, close_client, request.version);
-    head.set_last_line(via_line(head.version()));
-    head.encode_with_version(Version::Http11, parts);
+    encode_for_client(&mut head, parts);
     // Body bytes that came with the head leave in the same write (one syscall for a
     // small response instead of two).
     let body = match body {
@@ -355,8 +352,7 @@ async fn whole_response(
             head.append("Transfer-Encoding", b"chunked");
         }
         connection_header(&mut head, close_client, request.version);
-        head.set_last_line(via_line(head.version()));
-        head.encode_with_version(Version::Http11, parts);
+        encode_for_client(&mut head, parts);
         write_framed(client, parts, config, exchange).await?;
         exchange.set_status(head.status());
         let clean = relay_transformed(
@@ -389,8 +385,7 @@ async fn whole_response(
     // An unread (or close-delimited) origin body: the upstream is not reused.
     let clean = decoding.done() && decoding.clean(&buf);
     connection_header(&mut head, close_client, request.version);
-    head.set_last_line(via_line(head.version()));
-    head.encode_with_version(Version::Http11, parts);
+    encode_for_client(&mut head, parts);
     if !request.is_head && response_may_have_body(head.status()) {
         frame_piece(parts, data, false);
     }
@@ -424,11 +419,23 @@ async fn send_reply(
     Ok(())
 }
 
-/// Whether a response with this status carries a body (RFC 9110 §6.4.1).
-/// The alert an origin's TLS sent in place of data, if that is what a read failed on.
-fn alert_received(err: &std::io::Error) -> Option<rustls::AlertDescription> {
+/// Encodes `head` for the client into `parts`: in our HTTP version (RFC 9110 §6.2),
+/// with our `Via` after the origin's (§7.6.3).
+fn encode_for_client(head: &mut ResponseHead, parts: &mut Vec<Bytes>) {
+    head.set_last_line(via_line(head.version()));
+    head.encode_with_version(Version::Http11, parts);
+}
+
+/// Why the origin's TLS refused us, when a read failed on the alert it sent in place
+/// of data.
+fn origin_alert(err: &std::io::Error) -> Option<String> {
     match rustls_error(err)? {
-        rustls::Error::AlertReceived(alert) => Some(*alert),
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+            Some("the origin requires a client certificate".to_owned())
+        }
+        rustls::Error::AlertReceived(alert) => {
+            Some(format!("the origin's TLS sent the alert {alert:?}"))
+        }
         _ => None,
     }
 }
@@ -444,6 +451,7 @@ fn remove_forbidden_framing(head: &mut ResponseHead) {
     }
 }
 
+/// Whether a response with this status carries a body (RFC 9110 §6.4.1).
 fn response_may_have_body(status: u16) -> bool {
     !(status == 204 || status == 304 || (100..200).contains(&status))
 }
@@ -522,29 +530,28 @@ async fn read_response_head(
                     )))
                 }
             },
-            // A TLS alert from the origin instead of a response: its TLS refused us
-            // after the handshake (TLS 1.3 asks for a client certificate only then).
-            // Said as a TLS error, and not retried: it would recur.
-            Err(IoFail::Io(e)) if alert_received(&e).is_some() => {
-                let details = match alert_received(&e) {
-                    Some(rustls::AlertDescription::CertificateRequired) => {
-                        "the origin requires a client certificate".to_owned()
-                    }
-                    Some(other) => format!("the origin's TLS sent the alert {other:?}"),
-                    None => "the origin's TLS sent an alert".to_owned(),
-                };
-                return Err(Failure::Fatal(
-                    ProxyError::new(ErrorKind::TlsProtocolError, details).with_source(e),
-                ));
-            }
-            Err(IoFail::Io(e)) if !*received_any => {
-                return Err(Failure::BeforeResponse(
-                    ProxyError::new(
-                        ErrorKind::ConnectionTerminated,
-                        "upstream reset before responding",
-                    )
-                    .with_source(e),
-                ))
+            Err(IoFail::Io(e)) => {
+                // A TLS alert from the origin instead of a response: its TLS refused us
+                // after the handshake (TLS 1.3 asks for a client certificate only then).
+                // Said as a TLS error, and not retried: it would recur.
+                if let Some(details) = origin_alert(&e) {
+                    return Err(Failure::Fatal(
+                        ProxyError::new(ErrorKind::TlsProtocolError, details).with_source(e),
+                    ));
+                }
+                if !*received_any {
+                    return Err(Failure::BeforeResponse(
+                        ProxyError::new(
+                            ErrorKind::ConnectionTerminated,
+                            "upstream reset before responding",
+                        )
+                        .with_source(e),
+                    ));
+                }
+                return Err(Failure::Fatal(upstream_error(
+                    IoFail::Io(e),
+                    "reading a response head",
+                )));
             }
             Err(e) => return Err(Failure::Fatal(upstream_error(e, "reading a response head"))),
         }
