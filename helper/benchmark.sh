@@ -10,6 +10,8 @@ DURATION=5s
 WARMUP=1s
 ROUNDS=3
 CONNS=50
+# ka-paced: the share of requests before which a connection first waits 1 ms.
+PACE=0.5
 IDLE_CONNS=10000
 RSS_MODE=open
 # Extra flags for our proxy (and proxy.py) while the rss scenario holds idle connections.
@@ -36,7 +38,7 @@ RELAY_CORE=0
 TLS=0
 MINT_HOSTS=100
 
-ALL_SCENARIOS="ka newconn 1m connect rss"
+ALL_SCENARIOS="ka ka-paced newconn 1m connect rss"
 ALL_TARGETS="direct relay proxy proxy-log proxy-base proxy-2w proxy-plugins proxy-lua proxy-burro proxy.py tinyproxy squid"
 # TLS interception: run only when asked for (--tls, or named in --only), with their own targets.
 TLS_SCENARIOS="tls-ka tls-newconn tls-mint"
@@ -76,6 +78,10 @@ Targets:   $ALL_TARGETS
 
 Scenarios: $ALL_SCENARIOS
   ka        small GET, keep-alive, c=$CONNS (wrk; absolute-form requests to proxies)
+  ka-paced  as ka, but each connection first waits 1 ms before a random --pace share of
+            its requests, so that every target gets about the same request rate, below
+            what the slowest can serve: its p99 is the latency a request meets, where ka's
+            (every target saturated) is mostly the time to work off a queue after a stall
   newconn   small GET, one new client connection per request (Connection: close)
   1m        1 MiB downloads, keep-alive, c=$CONNS (MiB/s)
   connect   small GETs over TLS through CONNECT tunnels (hey -x http://proxy https://origin)
@@ -119,6 +125,7 @@ Options:
   --warmup D          unmeasured run before round 1 of each pair, 0 = none  [$WARMUP]
   --rounds N          rounds; targets are interleaved within each round  [$ROUNDS]
   --connections N     concurrent client connections  [$CONNS]
+  --pace F            ka-paced: share of requests (0..1) preceded by a 1 ms wait  [$PACE]
   --only LIST         comma-separated scenarios to run; 'tls' stands for all TLS ones
                       [all but the TLS ones]
   --tls               run the TLS scenarios too (after the others)
@@ -138,7 +145,7 @@ Options:
                       then run. Nothing is installed without it.
   -h, --help          this text
 
-Default run: 5 scenarios x 8 targets x 3 rounds x 5 s, about 11 minutes.
+Default run: 6 scenarios x 8 targets x 3 rounds x 5 s, about 13 minutes.
 Quick check: helper/benchmark.sh --duration 3s --rounds 1 --only ka
 TLS only:    helper/benchmark.sh --only tls   (3 scenarios x 6 targets x 3 rounds, about 6 minutes;
              most of tls-mint's time is proxy.py minting with the openssl binary)
@@ -154,6 +161,7 @@ while [ $# -gt 0 ]; do
     --warmup) WARMUP=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --connections) CONNS=$2; shift 2 ;;
+    --pace) PACE=$2; shift 2 ;;
     --only) ONLY=${2//,/ }; shift 2 ;;
     --tls) TLS=1; shift ;;
     --mint-hosts) MINT_HOSTS=$2; shift 2 ;;
@@ -174,6 +182,7 @@ done
 
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer"
 [[ "$CONNS" =~ ^[1-9][0-9]*$ ]] || die "--connections must be a positive integer"
+[[ "$PACE" =~ ^(0(\.[0-9]+)?|1(\.0+)?)$ ]] || die "--pace must be a number from 0 to 1"
 [[ "$IDLE_CONNS" =~ ^[1-9][0-9]*$ ]] || die "--idle-conns must be a positive integer"
 [[ "$DURATION" =~ ^[1-9][0-9]*[sm]?$ ]] || die "--duration must look like 5s or 1m"
 [[ "$WARMUP" =~ ^[0-9]+[sm]?$ ]] || die "--warmup must look like 1s or 0"
@@ -682,14 +691,16 @@ EOF
 is_proxy() { case "$1" in direct|relay|direct-tls) return 1 ;; *) return 0 ;; esac; }
 
 # ---------------------------------------------------------------- load generators
-write_wrk_script() { # file path connection_close(0/1) [proxy_auth(0/1)]
-  local f=$1 path=$2 close=$3 auth=${4:-0}
+write_wrk_script() { # file path connection_close(0/1) [proxy_auth(0/1) [pace]]
+  local f=$1 path=$2 close=$3 auth=${4:-0} pace=${5:-}
   {
     echo "wrk.method = \"GET\""
     echo "wrk.path = \"$path\""
     echo "wrk.headers[\"Host\"] = \"127.0.0.1:${PORT[direct]}\""
     [ "$close" = 0 ] || echo "wrk.headers[\"Connection\"] = \"close\""
     [ "$auth" = 0 ] || echo "wrk.headers[\"Proxy-Authorization\"] = \"Basic $(printf '%s:%s' "$BENCH_USER" "$BENCH_PASS" | base64)\""
+    # wrk calls delay() before each request: milliseconds to wait first.
+    [ -z "$pace" ] || echo "function delay() if math.random() < $pace then return 1 end return 0 end"
     cat <<'EOF'
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -708,14 +719,16 @@ run_load() {
   local scen=$1 t=$2 dur=$3 port=${PORT[$2]} path url close=0 out limit
   limit=$(( $(secs "$dur") + 30 ))
   case "$scen" in
-    ka|newconn|1m)
+    ka|ka-paced|newconn|1m)
+      local auth=0 pace=""
       path=/small; [ "$scen" = 1m ] && path=/1m
       [ "$scen" = newconn ] && close=1
+      [ "$scen" = ka-paced ] && pace=$PACE
+      [ "$t" = proxy-plugins ] && auth=1
       url="http://127.0.0.1:${PORT[direct]}$path"
       # Proxies get absolute-form request lines; direct and relay get origin-form.
-      if [ "$t" = proxy-plugins ]; then write_wrk_script "$TMP/wrk.lua" "$url" "$close" 1
-      elif is_proxy "$t"; then write_wrk_script "$TMP/wrk.lua" "$url" "$close"
-      else write_wrk_script "$TMP/wrk.lua" "$path" "$close"; fi
+      if is_proxy "$t"; then write_wrk_script "$TMP/wrk.lua" "$url" "$close" "$auth" "$pace"
+      else write_wrk_script "$TMP/wrk.lua" "$path" "$close" 0 "$pace"; fi
       out=$(timeout "$limit" "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"$dur" --timeout 5s \
               -s "$TMP/wrk.lua" "http://127.0.0.1:$port/" 2>&1 || true)
       echo "$out" >>"$TMP/load.log"
@@ -821,13 +834,14 @@ run_mint() {
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 report_scenario() { # scenario
-  local scen=$1 col=5 unit="req/s" t med p99 err closed hwm dmed rmed
+  local scen=$1 col=5 unit="req/s" t med p99 err closed hwm dmed rmed rp99
   [ "$scen" = 1m ] && { col=6; unit="MiB/s"; }
   dmed=$(awk -v s="$scen" -v c="$col" '$1 == "run" && $2 == s && $3 == "direct" { print $c }' "$RESULTS" | median)
   rmed=$(awk -v s="$scen" -v c="$col" '$1 == "run" && $2 == s && $3 == "relay" { print $c }' "$RESULTS" | median)
+  rp99=$(awk -v s="$scen" '$1 == "run" && $2 == s && $3 == "relay" { print $7 }' "$RESULTS" | median)
   echo
-  echo "== $scen: median of $ROUNDS round(s) x $DURATION, c=$CONNS"
-  printf "%-10s %12s %9s %7s %8s %12s %8s %8s\n" target "$unit" "p99 ms" errors closed "peakRSS MiB" "/direct" "/relay"
+  echo "== $scen: median of $ROUNDS round(s) x $DURATION, c=$CONNS$([ "$scen" = ka-paced ] && echo ", 1 ms wait before $PACE of the requests")"
+  printf "%-10s %12s %9s %7s %8s %12s %8s %8s %9s\n" target "$unit" "p99 ms" errors closed "peakRSS MiB" "/direct" "/relay" "p99/relay"
   echo "   (errors: failed requests; closed: the server closed a keep-alive client connection after a response)"
   for t in $ACTIVE; do
     med=$(awk -v s="$scen" -v t="$t" -v c="$col" '$1 == "run" && $2 == s && $3 == t { print $c }' "$RESULTS" | median)
@@ -836,9 +850,10 @@ report_scenario() { # scenario
     err=$(awk -v s="$scen" -v t="$t" '$1 == "run" && $2 == s && $3 == t { e += $8 } END { print e + 0 }' "$RESULTS")
     closed=$(awk -v s="$scen" -v t="$t" '$1 == "run" && $2 == s && $3 == t { e += $9 } END { print e + 0 }' "$RESULTS")
     hwm=$(awk -v s="$scen" -v t="$t" '$1 == "peak" && $2 == s && $3 == t { print $4 }' "$RESULTS" | tail -n1)
-    awk -v t="$t" -v m="$med" -v p="$p99" -v e="$err" -v c="$closed" -v h="${hwm:-0}" -v d="$dmed" -v r="$rmed" 'BEGIN {
-      printf "%-10s %12.1f %9.2f %7d %8d %12.1f %8s %8s\n", t, m, p, e, c, h / 1024,
-        (d != "nan" && d > 0 ? sprintf("%.2f", m / d) : "-"), (r != "nan" && r > 0 ? sprintf("%.2f", m / r) : "-") }'
+    awk -v t="$t" -v m="$med" -v p="$p99" -v e="$err" -v c="$closed" -v h="${hwm:-0}" -v d="$dmed" -v r="$rmed" -v rp="$rp99" 'BEGIN {
+      printf "%-10s %12.1f %9.2f %7d %8d %12.1f %8s %8s %9s\n", t, m, p, e, c, h / 1024,
+        (d != "nan" && d > 0 ? sprintf("%.2f", m / d) : "-"), (r != "nan" && r > 0 ? sprintf("%.2f", m / r) : "-"),
+        (rp != "nan" && rp > 0 ? sprintf("%.2f", p / rp) : "-") }'
   done
   # The access log's cost, when both were run.
   local pmed lmed
