@@ -40,6 +40,8 @@ pub enum ErrorKind {
     ClientClosed,
     /// The request asks for something this proxy does not do (a scheme, a version).
     UnsupportedRequest,
+    /// The request is in an HTTP version other than 1.0 and 1.1 (505).
+    HttpVersionNotSupported,
     /// The request's target is this proxy itself.
     ProxyLoopDetected,
     /// A plugin or policy refused the request.
@@ -121,6 +123,7 @@ impl ErrorKind {
             ClientTimeout => "client_timeout",
             ClientClosed => "client_closed",
             UnsupportedRequest => "http_request_unsupported",
+            HttpVersionNotSupported => "http_version_not_supported",
             ProxyLoopDetected => "proxy_loop_detected",
             HttpRequestDenied => "http_request_denied",
             DestinationIpProhibited => "destination_ip_prohibited",
@@ -168,6 +171,7 @@ impl ErrorKind {
             WebsocketProtocolError => Some(502),
             WebsocketMessageTooLarge => None,
             UnsupportedRequest => Some(400),
+            HttpVersionNotSupported => Some(505),
             ProxyLoopDetected => Some(508),
             HttpRequestDenied | DestinationIpProhibited => Some(403),
             DnsTimeout | ConnectionTimeout | ConnectionReadTimeout => Some(504),
@@ -199,6 +203,7 @@ impl ErrorKind {
             | ClientTimeout
             | ClientClosed
             | UnsupportedRequest
+            | HttpVersionNotSupported
             | ProxyLoopDetected
             | HttpRequestDenied
             | DestinationIpProhibited
@@ -340,6 +345,7 @@ mod tests {
             ClientTimeout,
             ClientClosed,
             UnsupportedRequest,
+            HttpVersionNotSupported,
             ProxyLoopDetected,
             HttpRequestDenied,
             DestinationIpProhibited,

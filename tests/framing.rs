@@ -694,3 +694,106 @@ fn an_h2c_upgrade_is_forwarded_as_plain_http11() {
     assert!(!seen.headers.has("upgrade"), "{:?}", seen.headers);
     assert!(!seen.headers.has("http2-settings"), "{:?}", seen.headers);
 }
+
+// === HTTP/1.0 clients get no Transfer-Encoding (RFC 9112 §6.1) ===
+
+/// Sends `request` (an HTTP/1.0 request for alpha.test) and returns everything the
+/// proxy answers until it closes.
+fn answer_to_http10(origin: &Origin, request: &str) -> Vec<u8> {
+    let proxy = spawn_proxy(&[]);
+    proxy.route("alpha.test", origin);
+    let mut client = proxy.connect();
+    client.send(request.as_bytes());
+    client.read_to_end().unwrap()
+}
+
+#[test]
+fn an_http10_client_never_gets_transfer_encoding() {
+    // A bodiless response (HEAD, 304) keeps no Transfer-Encoding for a 1.0 client.
+    let origin = Origin::spawn(|req| {
+        let status = if req.method == "HEAD" {
+            "200 OK"
+        } else {
+            "304 Not Modified"
+        };
+        Reply::close(format!(
+            "HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
+        ))
+    });
+    for method in ["HEAD", "GET"] {
+        let answer = answer_to_http10(
+            &origin,
+            &format!("{method} http://alpha.test/ HTTP/1.0\r\n\r\n"),
+        );
+        let head = parse_head(&answer);
+        assert!(
+            !head.headers.has("transfer-encoding"),
+            "{method}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // A chunked body is de-chunked, and the trailers it announced are not passed on.
+    let origin = Origin::spawn(|_| {
+        Reply::close(
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n\
+               5\r\nhello\r\n0\r\nX-Sum: 1\r\n\r\n"[..],
+        )
+    });
+    let answer = answer_to_http10(&origin, "GET http://alpha.test/ HTTP/1.0\r\n\r\n");
+    let head = parse_head(&answer);
+    assert!(!head.headers.has("transfer-encoding"));
+    assert!(!head.headers.has("trailer"));
+    assert!(
+        answer.ends_with(b"\r\n\r\nhello"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[test]
+fn a_transfer_coding_that_cannot_be_undone_is_502_for_an_http10_client() {
+    // The proxy undoes chunked for a 1.0 client, but not gzip: passing the body on
+    // without its coding would present gzip as the content itself.
+    for te in ["gzip, chunked", "gzip"] {
+        let body: &[u8] = if te.ends_with("chunked") {
+            b"4\r\n\x1f\x8b\x08\x00\r\n0\r\n\r\n"
+        } else {
+            b"\x1f\x8b\x08\x00"
+        };
+        let head = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+        let reply = [head.as_bytes(), body].concat();
+        let origin = Origin::spawn(move |_| Reply::close(reply.clone()));
+        let answer = answer_to_http10(&origin, "GET http://alpha.test/ HTTP/1.0\r\n\r\n");
+        let (resp, _) = parse_response(answer);
+        resp.assert_error(502, "http_protocol_error");
+        // An HTTP/1.1 client gets it as the origin sent it.
+        let proxy = spawn_proxy(&[]);
+        proxy.route("alpha.test", &origin);
+        let mut client = proxy.connect();
+        client.send(&get("http://alpha.test/", ""));
+        let head = parse_head(&client.read_head().unwrap().unwrap());
+        assert_eq!(head.start[1], "200");
+        assert_eq!(head.headers.get("transfer-encoding"), Some(te));
+    }
+}
+
+#[test]
+fn a_request_in_another_http_version_is_505() {
+    let proxy = spawn_proxy(&[]);
+    for line in [
+        "GET http://alpha.test/ HTTP/2.0",
+        "PRI * HTTP/2.0",
+        "GET http://alpha.test/ HTTP/1.2",
+    ] {
+        let mut client = proxy.connect();
+        client.send(format!("{line}\r\nHost: alpha.test\r\n\r\n").as_bytes());
+        client
+            .read_response()
+            .assert_error(505, "http_version_not_supported");
+    }
+    let mut client = proxy.connect();
+    client.send(b"GET http://alpha.test/ HTTP/1.1 extra\r\nHost: alpha.test\r\n\r\n");
+    client
+        .read_response()
+        .assert_error(400, "http_request_error");
+}

@@ -131,6 +131,12 @@ impl Exchange {
         self.status
     }
 
+    /// Whether the connection became a tunnel (CONNECT, or a 101 upgrade): what
+    /// follows the response is a byte stream, not a message of known end.
+    pub fn is_tunnel(&self) -> bool {
+        self.method[..] == *b"CONNECT" || self.status == Some(101)
+    }
+
     /// True once anything was written to the client for this exchange.
     pub fn response_started(&self) -> bool {
         self.response_started
@@ -238,8 +244,14 @@ impl AccessEvent for Line<'_> {
     fn message(&self, out: &mut String) {
         let x = self.exchange;
         let mut num = itoa::Buffer::new();
+        // An IPv6 address in brackets, so that its port can be told from it.
         match &x.client_label {
             Some(label) => out.push_str(label),
+            None if x.client.is_ipv6() => {
+                out.push('[');
+                logging::push_ip(x.client.ip(), out);
+                out.push(']');
+            }
             None => logging::push_ip(x.client.ip(), out),
         }
         out.push(':');
@@ -257,7 +269,13 @@ impl AccessEvent for Line<'_> {
             if x.https && !self.is_connect() {
                 out.push_str("https://");
             }
-            out.push_str(&x.host);
+            if x.host.contains(':') {
+                out.push('[');
+                out.push_str(&x.host);
+                out.push(']');
+            } else {
+                out.push_str(&x.host);
+            }
             out.push(':');
             out.push_str(num.format(x.port));
         }
@@ -439,6 +457,7 @@ mod tests {
             ),
             (labelled, ""),
             (odd, "http_protocol_error"),
+            (exchange("[::1]:5004", b"GET", "::1", b"/v6", Some(200)), ""),
         ]
     }
 
@@ -487,6 +506,7 @@ mod tests {
                 "INFO proxy::access access.access access.rs MainProcess - 127.0.0.1:5003 - GET None:None - - - - 146 bytes - 0.84ms - http_request_error",
                 "INFO proxy::access access.access access.rs MainProcess - curl:5000 - POST example.com:8080/form - 201 Created - 146 bytes - 0.84ms",
                 "INFO proxy::access access.access access.rs MainProcess - evil\\nlabel:4 - PURGE h\\u{85}st:8080/a\u{fffd}\\u{1b}[31m\\u{85} - 502 Bad Gateway - 146 bytes - 0.84ms - http_protocol_error",
+                "INFO proxy::access access.access access.rs MainProcess - [::1]:5004 - GET [::1]:8080/v6 - 200 OK - 146 bytes - 0.84ms",
             ]
         );
     }

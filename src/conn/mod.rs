@@ -27,4 +27,22 @@ pub struct Client {
     pub addr: SocketAddr,
     /// The stream is an intercepted CONNECT tunnel's inside (decrypted HTTPS).
     pub intercepted: bool,
+    /// The client may still be sending a request body nobody will read (the origin
+    /// answered before it was complete): before the connection closes, its input is
+    /// drained for a bounded while, so that the close does not become a reset that
+    /// discards the end of the response (RFC 9112 §9.6).
+    pub unread_input: bool,
+}
+
+impl Client {
+    /// A client connection with an empty read buffer.
+    pub fn new(stream: Stream, addr: SocketAddr, intercepted: bool) -> Client {
+        Client {
+            stream,
+            buf: BytesMut::new(),
+            addr,
+            intercepted,
+            unread_input: false,
+        }
+    }
 }

@@ -185,6 +185,12 @@ impl Stream {
         let _ = socket2::SockRef::from(self.tcp()).shutdown(std::net::Shutdown::Write);
     }
 
+    /// Makes the coming close a reset (`SO_LINGER` 0): a peer reading until close must
+    /// not take what it got for the whole message.
+    pub fn abort(&self) {
+        let _ = socket2::SockRef::from(self.tcp()).set_linger(Some(std::time::Duration::ZERO));
+    }
+
     /// True when an idle connection is still open and has nothing unread. Anything else
     /// (EOF, data, an error) means it must not be reused. For TCP one non-blocking peek;
     /// for TLS, records waiting in the socket are read and processed first, since a TLS

@@ -220,6 +220,15 @@ fn transfer_codings(value: &[u8], side: Side) -> Result<ChunkedLast, FramingErro
     Ok(ChunkedLast::No)
 }
 
+/// Whether a Transfer-Encoding value (already checked by [`response_body_kind`]) names a
+/// coding besides chunked (`gzip, chunked`): such a body cannot be re-framed for the
+/// client without decoding it, which the proxy does not do.
+pub fn names_other_codings(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|item| !trim_ows(item).eq_ignore_ascii_case(b"chunked"))
+}
+
 /// Which message a framing rule is applied to.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {

@@ -37,6 +37,9 @@ pub enum ParseError {
     UriTooLong,
     /// A header line, the header count or the whole head is over its limit.
     HeadTooLarge,
+    /// A well-formed request line in an HTTP version other than 1.0 and 1.1
+    /// (`HTTP/2.0`: prior-knowledge HTTP/2 sent to an HTTP/1 proxy).
+    Version,
 }
 
 impl ParseError {
@@ -47,13 +50,16 @@ impl ParseError {
             ParseError::Unsupported(_) => ErrorKind::UnsupportedRequest,
             ParseError::UriTooLong => ErrorKind::UriTooLong,
             ParseError::HeadTooLarge => ErrorKind::RequestHeaderTooLarge,
+            ParseError::Version => ErrorKind::HttpVersionNotSupported,
         }
     }
 
     /// The error kind when this came from an origin's response.
     pub fn response_kind(&self) -> ErrorKind {
         match self {
-            ParseError::Malformed(_) | ParseError::Unsupported(_) => ErrorKind::HttpProtocolError,
+            ParseError::Malformed(_) | ParseError::Unsupported(_) | ParseError::Version => {
+                ErrorKind::HttpProtocolError
+            }
             ParseError::UriTooLong | ParseError::HeadTooLarge => {
                 ErrorKind::HttpResponseHeaderSectionSize
             }
@@ -68,6 +74,7 @@ impl fmt::Display for ParseError {
             ParseError::Unsupported(what) => write!(f, "unsupported: {what}"),
             ParseError::UriTooLong => f.write_str("request line too long"),
             ParseError::HeadTooLarge => f.write_str("head too large"),
+            ParseError::Version => f.write_str("HTTP version other than 1.0 and 1.1"),
         }
     }
 }
@@ -99,6 +106,24 @@ fn httparse_error(err: httparse::Error) -> ParseError {
         E::Token => ParseError::Malformed("invalid method or request-target"),
         E::Version => ParseError::Malformed("bad HTTP version (or a space in the request-target)"),
     }
+}
+
+/// Whether the request line is `method SP target SP HTTP/d.d` in a version other than
+/// 1.0 and 1.1, which httparse refuses as it refuses a malformed one (RFC 9110
+/// §15.6.6: 505, not 400).
+fn names_other_version(window: &[u8]) -> bool {
+    let line = window.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut words = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return false;
+    };
+    !method.is_empty()
+        && !target.is_empty()
+        && matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit())
 }
 
 /// Which start line a head has (its length limit and error differ).
@@ -358,6 +383,9 @@ fn read_request(
         Err(err) => {
             // Prefer our own, more specific diagnosis (bare CR, NUL, line too long) when there is one.
             scan_head(window, StartLine::Request, limits)?;
+            if err == httparse::Error::Version && names_other_version(window) {
+                return Err(ParseError::Version);
+            }
             return Err(httparse_error(err));
         }
     };
@@ -531,6 +559,41 @@ mod tests {
         let tail = &bytes[line_start..];
         let tail_len = tail.len() - usize::from(tail.last() == Some(&b'\r'));
         check_line(line_index, tail_len, start, limits)
+    }
+
+    #[test]
+    fn another_http_version_is_505_and_a_broken_line_400() {
+        let parse = |line: &[u8]| {
+            let mut buf = BytesMut::from(line);
+            parse_request(&mut buf, &Limits::default()).err()
+        };
+        for line in [
+            &b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"[..],
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET http://a/ HTTP/1.2\r\n\r\n",
+        ] {
+            let err = parse(line);
+            assert_eq!(
+                err,
+                Some(ParseError::Version),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+            assert_eq!(err.unwrap().request_kind().status(), Some(505));
+        }
+        for line in [
+            &b"GET /a b HTTP/1.1\r\n\r\n"[..],
+            b"GET / HTTP/1.10\r\n\r\n",
+            b"GET / HTTPS/1.1\r\n\r\n",
+            b"GET / http/1.1\r\n\r\n",
+            b"GET / HTTP/x.1\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(line), Some(ParseError::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
     }
 
     #[test]
@@ -1041,14 +1104,12 @@ Accept: */*\r\nProxy-Connection: keep-alive\r\n\r\n";
     #[test]
     fn accepts_only_http_1_0_and_1_1() {
         assert_eq!(req_ok(b"GET / HTTP/1.0\r\n\r\n").version(), Version::Http10);
-        for v in [
-            &b"HTTP/1.2"[..],
-            b"HTTP/2.0",
-            b"HTTP/0.9",
-            b"http/1.1",
-            b"HTTP/1.10",
-            b"HTTP/1.1 ",
-        ] {
+        // Another version, well-formed: 505 (see the test below).
+        for v in [&b"HTTP/1.2"[..], b"HTTP/2.0", b"HTTP/0.9"] {
+            let head = [b"GET / ", v, b"\r\n\r\n"].concat();
+            assert_eq!(req_err(&head), ParseError::Version, "{v:?}");
+        }
+        for v in [&b"http/1.1"[..], b"HTTP/1.10", b"HTTP/1.1 "] {
             let head = [b"GET / ", v, b"\r\n\r\n"].concat();
             assert!(matches!(req_err(&head), ParseError::Malformed(_)), "{v:?}");
         }

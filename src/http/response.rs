@@ -1,6 +1,6 @@
 //! Synthetic replies the proxy writes itself: errors with `Proxy-Status`, tunnel setup, interim responses.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::{is_field_byte, is_tchar};
 
@@ -170,12 +170,62 @@ pub fn head_only(bytes: &Bytes) -> Bytes {
     }
 }
 
+/// `bytes` (a complete reply) with `Connection: close` added before its blank line,
+/// unless a `Connection` header already says `close`: the client must know that the
+/// connection ends after it (RFC 9112 §9.6). Bytes without a blank line are returned
+/// whole.
+pub fn with_close(bytes: &Bytes) -> Bytes {
+    let Some(end) = memchr::memmem::find(bytes, b"\r\n\r\n") else {
+        return bytes.clone();
+    };
+    let says_close = bytes[..end]
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            let (name, value) = line.split_at(colon);
+            name.eq_ignore_ascii_case(b"connection")
+                .then_some(&value[1..])
+        })
+        .flat_map(|value| value.split(|&b| b == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+    if says_close {
+        return bytes.clone();
+    }
+    let mut out = BytesMut::with_capacity(bytes.len() + 19);
+    out.extend_from_slice(&bytes[..end + 2]);
+    out.extend_from_slice(b"Connection: close\r\n");
+    out.extend_from_slice(&bytes[end + 2..]);
+    out.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Limits;
     use crate::http::parse::{parse_response, Parsed};
     use bytes::BytesMut;
+
+    #[test]
+    fn with_close_says_close_once() {
+        let open = simple_response(200, &[("X-A", "1")], b"body", false);
+        assert_eq!(
+            &with_close(&open)[..],
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody"
+        );
+        let closed = simple_response(200, &[], b"body", true);
+        assert_eq!(with_close(&closed), closed);
+        let listed =
+            Bytes::from_static(b"HTTP/1.1 200 OK\r\nconnection: Keep-Alive , CLOSE\r\n\r\n");
+        assert_eq!(with_close(&listed), listed);
+        // A token that only contains "close" is not one.
+        let other = Bytes::from_static(b"HTTP/1.1 204 No Content\r\nConnection: closed\r\n\r\n");
+        assert_eq!(
+            &with_close(&other)[..],
+            b"HTTP/1.1 204 No Content\r\nConnection: closed\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(&with_close(&Bytes::from_static(b"partial"))[..], b"partial");
+    }
 
     #[test]
     fn head_only_keeps_the_head_and_its_content_length() {

@@ -219,6 +219,20 @@ fn parse_port(digits: &[u8]) -> Result<u16, ParseError> {
     }
 }
 
+/// `host:port` for messages and logs, an IPv6 host in brackets (`[::1]:443`).
+pub struct Authority<'a>(pub &'a str, pub u16);
+
+impl std::fmt::Display for Authority<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Authority(host, port) = *self;
+        if host.contains(':') {
+            write!(f, "[{host}]:{port}")
+        } else {
+            write!(f, "{host}:{port}")
+        }
+    }
+}
+
 /// The authority to put in Host: "host", "host:port" when port != default for scheme, `[v6]` bracketed.
 pub fn host_header_value(scheme: Scheme, host: &str, port: u16) -> String {
     let mut value = String::with_capacity(host.len() + 8);

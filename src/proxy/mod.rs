@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::conn::io::client_io_error;
 use crate::conn::stop::Stop;
 use crate::conn::{access, io, Client, Stream};
-use crate::error::{ErrorKind, ProxyError};
+use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http::{self, parse_request, parse_target, Parsed, RequestHead, Target};
 use crate::plugin::{Chain, Flow, PluginFactory, Reply, RequestCx};
 use crate::tls;
@@ -185,12 +185,7 @@ const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(
 pub async fn serve_connection(stream: TcpStream, addr: SocketAddr, shared: &Shared) {
     let _ = stream.set_nodelay(true);
     let conn_id = shared.next_conn_id();
-    let mut client = Client {
-        stream: Stream::Tcp(stream),
-        buf: BytesMut::new(),
-        addr,
-        intercepted: false,
-    };
+    let mut client = Client::new(Stream::Tcp(stream), addr, false);
     let mut conn = ConnState {
         parts: Vec::new(),
         chain: Chain::build(&shared.factories),
@@ -282,6 +277,10 @@ async fn serve_requests(
             }
             Ok(Next::Close) => {
                 exchange.log_ok(conn_id, shared.worker);
+                if client.unread_input {
+                    io::shutdown_write(&client.stream);
+                    linger_drain(client, &shared.config).await;
+                }
                 return None;
             }
             Ok(Next::Intercept(plan)) => {
@@ -291,6 +290,12 @@ async fn serve_requests(
             Err(err) => {
                 if !exchange.response_started() {
                     boxed_reply_error(client, &mut exchange, &err, &shared.config).await;
+                } else if !exchange.is_tunnel() && err.kind().side() != Side::Client {
+                    // Part of a response went out and the rest never will: a reset, not
+                    // a clean close, so that a client reading until close (no length,
+                    // or de-chunked for HTTP/1.0) sees it incomplete (RFC 9112 §8).
+                    // (A tunnel's bytes are not a message: its end keeps its close.)
+                    client.stream.abort();
                 }
                 exchange.log(&err, conn_id, shared.worker);
                 return None;
@@ -349,14 +354,7 @@ async fn accept_listener(
             }
         };
         match tls::server::accept(Stream::tls(stream, session), shared.config.timeout).await {
-            Ok(stream) => {
-                return Some(Client {
-                    stream,
-                    buf: BytesMut::new(),
-                    addr,
-                    intercepted: false,
-                })
-            }
+            Ok(stream) => return Some(Client::new(stream, addr, false)),
             Err(err) => err,
         }
     };
@@ -422,12 +420,7 @@ async fn intercept(
         }
         Err(err) => Some(err),
     };
-    let client = Client {
-        stream,
-        buf: BytesMut::new(),
-        addr,
-        intercepted: true,
-    };
+    let client = Client::new(stream, addr, true);
     if !conn.chain.is_empty() {
         let cx = shared.plugin_cx(&client);
         conn.chain.on_tls_handshake(&cx, &host, port, &tls_name);
@@ -712,6 +705,12 @@ async fn send_reply(
     } else {
         reply.bytes
     };
+    // A reply built to keep the connection says so; closed all the same, it must not.
+    let bytes = if keep_alive || reply.close {
+        bytes
+    } else {
+        http::response::with_close(&bytes)
+    };
     exchange.set_status(reply.status);
     exchange.add_bytes(bytes.len() as u64);
     io::write_all(&client.stream, &bytes, config.timeout)
@@ -874,16 +873,17 @@ async fn reply_error(
     }
 }
 
-/// After a final reply on a connection we are closing, reads and discards what the
-/// client still sends for a short, bounded while, so that closing with unread input
-/// does not reset the connection before the reply is read (RFC 9112 §9.6).
+/// After a final reply on a connection we are closing (its write side already shut),
+/// reads and discards what the client still sends until the client closes, for a
+/// short, bounded while: closing with unread input would reset the connection, and a
+/// reset can discard the reply before the client reads it (RFC 9112 §9.6). Bounded
+/// by time, not bytes: a client still uploading stops once it reads the reply and
+/// its end, which may take longer than any number of bytes it sends meanwhile.
 async fn linger_drain(client: &mut Client, config: &Config) {
-    const LINGER_BYTES: usize = 256 * 1024;
     let deadline =
         tokio::time::Instant::now() + config.timeout.min(std::time::Duration::from_secs(2));
-    let mut drained = 0;
     let mut scratch = BytesMut::new();
-    while drained < LINGER_BYTES {
+    loop {
         scratch.clear();
         match timeout_at(
             deadline,
@@ -891,7 +891,7 @@ async fn linger_drain(client: &mut Client, config: &Config) {
         )
         .await
         {
-            Ok(Ok(n)) if n > 0 => drained += n,
+            Ok(Ok(n)) if n > 0 => {}
             _ => break,
         }
     }

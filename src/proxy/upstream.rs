@@ -8,6 +8,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::Shared;
 use crate::error::{ErrorKind, ProxyError, Result};
+use crate::http::target::Authority;
 use crate::plugin::{Chain, RequestCx, ResolveFuture};
 
 /// A new upstream connection.
@@ -131,7 +132,12 @@ pub async fn connect(
         if let (true, Some((ip, net))) = (addrs.is_empty(), denied) {
             // The client reads only that it was refused; the address and the range
             // (the operator's list) are in the debug log alone.
-            tracing::debug!(host, port, "{host}:{port} is {ip}, in denied range {net}");
+            tracing::debug!(
+                host,
+                port,
+                "{} is {ip}, in denied range {net}",
+                Authority(host, port)
+            );
             return Err(denied_error(host, port));
         }
         if addrs.len() < before {
@@ -144,7 +150,7 @@ pub async fn connect(
             Err(_) => {
                 return Err(ProxyError::new(
                     ErrorKind::ConnectionTimeout,
-                    format!("connecting to {host}:{port} ({addr})"),
+                    format!("connecting to {} ({addr})", Authority(host, port)),
                 ))
             }
             Ok(Ok(stream)) => {
@@ -160,7 +166,8 @@ pub async fn connect(
                         tracing::debug!(
                             host,
                             port,
-                            "{host}:{port} reached {peer}, in denied range {net}"
+                            "{} reached {peer}, in denied range {net}",
+                            Authority(host, port)
                         );
                         return Err(denied_error(host, port));
                     }
@@ -180,7 +187,7 @@ pub async fn connect(
     let err = last_err.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrNotAvailable));
     Err(ProxyError::new(
         ErrorKind::from_connect_error(&err),
-        format!("connecting to {host}:{port}"),
+        format!("connecting to {}", Authority(host, port)),
     )
     .with_source(err))
 }
@@ -188,7 +195,10 @@ pub async fn connect(
 fn denied_error(host: &str, port: u16) -> ProxyError {
     ProxyError::new(
         ErrorKind::DestinationIpProhibited,
-        format!("{host}:{port} is a denied destination (--deny-destinations)"),
+        format!(
+            "{} is a denied destination (--deny-destinations)",
+            Authority(host, port)
+        ),
     )
 }
 
@@ -224,6 +234,6 @@ async fn open(addr: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream> {
 fn loop_error(host: &str, port: u16) -> ProxyError {
     ProxyError::new(
         ErrorKind::ProxyLoopDetected,
-        format!("{host}:{port} is this proxy"),
+        format!("{} is this proxy", Authority(host, port)),
     )
 }

@@ -687,14 +687,11 @@ pub(crate) fn request_field(
                 url.extend_from_slice(path);
                 string(&url)
             }
-            Target::Authority { host, port } => {
-                let host = if host.contains(':') {
-                    format!("[{host}]")
-                } else {
-                    host.clone()
-                };
-                string(format!("{host}:{port}").as_bytes())
-            }
+            Target::Authority { host, port } => string(
+                crate::http::target::Authority(host, *port)
+                    .to_string()
+                    .as_bytes(),
+            ),
             Target::Origin | Target::Asterisk => string(&origin_path(req)),
         },
         _ => Ok(Value::Nil),

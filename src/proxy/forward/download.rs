@@ -16,6 +16,7 @@ use crate::conn::io::{
     client_io_error, read_head_bytes, write_all, write_parts, IoFail, RecycledBuf,
 };
 use crate::error::{ErrorKind, ProxyError};
+use crate::http::body::names_other_codings;
 use crate::http::{parse_response, response_body_kind, BodyKind, Parsed, ResponseHead, Version};
 use crate::plugin::{Chain, Flow, RequestCx, MAX_BUFFERED_RESPONSE_BODY};
 
@@ -140,6 +141,27 @@ pub(super) async fn download(
         Version::Http10 => head.has_token("connection", "keep-alive"),
     };
     let dechunk = request.version == Version::Http10 && body == BodyKind::Chunked;
+    // The body is re-framed for an HTTP/1.0 client (RFC 9112 §6.1: it gets no
+    // Transfer-Encoding) or for plugins that read it; a coding besides chunked would
+    // then reach the client undone, gzip presented as plain content.
+    let reframed = request.version == Version::Http10
+        || (!hooks.chain.is_empty()
+            && (hooks.chain.wants_response_body() || hooks.chain.wants_whole_response()));
+    if reframed
+        && body != BodyKind::Empty
+        && head
+            .header("transfer-encoding")
+            .is_some_and(names_other_codings)
+    {
+        return Err(Failure::Fatal(ProxyError::new(
+            ErrorKind::HttpProtocolError,
+            if request.version == Version::Http10 {
+                "the response's transfer-coding cannot be undone for an HTTP/1.0 client"
+            } else {
+                "the response's transfer-coding cannot be undone for the plugins"
+            },
+        )));
+    }
     let close_client = !request.keep_alive
         || body == BodyKind::UntilClose
         || dechunk
@@ -173,7 +195,7 @@ pub(super) async fn download(
             // The origin's response is replaced: its body stays unread, so the
             // upstream connection cannot be reused.
             Flow::Respond(reply) => {
-                send_reply(client, &reply, config, exchange).await?;
+                send_reply(client, &reply, close_client, config, exchange).await?;
                 return Ok(Downloaded::Done(End {
                     client_keep_alive: !close_client && !reply.close,
                     upstream_reusable: false,
@@ -211,8 +233,12 @@ pub(super) async fn download(
     let transform =
         body != BodyKind::Empty && !hooks.chain.is_empty() && hooks.chain.wants_response_body();
     let close_client = close_client || (transform && request.version == Version::Http10);
-    if dechunk {
+    if request.version == Version::Http10 {
         head.remove("transfer-encoding");
+    }
+    if dechunk {
+        // The trailers are not passed on to a client that cannot take them.
+        head.remove("trailer");
     }
     if transform {
         head.remove("content-length");
@@ -329,7 +355,7 @@ async fn whole_response(
             .map_err(Failure::Fatal)?,
         Flow::Close => return Ok((false, false)),
         Flow::Respond(reply) => {
-            send_reply(client, &reply, config, exchange).await?;
+            send_reply(client, &reply, close_client, config, exchange).await?;
             // Whatever of the origin's body was not read stays unread.
             let clean = decoding.done() && decoding.clean(&buf);
             return Ok((!close_client && !reply.close, clean));
@@ -402,6 +428,7 @@ async fn whole_response(
 async fn send_reply(
     client: &Stream,
     reply: &crate::plugin::Reply,
+    close_client: bool,
     config: &Config,
     exchange: &mut Exchange,
 ) -> std::result::Result<(), Failure> {
@@ -410,6 +437,12 @@ async fn send_reply(
         crate::http::response::head_only(&reply.bytes)
     } else {
         reply.bytes.clone()
+    };
+    // The connection ends after it: the reply says so, whatever the plugin built.
+    let bytes = if close_client && !reply.close {
+        crate::http::response::with_close(&bytes)
+    } else {
+        bytes
     };
     write_all(client, &bytes, config.timeout)
         .await

@@ -462,6 +462,8 @@ async fn exchange_once(
             return relay.await;
         }
     };
+    // The origin answered before the whole body came: the client may still be sending.
+    client.unread_input = !upload_ok;
     Ok(End {
         client_keep_alive: end.client_keep_alive && upload_ok,
         upstream_reusable: end.upstream_reusable && upload_ok,
