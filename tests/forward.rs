@@ -432,6 +432,28 @@ fn expect_100_continue_is_relayed() {
 }
 
 #[test]
+fn an_http10_expectation_is_not_forwarded() {
+    // RFC 9110 §10.1.1: a 1.0 request's 100-continue is ignored, so the origin, which
+    // gets the request in HTTP/1.1, must not see it.
+    let origin = Origin::spawn(|req| Reply::close(ok(&req.body.data)));
+    let proxy = spawn_proxy(&[]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(
+        b"POST http://alpha.test/ HTTP/1.0\r\nExpect: 100-continue\r\n\
+          Content-Length: 5\r\n\r\nhello",
+    );
+    let resp = client.read_response();
+    assert_eq!((resp.status, resp.text().as_str()), (200, "hello"));
+    let req = origin.next_request();
+    assert!(
+        !req.headers.has("expect"),
+        "{}",
+        String::from_utf8_lossy(&req.raw_head)
+    );
+}
+
+#[test]
 fn http10_request_without_keep_alive_is_closed_after_the_response() {
     let origin = Origin::fixed("one-shot");
     let proxy = spawn_proxy(&[]);

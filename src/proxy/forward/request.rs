@@ -75,6 +75,11 @@ pub(super) fn prepare_request(
     for name in &config.disable_headers {
         head.remove(name);
     }
+    // RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored;
+    // forwarded in HTTP/1.1, it would be acted on (and a 100 is not sent to 1.0 clients).
+    if head.version() == Version::Http10 && head.count("expect") > 0 {
+        head.remove("expect");
+    }
     // RFC 9112 §3.2.2: a proxy replaces Host with the absolute-form target's authority.
     let scheme = if target.tls.is_some() {
         Scheme::Https
