@@ -1110,3 +1110,118 @@ fn the_flow_metatable_is_locked() {
     );
     assert_eq!(origin.requests()[0].headers.get("x-mt"), Some("flow false"));
 }
+
+// === review: framing and fail-open edges ===
+
+#[test]
+fn replies_and_statuses_without_content_carry_no_body() {
+    // The origin answers every request with a body; a script turns some answers into
+    // 204/304 (its own reply, or the origin's status changed).
+    let origin = Origin::spawn(|req| {
+        let body = format!("origin body for {}", req.target);
+        Reply::keep(if req.target.contains("chunked") {
+            format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            )
+            .into_bytes()
+        } else {
+            ok(body)
+        })
+    });
+    let path = script(
+        "no_content",
+        r#"function request(flow)
+             if flow.request.path == "/r204" then flow:reply(204, "must not be sent") end
+             if flow.request.path == "/r304" then flow:reply(304, "nope") end
+           end
+           function response(flow)
+             if flow.request.path:find("^/s204") then flow.response.status_code = 204 end
+             if flow.request.path:find("^/s304") then flow.response.status_code = 304 end
+           end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    // Each request pipelined with a plain one: the 204/304 must not poison it.
+    for (path, status) in [
+        ("/r204", 204),
+        ("/r304", 304),
+        ("/s204", 204),
+        ("/s304", 304),
+        ("/s204-chunked", 204),
+    ] {
+        client.send(
+            &[
+                get(&format!("http://alpha.test{path}"), ""),
+                get("http://alpha.test/next", ""),
+            ]
+            .concat(),
+        );
+        let resp = client.read_response();
+        assert_eq!(resp.status, status, "{path}");
+        assert!(resp.body.data.is_empty(), "{path}");
+        assert!(!resp.headers.has("transfer-encoding"), "{path}");
+        let next = client.read_response();
+        assert_eq!(
+            (next.status, next.text().as_str()),
+            (200, "origin body for /next"),
+            "after {path}"
+        );
+    }
+}
+
+#[test]
+fn a_chunked_body_read_by_a_script_leaves_the_pipelined_request_alone() {
+    let origin =
+        Origin::spawn(|req| Reply::keep(ok(format!("{} {}", req.target, req.body.data.len()))));
+    let path = script(
+        "bodies_pipelined",
+        r#"BODIES = { request = true }
+           function request(flow) local _ = flow.request.body end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(
+        b"POST http://alpha.test/first HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nabc\r\n0\r\n\r\nGET http://alpha.test/second HTTP/1.1\r\nHost: alpha.test\r\n\r\n",
+    );
+    assert_eq!(client.read_response().text(), "/first 3");
+    assert_eq!(client.read_response().text(), "/second 0");
+}
+
+#[test]
+fn a_reply_made_before_an_error_stands() {
+    let origin = Origin::fixed("origin");
+    let path = script(
+        "reply_then_error",
+        r#"function request(flow)
+             flow:reply(403, "no")
+             error("after the reply")
+           end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    let resp = request(proxy.addr, &get("http://alpha.test/", ""));
+    assert_eq!((resp.status, resp.text().as_str()), (403, "no"));
+    assert_eq!(origin.accepted(), 0);
+}
+
+#[test]
+fn a_handler_both_global_and_returned_runs_once() {
+    let origin = Origin::fixed("origin");
+    let path = script(
+        "global_and_returned",
+        r#"local n = 0
+           function request(flow)
+             n = n + 1
+             flow.request.headers:add("x-seen", tostring(n))
+           end
+           return { request = request }"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    request(proxy.addr, &get("http://alpha.test/", ""));
+    assert_eq!(origin.next_request().headers.get_all("x-seen"), ["1"]);
+}

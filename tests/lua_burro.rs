@@ -723,3 +723,29 @@ fn options_declared_in_shared_are_set_with_the_directory_name() {
         Some("hello")
     );
 }
+
+#[test]
+fn set_finish_before_an_error_still_blocks() {
+    let origin = Origin::fixed("origin");
+    let dir = hooks(
+        "finish_then_error",
+        &[(
+            "before_request",
+            r#"
+if ctx.req.path == "/admin" then
+  mut.resp.set_status(403)
+  mut.ctx.set_finish()
+end
+log.info("user " .. ctx.req.headers["x-user"])
+"#,
+        )],
+    );
+    let proxy = spawn_proxy(&["--plugins", &dir]);
+    proxy.route("alpha.test", &origin);
+    let resp = request(proxy.addr, &get("http://alpha.test/admin", ""));
+    assert_eq!(resp.status, 403);
+    assert_eq!(origin.accepted(), 0);
+    // Without the block the error is fail-open, as before.
+    let resp = request(proxy.addr, &get("http://alpha.test/open", ""));
+    assert_eq!((resp.status, resp.text().as_str()), (200, "origin"));
+}

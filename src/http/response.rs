@@ -111,8 +111,10 @@ pub fn error_response(status: u16, code: &str, details: Option<&str>, close: boo
 
 /// A complete reply: status line, `headers` in order, Content-Length, `Connection: close` when `close`, body.
 ///
-/// Content-Length is omitted for 1xx and 204, which must not carry it (RFC 9110 §8.6). Header bytes that would
-/// break the head (CR, LF, NUL, other CTLs; non-token name bytes) are replaced, never emitted.
+/// A 1xx, 204 or 304 reply never carries content (RFC 9110 §6.4.1): `body` is dropped, and so is
+/// Content-Length, which 1xx and 204 must not carry (§8.6) and which for a 304 would have to be the length of a
+/// representation the proxy does not have. Header bytes that would break the head (CR, LF, NUL, other CTLs;
+/// non-token name bytes) are replaced, never emitted.
 pub fn simple_response(status: u16, headers: &[(&str, &str)], body: &[u8], close: bool) -> Bytes {
     response_with_reason(status, reason_phrase(status), headers, body, close)
 }
@@ -146,7 +148,8 @@ pub fn response_with_reason(
         );
         out.extend_from_slice(b"\r\n");
     }
-    if !(100..200).contains(&status) && status != 204 {
+    let has_content = !((100..200).contains(&status) || status == 204 || status == 304);
+    if has_content {
         out.extend_from_slice(b"Content-Length: ");
         out.extend_from_slice(body.len().to_string().as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -155,7 +158,9 @@ pub fn response_with_reason(
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
+    if has_content {
+        out.extend_from_slice(body);
+    }
     Bytes::from(out)
 }
 
@@ -205,6 +210,20 @@ mod tests {
     use crate::config::Limits;
     use crate::http::parse::{parse_response, Parsed};
     use bytes::BytesMut;
+
+    #[test]
+    fn a_reply_without_content_drops_its_body() {
+        for status in [204, 304] {
+            assert_eq!(
+                simple_response(status, &[("X-A", "1")], b"must not be sent", false),
+                format!(
+                    "HTTP/1.1 {status} {}\r\nX-A: 1\r\n\r\n",
+                    reason_phrase(status)
+                )
+                .as_bytes()
+            );
+        }
+    }
 
     #[test]
     fn with_close_says_close_once() {

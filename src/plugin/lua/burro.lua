@@ -480,12 +480,16 @@ local before_request = hook.before_request
 if before_request then
   handlers.request = function(flow)
     begin(flow, "request")
-    before_request()
+    -- A set_finish made before an error stands: the error is raised again after.
+    local ok, e = pcall(before_request)
     if finish then
       local p = pending or {}
       flow:reply(p.status or 200, p.body ~= nil and tostring(p.body) or "", p.headers)
     end
     over()
+    if not ok then
+      error(e, 0)
+    end
   end
 end
 

@@ -443,7 +443,11 @@ impl LuaPlugin {
             ex.control.take()
         };
         if let Err(message) = result {
-            return self.failed(vm, &shared, message);
+            let flow = self.failed(vm, &shared, message)?;
+            // A reply, kill or replacement made before the error stands.
+            if control.is_none() {
+                return Ok(flow);
+            }
         }
         Ok(to_flow(control, |status, headers, body| {
             Reply::new(status, headers, body, false)
@@ -453,7 +457,6 @@ impl LuaPlugin {
     /// A handler failed: logged once per exchange; fail-open unless `FAIL_CLOSED`.
     fn failed(&self, vm: &Vm, shared: &Shared, message: String) -> Result<Flow, PluginError> {
         let mut ex = shared.borrow_mut();
-        ex.control = None;
         if !ex.logged {
             ex.logged = true;
             tracing::warn!(
@@ -560,7 +563,12 @@ impl Plugin for LuaPlugin {
             ex.control.take()
         };
         if let Err(message) = result {
-            return self.failed(&vm, &shared, message);
+            let flow = self.failed(&vm, &shared, message)?;
+            // A reply or kill made before the error stands: a script that decided to
+            // stop the request must not let it through by failing afterwards.
+            if control.is_none() {
+                return Ok(flow);
+            }
         }
         Ok(to_flow(control, |status, headers, body| {
             Reply::answering(req, status, headers, body)

@@ -304,25 +304,33 @@ impl Vm {
                 if let Some(func) = table.get::<Option<Function>>(event)? {
                     let this = method.then(|| table.clone());
                     let handler = Handler { func, this };
-                    match event {
-                        "start" => start.push(handler),
-                        "configure" => configure.push(handler),
-                        "request" => self.request.push(handler),
-                        "response" => self.response.push(handler),
-                        "client_connect" => self.client_connect.push(handler),
-                        "client_disconnect" => self.client_disconnect.push(handler),
-                        "access_log" => self.access_log.push(handler),
-                        "error" => self.error.push(handler),
-                        "should_intercept" => self.should_intercept.push(handler),
-                        "flush" => self.flush.push(handler),
-                        "bus_event" => self.bus_event.push(handler),
-                        "tls_handshake" => self.tls_handshake.push(handler),
-                        "clientconnect" | "connect" => self.client_connect.push(handler),
-                        "clientdisconnect" => self.client_disconnect.push(handler),
-                        "websocket_start" => self.websocket_start.push(handler),
-                        "websocket_message" => self.websocket_message.push(handler),
-                        "websocket_end" => self.websocket_end.push(handler),
-                        _ => self.done.push(handler),
+                    let list = match event {
+                        "start" => &mut *start,
+                        "configure" => &mut *configure,
+                        "request" => &mut self.request,
+                        "response" => &mut self.response,
+                        "client_connect" => &mut self.client_connect,
+                        "client_disconnect" => &mut self.client_disconnect,
+                        "access_log" => &mut self.access_log,
+                        "error" => &mut self.error,
+                        "should_intercept" => &mut self.should_intercept,
+                        "flush" => &mut self.flush,
+                        "bus_event" => &mut self.bus_event,
+                        "tls_handshake" => &mut self.tls_handshake,
+                        "clientconnect" | "connect" => &mut self.client_connect,
+                        "clientdisconnect" => &mut self.client_disconnect,
+                        "websocket_start" => &mut self.websocket_start,
+                        "websocket_message" => &mut self.websocket_message,
+                        "websocket_end" => &mut self.websocket_end,
+                        _ => &mut self.done,
+                    };
+                    // A function both global and in the returned table (a module's
+                    // `return { request = request }`) is one handler, called once.
+                    if !list
+                        .iter()
+                        .any(|h| h.func == handler.func && h.this == handler.this)
+                    {
+                        list.push(handler);
                     }
                 }
             }

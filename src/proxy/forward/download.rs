@@ -227,6 +227,16 @@ pub(super) async fn download(
             })
         });
     }
+    // A plugin made the status one without content (204, 304): the origin's body is
+    // not passed on, nor read, so the upstream connection is not reused.
+    let body_dropped = body != BodyKind::Empty && !response_may_have_body(head.status());
+    let body = if body_dropped {
+        head.remove("content-length");
+        head.remove("transfer-encoding");
+        BodyKind::Empty
+    } else {
+        body
+    };
     // A plugin that wants the body gets it decoded; what comes out of the chain has a
     // length nobody knows yet, so it is re-framed: chunked for HTTP/1.1 clients,
     // close-delimited for HTTP/1.0 ones.
@@ -294,7 +304,10 @@ pub(super) async fn download(
     };
     Ok(Downloaded::Done(End {
         client_keep_alive: !close_client,
-        upstream_reusable: clean && origin_keeps_open && body != BodyKind::UntilClose,
+        upstream_reusable: clean
+            && origin_keeps_open
+            && body != BodyKind::UntilClose
+            && !body_dropped,
     }))
 }
 

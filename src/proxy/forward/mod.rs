@@ -87,8 +87,9 @@ pub async fn run(
         body => body,
     };
     // Chunked framing already buffered with the head is checked before any upstream is
-    // contacted: a broken body is refused without the origin seeing its head.
-    if body == BodyKind::Chunked && !client.buf.is_empty() {
+    // contacted: a broken body is refused without the origin seeing its head. (A body
+    // already read whole is gone from the buffer: what is left is the next request.)
+    if body == BodyKind::Chunked && early_body.is_none() && !client.buf.is_empty() {
         ChunkedDecoder::new(&config.limits)
             .advance(&client.buf, None)
             .map_err(|e| ProxyError::new(e.request_kind(), format!("request chunked body: {e}")))?;
