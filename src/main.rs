@@ -82,6 +82,7 @@ fn run(
 ) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build();
     // Handlers go in before the listeners, so an early SIGTERM still drains and cleans up.
     let signals = runtime.and_then(|rt| {
@@ -138,21 +139,31 @@ fn run(
         handle.wait();
         let _ = done_tx.send(());
     });
+    // Past the grace period the workers close what is left; one that cannot (stuck in a
+    // single long call, such as a script's pathological `string.find`, which the
+    // instruction limit cannot interrupt) does not hold the process up for long.
+    let deadline = grace.saturating_add(STOP_MARGIN);
     let drained = rt.block_on(async {
         tokio::select! {
-            _ = done_rx => true,
-            _ = int.recv() => false,
-            _ = term.recv() => false,
-            _ = hup.recv() => false,
+            _ = done_rx => Ok(()),
+            _ = int.recv() => Err("second signal: exiting without waiting for in-flight requests"),
+            _ = term.recv() => Err("second signal: exiting without waiting for in-flight requests"),
+            _ = hup.recv() => Err("second signal: exiting without waiting for in-flight requests"),
+            _ = tokio::time::sleep(deadline) => Err("a worker did not stop within the grace period: exiting"),
         }
     });
-    if drained {
-        ExitCode::SUCCESS
-    } else {
-        tracing::warn!("second signal: exiting without waiting for in-flight requests");
-        ExitCode::FAILURE
+    match drained {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            tracing::warn!("{why}");
+            ExitCode::FAILURE
+        }
     }
 }
+
+/// How long after the grace period a worker may take to close its remaining
+/// connections before the process exits without it.
+const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Start-up notes on settings a newcomer may not expect (logged before listening).
 fn announce(

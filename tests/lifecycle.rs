@@ -265,3 +265,48 @@ fn sigterm_closes_silent_and_idle_connections_at_once() {
     silent.expect_eof();
     idle.expect_eof();
 }
+
+/// A worker stuck in one long call (a script's pathological `string.find`: the
+/// instruction limit counts Lua instructions, not time inside a library function)
+/// cannot drain; SIGTERM still ends the process once the grace period is over.
+#[test]
+fn sigterm_ends_the_process_even_with_a_stuck_worker() {
+    let script = temp_path("stuck").with_extension("lua");
+    std::fs::write(
+        &script,
+        r#"function request(flow)
+             if flow.request.path == "/stuck" then
+               print("entering the long call")
+               string.rep("a", 60000):find(".-.-x")
+             end
+           end"#,
+    )
+    .unwrap();
+    let log = temp_path("stuck-log");
+    let proxy = ProxyBinary::spawn(&[
+        "--script",
+        script.to_str().unwrap(),
+        "--grace-period",
+        "1",
+        "--log-file",
+        log.to_str().unwrap(),
+    ]);
+    let mut client = Wire::connect(proxy.addr);
+    client.send(&get("http://127.0.0.1:9/stuck", ""));
+    // The worker is in the call once the script has said so.
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("entering the long call")
+    {
+        assert!(Instant::now() < deadline, "the script never ran");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let status = proxy.terminate();
+    assert_eq!(status.code(), Some(1), "{status}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("did not stop within the grace period"),
+        "{text}"
+    );
+}
