@@ -177,6 +177,29 @@ fn content_by_type_writes_decoded_bodies() {
 }
 
 #[test]
+fn a_gzip_bomb_is_not_extracted() {
+    // 64 MiB of zeros compress to about 64 KB: over the 100-fold cap on decoded
+    // content, so no content file is kept; the response itself passes untouched.
+    let bomb = gzip(&vec![0u8; 64 << 20]);
+    let sent = bomb.clone();
+    let origin = Origin::spawn(move |_| {
+        Reply::keep(response(
+            200,
+            &[("Content-Type", "text/plain"), ("Content-Encoding", "gzip")],
+            &sent,
+        ))
+    });
+    let (mut proxy, dir) = cache_proxy(&["--cache-by-content-type"]);
+    proxy.route("alpha.test", &origin);
+    let resp = request(proxy.addr, &get("http://alpha.test/bomb", ""));
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body.data, bomb);
+    proxy.take_handle().stop();
+    assert_eq!(files(&dir.join("responses")).len(), 1);
+    assert_eq!(files(&dir.join("content")), Vec::<PathBuf>::new());
+}
+
+#[test]
 fn failed_exchanges_leave_no_files() {
     let (mut proxy, dir) = cache_proxy(&["--cache-requests", "--cache-by-content-type"]);
     proxy.names.insert("dead.test", refused_addr());

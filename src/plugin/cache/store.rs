@@ -316,6 +316,9 @@ struct Body {
     path: PathBuf,
     out: Box<dyn Finish>,
     framing: Framing,
+    /// Body bytes fed to `out` (before any decoding); shared with a decoder's
+    /// [`Capped`] output.
+    fed: Arc<AtomicU64>,
     written: u64,
     /// The body's own framing says it is complete.
     done: bool,
@@ -338,15 +341,49 @@ impl Finish for BufWriter<File> {
     }
 }
 
-impl Finish for flate2::write::GzDecoder<BufWriter<File>> {
+impl Finish for flate2::write::GzDecoder<Capped> {
     fn finish_box(self: Box<Self>) -> io::Result<()> {
-        self.finish()?.flush()
+        self.finish()?.file.flush()
     }
 }
 
-impl Finish for flate2::write::ZlibDecoder<BufWriter<File>> {
+impl Finish for flate2::write::ZlibDecoder<Capped> {
     fn finish_box(self: Box<Self>) -> io::Result<()> {
-        self.finish()?.flush()
+        self.finish()?.file.flush()
+    }
+}
+
+/// Decoded content may be at most this many times the bytes it came from, plus
+/// [`EXPANSION_FLOOR`]: a small compressed response cannot fill the disk (a "gzip
+/// bomb" of 200 KB decodes to 200 MB). Real text compresses well below this.
+const MAX_EXPANSION: u64 = 100;
+const EXPANSION_FLOOR: u64 = 1 << 20;
+
+/// A decoder's output file, refusing to grow past [`MAX_EXPANSION`] times what was fed.
+struct Capped {
+    file: BufWriter<File>,
+    fed: Arc<AtomicU64>,
+    written: u64,
+}
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let fed = self.fed.load(Ordering::Relaxed);
+        let cap = fed
+            .saturating_mul(MAX_EXPANSION)
+            .saturating_add(EXPANSION_FLOOR);
+        if self.written.saturating_add(buf.len() as u64) > cap {
+            return Err(io::Error::other(format!(
+                "decoded content over {MAX_EXPANSION} times its encoded size"
+            )));
+        }
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
     }
 }
 
@@ -428,12 +465,14 @@ impl Extract {
                 self.spec
                     .dir
                     .join(format!("{}.{}", self.spec.name, extension(content_type)));
-            match open_content(&path, encoding.as_deref()) {
+            let fed = Arc::new(AtomicU64::new(0));
+            match open_content(&path, encoding.as_deref(), &fed) {
                 Ok(Some(out)) => {
                     self.state = ExtractState::Body(Body {
                         path,
                         out,
                         framing,
+                        fed,
                         written: 0,
                         done: false,
                     });
@@ -499,6 +538,7 @@ impl Body {
                     .unwrap_or(usize::MAX)
                     .min(bytes.len());
                 let data = bytes.get(..take).unwrap_or_default();
+                self.fed.fetch_add(data.len() as u64, Ordering::Relaxed);
                 self.out.write_all(data)?;
                 self.written += take as u64;
                 *remaining -= take as u64;
@@ -511,12 +551,14 @@ impl Body {
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 for range in ranges.iter() {
                     let data = bytes.get(range.clone()).unwrap_or_default();
+                    self.fed.fetch_add(data.len() as u64, Ordering::Relaxed);
                     self.out.write_all(data)?;
                     self.written += data.len() as u64;
                 }
                 self.done = progress.done;
             }
             Framing::UntilClose => {
+                self.fed.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 self.out.write_all(bytes)?;
                 self.written += bytes.len() as u64;
             }
@@ -526,12 +568,23 @@ impl Body {
 }
 
 /// The content file for `encoding`, or `None` for a coding we cannot undo.
-fn open_content(path: &Path, encoding: Option<&str>) -> io::Result<Option<Box<dyn Finish>>> {
+fn open_content(
+    path: &Path,
+    encoding: Option<&str>,
+    fed: &Arc<AtomicU64>,
+) -> io::Result<Option<Box<dyn Finish>>> {
     let open = || File::create(path).map(|f| BufWriter::with_capacity(64 * 1024, f));
+    let capped = || {
+        open().map(|file| Capped {
+            file,
+            fed: Arc::clone(fed),
+            written: 0,
+        })
+    };
     Ok(match encoding {
         None | Some("" | "identity") => Some(Box::new(open()?)),
-        Some("gzip" | "x-gzip") => Some(Box::new(flate2::write::GzDecoder::new(open()?))),
-        Some("deflate") => Some(Box::new(flate2::write::ZlibDecoder::new(open()?))),
+        Some("gzip" | "x-gzip") => Some(Box::new(flate2::write::GzDecoder::new(capped()?))),
+        Some("deflate") => Some(Box::new(flate2::write::ZlibDecoder::new(capped()?))),
         Some(_) => None,
     })
 }
