@@ -300,7 +300,48 @@ impl Default for Config {
 
 // === impl Config (from the command line) ===
 
+/// The longest duration any setting may have (as on the command line): a deadline
+/// computed from a longer one could overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(1_000_000_000);
+
 impl Config {
+    /// Checks the durations an embedder may have set on the struct directly (the
+    /// command line already bounds them): each at most [`MAX_DURATION`], the
+    /// timeouts and the script flush interval above zero.
+    ///
+    /// # Errors
+    /// Names the first setting out of range.
+    pub fn check_durations(&self) -> Result<(), String> {
+        let positive = [
+            ("timeout", Some(self.timeout)),
+            ("connect_timeout", Some(self.connect_timeout)),
+            ("header_timeout", Some(self.header_timeout)),
+            ("script_flush_interval", self.script_flush_interval),
+        ];
+        let any = [
+            ("grace_period", self.grace_period),
+            ("upstream_idle_timeout", self.upstream_idle_timeout),
+        ];
+        for (name, d) in positive
+            .into_iter()
+            .filter_map(|(name, d)| Some((name, d?)))
+        {
+            if d.is_zero() {
+                return Err(format!("{name} must be greater than 0"));
+            }
+        }
+        for (name, d) in positive
+            .into_iter()
+            .filter_map(|(name, d)| Some((name, d?)))
+            .chain(any)
+        {
+            if d > MAX_DURATION {
+                return Err(format!("{name} is over {} s", MAX_DURATION.as_secs()));
+            }
+        }
+        Ok(())
+    }
+
     /// Builds a validated `Config` from parsed flags: listen addresses, worker count,
     /// header names, and that the directories of `--log-file`, `--pid-file` and
     /// `--port-file` exist. Reads nothing else and binds nothing.
@@ -635,6 +676,33 @@ fn check_parent_dir(path: &std::path::Path) -> Result<(), String> {
 mod tests {
     use super::*;
     use std::net::IpAddr;
+
+    #[test]
+    fn durations_set_on_the_struct_are_checked() {
+        assert_eq!(Config::default().check_durations(), Ok(()));
+        let over = Config {
+            timeout: Duration::MAX,
+            ..Config::default()
+        };
+        assert_eq!(
+            over.check_durations(),
+            Err("timeout is over 1000000000 s".to_owned())
+        );
+        let zero = Config {
+            script_flush_interval: Some(Duration::ZERO),
+            ..Config::default()
+        };
+        assert_eq!(
+            zero.check_durations(),
+            Err("script_flush_interval must be greater than 0".to_owned())
+        );
+        let long_grace = Config {
+            grace_period: MAX_DURATION,
+            upstream_idle_timeout: Duration::ZERO,
+            ..Config::default()
+        };
+        assert_eq!(long_grace.check_durations(), Ok(()));
+    }
 
     fn config(args: &[&str]) -> Config {
         Config::from_args(std::iter::once("proxy").chain(args.iter().copied())).unwrap()

@@ -67,8 +67,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let port_file = config.port_file.clone();
     let code = run(config, factories, tls);
-    if let Some(path) = &pid_file {
+    // Also when a worker that could not stop was left behind (the proxy's handle,
+    // waiting for it, never removes its port file then).
+    for path in [&pid_file, &port_file].into_iter().flatten() {
         let _ = std::fs::remove_file(path);
     }
     code

@@ -205,6 +205,11 @@ fn port_file_holds_the_bound_port_and_is_removed_on_stop() {
 
     proxy.take_handle().stop();
     assert!(!path.exists(), "port file left behind");
+    // A handle dropped without stop() removes it too.
+    let mut proxy = spawn_proxy(&["--port-file", path.to_str().unwrap()]);
+    assert!(path.exists());
+    drop(proxy.take_handle());
+    assert!(!path.exists(), "port file left behind by a dropped handle");
 }
 
 #[test]
@@ -302,8 +307,10 @@ fn sigterm_ends_the_process_even_with_a_stuck_worker() {
         assert!(Instant::now() < deadline, "the script never ran");
         thread::sleep(Duration::from_millis(10));
     }
+    let port_file = proxy.port_file.clone();
     let status = proxy.terminate();
     assert_eq!(status.code(), Some(1), "{status}");
+    assert!(!port_file.exists(), "port file left behind");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("did not stop within the grace period"),

@@ -79,6 +79,7 @@ pub fn start_prepared(
     if config.listen.is_empty() {
         return Err(config_err("no address to listen on".into()));
     }
+    config.check_durations().map_err(config_err)?;
     let workers = config.num_workers.max(1);
     let (per_worker, bound) =
         listener::bind_all(&config.listen, workers, config.backlog, config.reuse_port)
@@ -179,10 +180,11 @@ impl ProxyHandle {
 }
 
 impl Drop for ProxyHandle {
+    /// Signals the workers to stop (without waiting for them) and removes the port
+    /// file: nobody holds the proxy any more, and a start that failed halfway leaves
+    /// nothing behind.
     fn drop(&mut self) {
         self.shutdown.send_replace(true);
-        if self.threads.is_empty() {
-            self.remove_port_file();
-        }
+        self.remove_port_file();
     }
 }
