@@ -908,3 +908,45 @@ fn require_finds_lua_modules_beside_the_script_and_never_loads_c_ones() {
     );
     assert_eq!(h.get("x-loadlib"), Some("nil"));
 }
+
+#[test]
+fn require_stays_beside_the_script_whatever_package_path_says() {
+    let origin = Origin::fixed("ok");
+    let outside = fresh_dir("lua-require-outside");
+    std::fs::write(
+        outside.join("elsewhere.lua"),
+        "return 'loaded from elsewhere'",
+    )
+    .unwrap();
+    let dir = fresh_dir("lua-require-inside");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub").join("inner.lua"), "return 'inner'").unwrap();
+    let main = dir.join("main.lua");
+    std::fs::write(
+        &main,
+        format!(
+            r#"
+        function request(flow)
+          package.path = "{}/?.lua"
+          local ok = pcall(require, "elsewhere")
+          flow.request.headers["x-elsewhere"] = tostring(ok)
+          ok = pcall(require, "../{}/elsewhere")
+          flow.request.headers["x-climb"] = tostring(ok)
+          flow.request.headers["x-dotted"] = require("sub.inner")
+          flow.request.headers["x-searchpath"] = tostring(package.searchpath)
+        end"#,
+            text(&outside),
+            outside.file_name().unwrap().to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let proxy = spawn_proxy(&["--script", &text(&main)]);
+    proxy.route("alpha.test", &origin);
+    assert_eq!(get_text(proxy.addr, "http://alpha.test/").1, "ok");
+    let seen = origin.requests();
+    let h = &seen[0].headers;
+    assert_eq!(h.get("x-elsewhere"), Some("false"));
+    assert_eq!(h.get("x-climb"), Some("false"));
+    assert_eq!(h.get("x-dotted"), Some("inner"));
+    assert_eq!(h.get("x-searchpath"), Some("nil"));
+}

@@ -429,12 +429,34 @@ fn sandbox(lua: &Lua, script: &Script) -> mlua::Result<()> {
             .map(|d| d.display().to_string())
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| ".".to_owned());
-        package.set("path", format!("{dir}/?.lua"))?;
+        let path = format!("{dir}/?.lua");
+        package.set("path", path.as_str())?;
+        package.set("searchpath", Value::Nil)?;
         // Keep the preload and Lua-file searchers; drop the C ones.
         if let Some(searchers) = package.get::<Option<Table>>("searchers")? {
             searchers.set(3, Value::Nil)?;
             searchers.set(4, Value::Nil)?;
         }
+        // The Lua-file searcher reads `package.path` when called: a script that sets
+        // it could load any file. It searches next to the script whatever the script
+        // did, for dotted names only (a `/` would climb out of the directory).
+        lua.load(
+            r#"
+            local package, path, searcher = package, ...
+            package.searchers[2] = function(name)
+              if type(name) ~= "string" or name:find("[/\\]") then
+                return "\n\tno module '" .. tostring(name) .. "' (names are dotted, next to the script)"
+              end
+              local saved = package.path
+              package.path = path
+              local found, where = searcher(name)
+              package.path = saved
+              return found, where
+            end
+            "#,
+        )
+        .set_name("=sandbox")
+        .call::<()>((path, searchers_lua(&package)?))?;
     }
     // `load` takes text only.
     lua.load(
@@ -464,6 +486,11 @@ fn sandbox(lua: &Lua, script: &Script) -> mlua::Result<()> {
     })?;
     globals.set("print", print)?;
     Ok(())
+}
+
+/// The standard Lua-file searcher (`package.searchers[2]`).
+fn searchers_lua(package: &Table) -> mlua::Result<Function> {
+    package.get::<Table>("searchers")?.get::<Function>(2)
 }
 
 /// One line for a Lua error: `file:line: message` where Lua knows the place.
