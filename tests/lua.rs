@@ -408,7 +408,14 @@ fn fail_closed_answers_500_and_fail_open_goes_on() {
     );
     let proxy = spawn_proxy(&["--script", &closed]);
     proxy.route("alpha.test", &origin);
-    request(proxy.addr, &get("http://alpha.test/", "")).assert_error(500, "proxy_internal_error");
+    let resp = request(proxy.addr, &get("http://alpha.test/", ""));
+    resp.assert_error(500, "script_error");
+    // The script's path and error text are for the log, not for the client.
+    let status = resp.headers.get("proxy-status").unwrap();
+    assert!(
+        !status.contains("details") && !status.contains("boom"),
+        "{status}"
+    );
     assert_eq!(origin.accepted(), 0);
 
     let open = script("open", "function response(flow) error(\"boom\") end\n");
@@ -600,7 +607,7 @@ fn access_log_and_error_see_the_request_an_earlier_plugin_answered() {
         read_log(&proxy),
         "GET blocked.test /x?q=1 p1 418,\
          GET alpha.test /mine p2 403,\
-         error proxy_internal_error alpha.test /broken,\
+         error script_error alpha.test /broken,\
          GET alpha.test /broken - 500,\
          GET alpha.test /fine - 200"
     );

@@ -510,7 +510,7 @@ function tag(where) return GREETING .. " from " .. where end
     );
     let proxy = spawn_proxy(&["--plugins", &closed]);
     proxy.route("alpha.test", &origin);
-    request(proxy.addr, &get("http://alpha.test/", "")).assert_error(500, "proxy_internal_error");
+    request(proxy.addr, &get("http://alpha.test/", "")).assert_error(500, "script_error");
     assert_eq!(origin.accepted(), 1);
 }
 

@@ -177,6 +177,11 @@ fn json_base64_and_time_return_values_and_errors_from_a_handler() {
           out.b64_round_trip = raw == "hi\0\255"
           v, e = base64.decode("!!")
           out.bad_b64 = {v == nil, e}
+          v, e = base64.encode(nil)
+          out.b64_of_nil = {v == nil, e}
+          v, e = base64.encode({})
+          out.b64_of_table = {v == nil, e}
+          log.info("attributes that are not a table", "are left out")
           out.unix = time.unix()
           out.rfc3339 = time.rfc3339()
           out.date = (time.date())
@@ -201,6 +206,8 @@ fn json_base64_and_time_return_values_and_errors_from_a_handler() {
         ("bad_json", "json.decode:"),
         ("bad_encode", "cannot encode a function"),
         ("bad_b64", "base64.decode:"),
+        ("b64_of_nil", "base64.encode: expected a string"),
+        ("b64_of_table", "base64.encode: expected a string"),
         ("bad_date", "time.date"),
     ] {
         let pair = out[key].as_array().unwrap();

@@ -29,6 +29,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 
 use crate::config::Config;
+use crate::error::{ErrorKind, ProxyError};
 pub use crate::http::websocket::WsKind;
 use crate::http::{self, RequestHead, ResponseHead, Target};
 
@@ -202,6 +203,28 @@ pub type Sinks = Vec<Box<dyn WireSink>>;
 /// with a 500 `proxy_internal_error`; the worker carries on.
 #[derive(Debug)]
 pub struct PluginError(pub String);
+
+impl PluginError {
+    /// A script's failure when it fails closed (`FAIL_CLOSED`): answered with a 500
+    /// `script_error`.
+    pub fn script(message: &str) -> PluginError {
+        PluginError(format!("{SCRIPT_ERROR}{message}"))
+    }
+}
+
+const SCRIPT_ERROR: &str = "script_error: ";
+
+/// The failure of the plugin `name` as the exchange's error: `script_error` for a
+/// script that fails closed, `proxy_internal_error` for anything else. Its text goes to
+/// the log; the client sees only the code.
+pub fn plugin_failed((name, e): (&str, PluginError)) -> ProxyError {
+    let kind = if e.0.starts_with(SCRIPT_ERROR) {
+        ErrorKind::ScriptError
+    } else {
+        ErrorKind::ProxyInternalError
+    };
+    ProxyError::new(kind, format!("plugin {name}: {e}"))
+}
 
 impl std::fmt::Display for PluginError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -29,6 +29,7 @@ use crate::conn::stop::Stop;
 use crate::conn::{access, io, Client, Stream};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http::{self, parse_request, parse_target, Parsed, RequestHead, Target};
+use crate::plugin::plugin_failed;
 use crate::plugin::{Chain, Flow, PluginFactory, Reply, RequestCx};
 use crate::tls;
 use access::Exchange;
@@ -526,9 +527,7 @@ async fn route(
         let cx = shared.plugin_cx(client);
         conn.chain
             .on_request_body_first(&cx, &body)
-            .map_err(|(name, e)| {
-                ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
-            })?;
+            .map_err(plugin_failed)?;
         early_body = Some(body);
     }
     if !conn.chain.is_empty() {
@@ -536,9 +535,7 @@ async fn route(
         let flow = conn
             .chain
             .on_request(&cx, &mut head, &mut target)
-            .map_err(|(name, e)| {
-                ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
-            })?;
+            .map_err(plugin_failed)?;
         match flow {
             Flow::Continue => conn.chain.wait_holds(shared.config.timeout).await?,
             Flow::Close => return Ok(Next::Close),
@@ -855,8 +852,10 @@ async fn reply_error(
     let Some(status) = err.kind().status() else {
         return;
     };
-    let details = err.context();
-    let mut reply = http::response::error_response(status, err.code(), Some(details), true);
+    // The proxy's own failures (a plugin's, a script's) are told in the log: their text
+    // names files and internals that are none of the client's business.
+    let details = (err.kind().side() != Side::Internal).then(|| err.context());
+    let mut reply = http::response::error_response(status, err.code(), details, true);
     if exchange.is_head() {
         reply = http::response::head_only(&reply);
     }

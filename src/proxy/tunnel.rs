@@ -26,6 +26,7 @@ use super::io::{shutdown_write, write_all, IoFail};
 use super::{client_io_error, upstream, Client, Shared};
 use crate::error::{ErrorKind, ProxyError, Result};
 use crate::http::{self, response::CONNECT_ESTABLISHED, BodyKind, RequestHead};
+use crate::plugin::plugin_failed;
 use crate::plugin::Chain;
 
 /// A CONNECT to intercept: everything the connection loop needs for the client's
@@ -145,12 +146,7 @@ pub async fn run(
                 || chain.is_empty()
                 || chain
                     .do_intercept(&cx, host, port, sni.as_deref())
-                    .map_err(|(name, e)| {
-                        ProxyError::new(
-                            ErrorKind::ProxyInternalError,
-                            format!("plugin {name}: {e}"),
-                        )
-                    })?;
+                    .map_err(plugin_failed)?;
             if by_flags && by_plugins {
                 let upstream = match pooled.take() {
                     // Pooled connections were verified for their host (see `forward::run`).

@@ -9,6 +9,7 @@ use tokio::time::{timeout_at, Instant};
 use super::Shared;
 use crate::error::{ErrorKind, ProxyError, Result};
 use crate::http::target::Authority;
+use crate::plugin::plugin_failed;
 use crate::plugin::{Chain, RequestCx, ResolveFuture};
 
 /// A new upstream connection.
@@ -212,9 +213,7 @@ pub fn resolve_hook(
     if chain.is_empty() {
         return Ok(None);
     }
-    chain.resolve_dns(cx, host, port).map_err(|(name, e)| {
-        ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
-    })
+    chain.resolve_dns(cx, host, port).map_err(plugin_failed)
 }
 
 /// Connects to `addr`, from `bind` when given.

@@ -466,7 +466,7 @@ impl LuaPlugin {
             );
         }
         if vm.fail_closed {
-            return Err(PluginError(format!("script_error: {message}")));
+            return Err(PluginError::script(&message));
         }
         Ok(Flow::Continue)
     }

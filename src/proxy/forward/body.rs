@@ -245,12 +245,8 @@ pub(super) async fn relay_transformed(
     hooks: &mut Hooks<'_, '_>,
     received: &mut Recorders,
 ) -> std::result::Result<bool, Failure> {
-    let plugin_failed = |(name, e): (&'static str, PluginError)| {
-        Failure::Fatal(ProxyError::new(
-            ErrorKind::ProxyInternalError,
-            format!("plugin {name}: {e}"),
-        ))
-    };
+    let plugin_failed =
+        |e: (&'static str, PluginError)| Failure::Fatal(crate::plugin::plugin_failed(e));
     let mut parts: Vec<Bytes> = Vec::new();
     loop {
         decoding.take(buf, &mut pieces, received)?;

@@ -173,12 +173,7 @@ pub(super) async fn download(
         let flow = hooks
             .chain
             .on_response(hooks.cx, &mut head)
-            .map_err(|(name, e)| {
-                Failure::Fatal(ProxyError::new(
-                    ErrorKind::ProxyInternalError,
-                    format!("plugin {name}: {e}"),
-                ))
-            })?;
+            .map_err(|e| Failure::Fatal(crate::plugin::plugin_failed(e)))?;
         match flow {
             Flow::Continue => hooks
                 .chain
@@ -335,11 +330,8 @@ async fn whole_response(
     close_client: bool,
     received: &mut Recorders,
 ) -> std::result::Result<(bool, bool), Failure> {
-    let plugin_failed = |(name, e): (&'static str, crate::plugin::PluginError)| {
-        Failure::Fatal(ProxyError::new(
-            ErrorKind::ProxyInternalError,
-            format!("plugin {name}: {e}"),
-        ))
+    let plugin_failed = |e: (&'static str, crate::plugin::PluginError)| {
+        Failure::Fatal(crate::plugin::plugin_failed(e))
     };
     let mut decoding = Decoding::new(body, config);
     let mut pieces: Vec<Bytes> = Vec::new();

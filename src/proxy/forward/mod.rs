@@ -34,6 +34,7 @@ use super::{client_io_error, tunnel, upstream, Client, ConnState, Shared};
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError, Result};
 use crate::http::{request_body_kind, BodyKind, ChunkedDecoder, RequestHead, Version};
+use crate::plugin::plugin_failed;
 use crate::plugin::{Chain, RequestCx, WireSink};
 
 use download::{download, Downloaded, Hooks};
@@ -110,9 +111,7 @@ pub async fn run(
     if let Some(whole) = whole {
         let had_body = body != BodyKind::Empty;
         let new = if chain.wants_request_body() {
-            chain.on_request_body(&cx, whole).map_err(|(name, e)| {
-                ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
-            })?
+            chain.on_request_body(&cx, whole).map_err(plugin_failed)?
         } else {
             whole
         };
@@ -151,9 +150,7 @@ pub async fn run(
     let (mut sent, mut received) = if chain.is_empty() {
         (Recorders::default(), Recorders::default())
     } else {
-        let (s, r) = chain.taps(&cx, &head, host, port).map_err(|(name, e)| {
-            ProxyError::new(ErrorKind::ProxyInternalError, format!("plugin {name}: {e}"))
-        })?;
+        let (s, r) = chain.taps(&cx, &head, host, port).map_err(plugin_failed)?;
         (Recorders::new(s), Recorders::new(r))
     };
     // Only a request that can be sent again unchanged (no body, idempotent) is retried.
@@ -504,10 +501,7 @@ async fn relay_upgraded(
             let sent = websocket::refuse(&client.stream, upstream, config.timeout).await;
             exchange.add_bytes(sent);
             chain.on_websocket_end(cx);
-            return Err(Failure::Fatal(ProxyError::new(
-                ErrorKind::ProxyInternalError,
-                format!("plugin {name}: {e}"),
-            )));
+            return Err(Failure::Fatal(plugin_failed((name, e))));
         }
     }
     let result = if parse {

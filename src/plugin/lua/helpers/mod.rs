@@ -105,9 +105,13 @@ fn log_table(lua: &Lua, script: String) -> mlua::Result<Table> {
         ("audit", Level::Audit),
     ] {
         let script = Arc::clone(&script);
-        let f = lua.create_function(move |_, (msg, attrs): (Value, Option<Table>)| {
+        let f = lua.create_function(move |_, (msg, attrs): (Value, Value)| {
             let msg = display(&msg);
-            let attrs = attrs.map(|t| attrs_json(&t)).unwrap_or_default();
+            // Attributes that are not a table are left out (helpers never raise).
+            let attrs = match &attrs {
+                Value::Table(t) => attrs_json(t),
+                _ => String::new(),
+            };
             emit(level, &script, &msg, &attrs);
             Ok(())
         })?;
@@ -306,8 +310,12 @@ fn base64_table(lua: &Lua) -> mlua::Result<Table> {
     let table = lua.create_table()?;
     table.set(
         "encode",
-        lua.create_function(|lua, data: mlua::String| {
-            lua.create_string(STANDARD.encode(data.as_bytes()))
+        lua.create_function(|lua, data: Value| {
+            let Value::String(data) = data else {
+                return fail("base64.encode: expected a string");
+            };
+            let text = lua.create_string(STANDARD.encode(data.as_bytes()))?;
+            Ok((Value::String(text), None))
         })?,
     )?;
     table.set(
