@@ -114,16 +114,21 @@ impl Drop for TestProxy {
 /// Test DNS: maps names to fixed addresses; every other name is `NotFound`.
 #[derive(Default)]
 pub struct MapResolver {
-    names: Mutex<HashMap<String, SocketAddr>>,
+    names: Mutex<HashMap<String, Vec<SocketAddr>>>,
 }
 
 impl MapResolver {
     /// Makes `name` resolve to `addr`.
     pub fn insert(&self, name: &str, addr: SocketAddr) {
+        self.insert_all(name, &[addr]);
+    }
+
+    /// Makes `name` resolve to `addrs`, in that order.
+    pub fn insert_all(&self, name: &str, addrs: &[SocketAddr]) {
         self.names
             .lock()
             .unwrap()
-            .insert(name.to_ascii_lowercase(), addr);
+            .insert(name.to_ascii_lowercase(), addrs.to_vec());
     }
 }
 
@@ -134,10 +139,10 @@ impl Resolve for MapResolver {
             .lock()
             .unwrap()
             .get(&host.to_ascii_lowercase())
-            .copied();
+            .cloned();
         Box::pin(async move {
             match found {
-                Some(addr) => Ok(vec![addr]),
+                Some(addrs) => Ok(addrs),
                 None => Err(io::Error::new(
                     io::ErrorKind::NotFound,
                     format!("no test name {host}"),
