@@ -26,7 +26,7 @@ pub struct Connected {
 }
 
 /// Opens a new TCP connection to `host:port` within the connect timeout
-/// (resolution included), racing the resolved addresses ([`race`]). `plugin` is a resolve
+/// (resolution included), racing the resolved addresses (RFC 8305). `plugin` is a resolve
 /// hook's answer (see `Plugin::resolve_dns`), which takes precedence over the proxy's
 /// resolver and its cache.
 ///
