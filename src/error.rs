@@ -242,6 +242,9 @@ impl ErrorKind {
                 | Some(libc::ENETDOWN)
                 | Some(libc::EHOSTDOWN)
                 | Some(libc::EADDRNOTAVAIL) => ErrorKind::DestinationUnavailable,
+                // Out of descriptors or memory: the proxy's trouble, not the origin's.
+                Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
+                | Some(libc::ENOMEM) => ErrorKind::ProxyInternalError,
                 _ => ErrorKind::DestinationUnavailable,
             },
         }
@@ -403,6 +406,11 @@ mod tests {
         assert_eq!(
             ErrorKind::from_connect_error(&unreach),
             ErrorKind::DestinationUnavailable
+        );
+        let no_fds = io::Error::from_raw_os_error(libc::EMFILE);
+        assert_eq!(
+            ErrorKind::from_connect_error(&no_fds),
+            ErrorKind::ProxyInternalError
         );
     }
 }

@@ -66,6 +66,15 @@ pub struct Shared {
     next_conn: Cell<u64>,
 }
 
+/// Idle upstream connections one worker may hold in all: a quarter of the open-file
+/// limit, shared among the workers (at least 16), so that idle connections never take
+/// the descriptors clients need (with the common soft limit of 1024 and one worker, 256).
+fn pool_budget(workers: usize) -> usize {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    let share = soft / 4 / u64::try_from(workers.max(1)).unwrap_or(1);
+    usize::try_from(share).unwrap_or(usize::MAX).max(16)
+}
+
 impl Shared {
     /// Builds the state of worker `worker`.
     pub fn new(
@@ -77,6 +86,7 @@ impl Shared {
     ) -> Self {
         let pool = Pool::new(
             config.upstream_max_idle_per_host,
+            pool_budget(config.num_workers),
             config.upstream_idle_timeout,
         );
         let dns = dns_cache::DnsCache::new(DNS_TTL, DNS_CAPACITY);

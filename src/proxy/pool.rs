@@ -6,7 +6,7 @@
 //! dropped instead of failing a request. Most recently used first: it is the one most
 //! likely to still be open.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -26,16 +26,22 @@ type PortQueues = Vec<((u16, bool), VecDeque<Idle>)>;
 pub struct Pool {
     hosts: RefCell<HashMap<Box<str>, PortQueues, foldhash::fast::RandomState>>,
     max_per_host: usize,
+    /// Idle connections held in all (each is a file descriptor the clients may need).
+    max_total: usize,
+    total: Cell<usize>,
     idle_timeout: Duration,
 }
 
 impl Pool {
     /// An empty pool keeping at most `max_per_host` connections per (host, port),
-    /// each for at most `idle_timeout`.
-    pub fn new(max_per_host: usize, idle_timeout: Duration) -> Self {
+    /// each for at most `idle_timeout`, and no more than `max_total` in all (past it,
+    /// the connection idle longest is closed to make room).
+    pub fn new(max_per_host: usize, max_total: usize, idle_timeout: Duration) -> Self {
         Pool {
             hosts: RefCell::new(HashMap::with_hasher(Default::default())),
             max_per_host,
+            max_total,
+            total: Cell::new(0),
             idle_timeout,
         }
     }
@@ -51,6 +57,7 @@ impl Pool {
         let now = Instant::now();
         let mut found = None;
         while let Some(idle) = queue.pop_back() {
+            self.total.set(self.total.get().saturating_sub(1));
             let fresh = now.duration_since(idle.since) < self.idle_timeout;
             if fresh && idle.stream.is_idle_and_open() {
                 found = Some(idle.stream);
@@ -65,10 +72,13 @@ impl Pool {
     /// Returns a connection whose last response was read completely.
     pub fn put(&self, host: &str, port: u16, stream: Stream) {
         let key = (port, stream.is_tls());
-        if self.max_per_host == 0 {
+        if self.max_per_host == 0 || self.max_total == 0 {
             return;
         }
         let mut hosts = self.hosts.borrow_mut();
+        if self.total.get() >= self.max_total && evict_oldest(&mut hosts) {
+            self.total.set(self.total.get() - 1);
+        }
         let ports = match hosts.get_mut(host) {
             Some(ports) => ports,
             None => hosts.entry(host.into()).or_default(),
@@ -81,13 +91,14 @@ impl Pool {
                 &mut ports[last].1
             }
         };
-        if queue.len() >= self.max_per_host {
-            queue.pop_front();
+        if queue.len() >= self.max_per_host && queue.pop_front().is_some() {
+            self.total.set(self.total.get() - 1);
         }
         queue.push_back(Idle {
             stream,
             since: Instant::now(),
         });
+        self.total.set(self.total.get() + 1);
     }
 
     /// Drops connections idle for longer than the idle timeout.
@@ -101,20 +112,22 @@ impl Pool {
             ports.retain(|(_, q)| !q.is_empty());
             !ports.is_empty()
         });
+        let total = hosts
+            .values()
+            .flat_map(|ports| ports.iter().map(|(_, q)| q.len()))
+            .sum();
+        self.total.set(total);
     }
 
-    /// Drops every idle connection (shutdown).
+    /// Drops every idle connection (shutdown, or descriptors running out).
     pub fn clear(&self) {
         self.hosts.borrow_mut().clear();
+        self.total.set(0);
     }
 
     /// Number of idle connections held.
     pub fn len(&self) -> usize {
-        self.hosts
-            .borrow()
-            .values()
-            .flat_map(|ports| ports.iter().map(|(_, q)| q.len()))
-            .sum()
+        self.total.get()
     }
 
     /// True when no idle connection is held.
@@ -126,6 +139,29 @@ impl Pool {
     pub fn sweep_interval(&self) -> Duration {
         (self.idle_timeout / 2).max(Duration::from_millis(100))
     }
+}
+
+/// Closes the connection idle longest, whatever its host (a scan: only when the pool
+/// is full). Returns whether there was one.
+fn evict_oldest(hosts: &mut HashMap<Box<str>, PortQueues, foldhash::fast::RandomState>) -> bool {
+    let oldest = hosts
+        .iter()
+        .flat_map(|(host, ports)| {
+            ports
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, (_, q))| Some((q.front()?.since, host, i)))
+        })
+        .min_by_key(|(since, _, _)| *since)
+        .map(|(_, host, i)| (host.clone(), i));
+    let Some((host, i)) = oldest else {
+        return false;
+    };
+    hosts
+        .get_mut(&host)
+        .and_then(|ports| ports.get_mut(i))
+        .and_then(|(_, q)| q.pop_front())
+        .is_some()
 }
 
 #[cfg(test)]
@@ -142,7 +178,7 @@ mod tests {
 
     #[tokio::test]
     async fn returns_live_connection_for_same_key_only() {
-        let pool = Pool::new(4, Duration::from_secs(30));
+        let pool = Pool::new(4, 100, Duration::from_secs(30));
         let (a, _peer) = connected().await;
         let local = a.tcp().local_addr().unwrap();
         pool.put("origin.test", 80, a);
@@ -159,7 +195,7 @@ mod tests {
 
     #[tokio::test]
     async fn drops_connections_the_origin_closed() {
-        let pool = Pool::new(4, Duration::from_secs(30));
+        let pool = Pool::new(4, 100, Duration::from_secs(30));
         let (a, peer) = connected().await;
         drop(peer);
         a.tcp().readable().await.unwrap();
@@ -169,7 +205,7 @@ mod tests {
 
     #[tokio::test]
     async fn caps_per_host_and_expires() {
-        let pool = Pool::new(2, Duration::from_millis(0));
+        let pool = Pool::new(2, 100, Duration::from_millis(0));
         let mut peers = Vec::new();
         for _ in 0..3 {
             let (a, p) = connected().await;
@@ -183,5 +219,27 @@ mod tests {
         );
         pool.sweep();
         assert!(pool.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_closes_the_connection_idle_longest() {
+        let pool = Pool::new(4, 2, Duration::from_secs(30));
+        let mut peers = Vec::new();
+        let mut locals = Vec::new();
+        for host in ["a", "b", "c"] {
+            let (s, p) = connected().await;
+            locals.push(s.tcp().local_addr().unwrap());
+            peers.push(p);
+            pool.put(host, 80, s);
+        }
+        assert_eq!(pool.len(), 2);
+        assert!(pool.take("a", 80, false).is_none(), "the oldest went");
+        let b = pool.take("b", 80, false).expect("b kept");
+        assert_eq!(b.tcp().local_addr().unwrap(), locals[1]);
+        assert_eq!(pool.len(), 1);
+        let none = Pool::new(4, 0, Duration::from_secs(30));
+        let (s, _p) = connected().await;
+        none.put("a", 80, s);
+        assert!(none.is_empty());
     }
 }

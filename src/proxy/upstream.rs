@@ -150,7 +150,18 @@ pub async fn connect(
         }
     }
     let interleaved = interleave_families(addrs);
-    match timeout_at(deadline, race(&interleaved, bind)).await {
+    let mut outcome = timeout_at(deadline, race(&interleaved, bind)).await;
+    // Out of descriptors: the idle upstream connections can go at once; then once more.
+    let out_of_fds = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+    if matches!(&outcome, Ok(Err(e)) if out_of_fds(e)) && !shared.pool.is_empty() {
+        tracing::warn!(
+            freed = shared.pool.len(),
+            "out of file descriptors: closed the idle upstream connections"
+        );
+        shared.pool.clear();
+        outcome = timeout_at(deadline, race(&interleaved, bind)).await;
+    }
+    match outcome {
         Err(_) => {
             // The next attempt resolves again: the addresses tried may all be dead.
             shared.dns.forget(host);

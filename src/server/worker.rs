@@ -107,7 +107,10 @@ async fn accept_loop(listener: TcpListener, shared: Rc<Shared>, drain: mpsc::Sen
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
                 );
                 if pressure {
-                    tracing::warn!(error = %e, "accept failed; backing off");
+                    // Idle upstream connections are the descriptors that can go at once.
+                    let freed = shared.pool.len();
+                    shared.pool.clear();
+                    tracing::warn!(error = %e, freed, "accept failed; closed the idle upstream connections, backing off");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 } else {
                     tracing::debug!(error = %e, "accept failed");
