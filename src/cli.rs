@@ -70,6 +70,7 @@ See README.md for the flag table, the log format keys and the architecture.";
     about = ABOUT,
     after_help = AFTER_HELP,
     infer_long_args = true,
+    args_override_self = true,
     disable_version_flag = true,
     max_term_width = 100
 )]
@@ -110,6 +111,20 @@ pub struct Cli {
     /// own SO_REUSEPORT listener, so there are no separate acceptors (see --num-workers).
     #[arg(long, value_name = "N", value_parser = parse_u64, allow_negative_numbers = true)]
     pub num_acceptors: Option<u64>,
+
+    /// Accepted for proxy.py compatibility and ignored: every worker here is an event
+    /// loop of its own (proxy.py's threadless mode, always).
+    #[arg(long)]
+    pub threadless: bool,
+
+    /// Accepted for proxy.py compatibility and ignored (a thread per connection in
+    /// proxy.py; here every worker is an event loop).
+    #[arg(long)]
+    pub threaded: bool,
+
+    /// Accepted for proxy.py compatibility and ignored: workers accept for themselves.
+    #[arg(long, value_name = "N", value_parser = parse_u64, allow_negative_numbers = true)]
+    pub local_executor: Option<u64>,
 
     /// Raise the soft limit on open files (RLIMIT_NOFILE) to N, if the hard limit allows.
     #[arg(long, value_name = "N", default_value = "1024", value_parser = parse_u64, allow_negative_numbers = true)]
@@ -645,6 +660,39 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, CliError> {
         Cli::try_parse_args(std::iter::once("proxy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_its_last_value_and_lists_accumulate() {
+        // As argparse does: wrapper scripts append overrides.
+        let cli = parse(&[
+            "--port",
+            "1",
+            "--port",
+            "2",
+            "--timeout",
+            "5",
+            "--timeout",
+            "6",
+            "--enable-web-server",
+            "--enable-web-server",
+            "--plugins",
+            "a,b",
+            "--plugins",
+            "c",
+        ])
+        .unwrap();
+        assert_eq!(cli.port, 2);
+        assert_eq!(cli.timeout, Duration::from_secs(6));
+        assert!(cli.enable_web_server);
+        assert_eq!(cli.plugins.join(","), "a,b,c");
+    }
+
+    #[test]
+    fn proxy_py_execution_modes_are_accepted() {
+        let cli = parse(&["--threadless", "--threaded", "--local-executor", "0"]).unwrap();
+        assert!(cli.threadless && cli.threaded);
+        assert_eq!(cli.local_executor, Some(0));
     }
 
     #[test]

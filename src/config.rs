@@ -159,6 +159,9 @@ pub struct Config {
     pub ca_generate: Option<PathBuf>,
     /// `--num-acceptors`, accepted for proxy.py compatibility and otherwise ignored.
     pub num_acceptors: Option<u64>,
+    /// proxy.py's execution-mode flags given (`--threadless`, `--threaded`,
+    /// `--local-executor N`), accepted and ignored: named in a start-up note.
+    pub ignored_modes: Vec<String>,
     /// `--pac-file` named no existing file and is served as literal PAC text.
     pub pac_file_is_literal: bool,
     /// Head size limits.
@@ -283,6 +286,7 @@ impl Default for Config {
             connect_ports: None,
             deny_destinations: DenyList::default(),
             num_acceptors: None,
+            ignored_modes: Vec::new(),
             tls: TlsConfig::default(),
             ca_generate: None,
             pac_file_is_literal: false,
@@ -493,6 +497,14 @@ impl Config {
             connect_ports: cli.connect_ports,
             deny_destinations: cli.deny_destinations.unwrap_or_default(),
             num_acceptors: cli.num_acceptors,
+            ignored_modes: [
+                cli.threadless.then(|| "--threadless".to_owned()),
+                cli.threaded.then(|| "--threaded".to_owned()),
+                cli.local_executor.map(|n| format!("--local-executor {n}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             tls,
             ca_generate: cli.ca_generate,
             pac_file_is_literal,

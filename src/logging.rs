@@ -622,8 +622,8 @@ const KEY_NAMES: &str = "asctime, created, msecs, relativeCreated, process, proc
 levelname, levelno, name, module, funcName, filename, pathname, lineno, thread, threadName, message";
 
 /// Checks a `--log-format` template: every `%(` must open a known key with a
-/// conversion (`%(message)s`). A typo would otherwise print itself in place of every
-/// log line, the access log's included.
+/// conversion (`%(message)s`), and the message must be one of them. A typo would
+/// otherwise print itself in place of every log line, the access log's included.
 ///
 /// # Errors
 /// The first field that does not parse, and the known keys.
@@ -649,6 +649,13 @@ pub fn check_template(template: &str) -> Result<(), String> {
             ));
         }
         rest = &rest[1..];
+    }
+    // A template without the message (a typo such as `--log-format 'json '`) would
+    // write the same text for every line, the access log's included.
+    if !Template::parse(template).uses(Key::Message) {
+        return Err(format!(
+            "--log-format: '{template}' has no %(message)s: every line would lose what happened"
+        ));
     }
     Ok(())
 }
@@ -804,7 +811,7 @@ fn parse_field(s: &str) -> Option<(Key, Spec, usize)> {
     if bytes.get(i) == Some(&b'.') {
         i += 1;
         let (precision, used) = digits(&bytes[i..]);
-        spec.precision = Some(precision.unwrap_or(0).min(1 << 16));
+        spec.precision = Some(precision?.min(1 << 16));
         i += used;
     }
     let conv = *bytes.get(i)?;
@@ -1673,17 +1680,23 @@ mod tests {
         for good in [
             crate::config::DEFAULT_LOG_FORMAT,
             "%(message)s",
-            "100%% %(levelname)-8s %(lineno)05d",
+            "100%% %(levelname)-8s %(lineno)05d %(message).20s",
             "50% done %(message)s", // a lone % is literal
-            "",
         ] {
             assert_eq!(check_template(good), Ok(()), "{good}");
+        }
+        // No message: every line would be the same text.
+        for bad in ["", "json ", "{message}", "%s %d", "%(levelname)s"] {
+            let err = check_template(bad).unwrap_err();
+            assert!(err.contains("has no %(message)s"), "{bad}: {err}");
         }
         for (bad, named) in [
             ("%(mesage)s", "'%(mesage)s'"),
             ("%(message)", "'%(message)'"),
             ("x %(message", "'%(message'"),
             ("%(levelname)q - %(message)s", "'%(levelname)q'"),
+            // A precision too large to hold is refused, not taken for 0.
+            ("%(message).99999999999999999999999s", "'%(message).'"),
         ] {
             let err = check_template(bad).unwrap_err();
             assert!(err.contains(named), "{bad}: {err}");

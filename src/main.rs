@@ -60,21 +60,21 @@ fn main() -> ExitCode {
         }
     };
     raise_open_file_limit(config.open_file_limit);
-    let pid_file = config.pid_file.clone();
-    if let Some(path) = &pid_file {
-        if let Err(e) = std::fs::write(path, std::process::id().to_string()) {
-            tracing::error!("cannot write --pid-file {}: {e}", path.display());
-            return ExitCode::FAILURE;
+    run(config, factories, tls)
+}
+
+/// The pid and port files this process wrote, removed when it ends: also when a worker
+/// that could not stop was left behind (the proxy's handle, waiting for it, never
+/// removes its port file then). Files of a start that failed are not touched: they may
+/// be another instance's.
+struct OwnFiles(Vec<std::path::PathBuf>);
+
+impl Drop for OwnFiles {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
         }
     }
-    let port_file = config.port_file.clone();
-    let code = run(config, factories, tls);
-    // Also when a worker that could not stop was left behind (the proxy's handle,
-    // waiting for it, never removes its port file then).
-    for path in [&pid_file, &port_file].into_iter().flatten() {
-        let _ = std::fs::remove_file(path);
-    }
-    code
 }
 
 /// Starts the proxy and blocks until a signal has stopped it.
@@ -105,6 +105,7 @@ fn run(
     };
     let grace = config.grace_period;
     let workers = config.num_workers;
+    let (pid_file, port_file) = (config.pid_file.clone(), config.port_file.clone());
     announce(&config, &factories);
     let handle = match proxy::server::start_prepared(config, factories, tls) {
         Ok(handle) => handle,
@@ -116,6 +117,21 @@ fn run(
             eprintln!("proxy: error: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    let _own = OwnFiles(port_file.into_iter().collect());
+    // Written once listening: a second instance that cannot bind leaves the first's be.
+    let _own_pid = match pid_file {
+        Some(path) => {
+            if let Err(e) = std::fs::write(&path, std::process::id().to_string()) {
+                let msg = format!("cannot write --pid-file {}: {e}", path.display());
+                tracing::error!("{msg}");
+                eprintln!("proxy: error: {msg}");
+                handle.stop();
+                return ExitCode::FAILURE;
+            }
+            Some(OwnFiles(vec![path]))
+        }
+        None => None,
     };
     let addrs: Vec<String> = handle
         .local_addrs()
@@ -185,6 +201,12 @@ fn announce(
     if let Some(n) = config.num_acceptors {
         tracing::info!(
             "--num-acceptors {n} ignored: every worker accepts for itself (--num-workers)"
+        );
+    }
+    if !config.ignored_modes.is_empty() {
+        tracing::info!(
+            "{} ignored: every worker is an event loop that accepts for itself (--num-workers)",
+            config.ignored_modes.join(", ")
         );
     }
 }

@@ -140,11 +140,14 @@ fn abbreviated_flags_start_the_proxy_and_sigterm_or_sighup_stops_it() {
             .spawn()
             .unwrap();
 
-        // The port file appears once the listeners are up.
+        // The port file appears once the listeners are up, the pid file right after.
         let deadline = Instant::now() + Duration::from_secs(20);
         let port: u16 = loop {
             let written = std::fs::read_to_string(&port_file).unwrap_or_default();
-            if let Some(Ok(port)) = written.lines().next().map(str::parse) {
+            let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+            if let (Some(Ok(port)), false) =
+                (written.lines().next().map(str::parse), pid.is_empty())
+            {
                 break port;
             }
             if let Some(status) = child.try_wait().unwrap() {
@@ -173,7 +176,8 @@ fn abbreviated_flags_start_the_proxy_and_sigterm_or_sighup_stops_it() {
 
 /// A newcomer sees at once that the proxy started and where: the version, every bound
 /// address and the worker count at INFO; a warning when `--pac-file` is served as literal
-/// text; `--num-acceptors` (proxy.py's) is accepted and said to be ignored; a route
+/// text; `--num-acceptors` and the execution modes (proxy.py's) are accepted and said to
+/// be ignored; a route
 /// plugin loaded without `--enable-web-server` is pointed out.
 #[test]
 fn start_is_announced_on_stdout() {
@@ -181,6 +185,7 @@ fn start_is_announced_on_stdout() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
         .args(["--port", "0", "--ports", "0", "--num-workers", "2"])
         .args(["--num-acceptors", "4", "--pac-file", "not/a/file.pac"])
+        .args(["--threadless", "--local-executor", "0"])
         .args(["--plugins", "WebServerPlugin"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -212,6 +217,10 @@ fn start_is_announced_on_stdout() {
         "{all}"
     );
     assert!(all.contains("--num-acceptors 4 ignored"), "{all}");
+    assert!(
+        all.contains("--threadless, --local-executor 0 ignored"),
+        "{all}"
+    );
     // A route plugin without the web server would answer nothing: said at start.
     assert!(
         all.contains("WebServerPlugin is loaded but answers nothing without --enable-web-server"),

@@ -317,3 +317,40 @@ fn sigterm_ends_the_process_even_with_a_stuck_worker() {
         "{text}"
     );
 }
+
+/// A second instance that cannot listen (the port is taken) leaves the running one's
+/// pid and port files alone: it writes its pid only once listening, and removes only
+/// what it wrote.
+#[test]
+fn a_failed_second_start_leaves_the_first_ones_files() {
+    let pid_file = temp_path("first.pid");
+    let first = ProxyBinary::spawn(&["--pid-file", pid_file.to_str().unwrap()]);
+    // The pid file follows the port file (written once listening).
+    let deadline = Instant::now() + WAIT;
+    let pid = loop {
+        match std::fs::read_to_string(&pid_file) {
+            Ok(pid) if !pid.is_empty() => break pid,
+            _ => assert!(Instant::now() < deadline, "no pid file"),
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(pid.trim(), first.child.id().to_string());
+    let port = first.addr.port().to_string();
+    let second = ProxyBinary::run_to_end(&[
+        "--port",
+        &port,
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "--port-file",
+        first.port_file.to_str().unwrap(),
+    ]);
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid);
+    assert!(
+        first.port_file.exists(),
+        "the first instance's port file is gone"
+    );
+    let port_file = first.port_file.clone();
+    assert_eq!(first.terminate().code(), Some(0));
+    assert!(!pid_file.exists() && !port_file.exists());
+}
