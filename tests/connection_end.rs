@@ -168,3 +168,47 @@ fn a_complete_close_delimited_response_ends_in_a_clean_close() {
     assert!(!reset);
     assert!(got.ends_with(b"\r\n\r\nWHOLE-BODY"));
 }
+
+#[test]
+fn a_client_that_gives_up_on_a_stalled_origin_is_noticed_at_once() {
+    // The origin sends part of a body, then goes silent; it reports when the proxy
+    // closes its connection. The inactivity timeout is a minute: the close must come
+    // from noticing the client, not from the timeout.
+    let (closed_tx, closed_rx) = mpsc::channel();
+    let closed_tx = Mutex::new(closed_tx);
+    let origin = Origin::raw(move |mut conn| {
+        conn.read_head().unwrap();
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n");
+        conn.send(&[b'x'; 1000]);
+        let mut rest = [0u8; 16];
+        // Blocks until the proxy closes (or the wire's own 10 s timeout).
+        let closed = match conn.wire.stream().read(&mut rest) {
+            Ok(0) => true,
+            Err(e) => e.kind() == io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        };
+        let _ = closed_tx.lock().unwrap().send(closed);
+    });
+    let proxy = spawn_proxy_with(&[], |config| {
+        config.timeout = std::time::Duration::from_secs(60);
+    });
+    proxy.route("alpha.test", &origin);
+    let mut client = TcpStream::connect(proxy.addr).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client
+        .write_all(b"GET http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
+        .unwrap();
+    let mut got = 0;
+    let mut chunk = [0u8; 4096];
+    while got < 1000 {
+        let n = client.read(&mut chunk).unwrap();
+        assert!(n > 0);
+        got += n;
+    }
+    drop(client);
+    assert_eq!(
+        closed_rx.recv_timeout(WAIT),
+        Ok(true),
+        "the proxy kept the stalled origin"
+    );
+}

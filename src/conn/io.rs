@@ -30,6 +30,8 @@ pub enum IoFail {
     Closed,
     /// Any other I/O error (reset, broken pipe…).
     Io(io::Error),
+    /// The client watched during the wait ([`read_some_watching`]) closed or reset.
+    ClientGone,
 }
 
 impl From<io::Error> for IoFail {
@@ -92,6 +94,71 @@ async fn read_with(
             readable_within(stream, idle).await?;
         }
     }
+}
+
+/// Like [`read_some`] on `stream` (an origin), watching `client` meanwhile: a client
+/// that closes or resets while the origin is silent (it gave up on a stalled response)
+/// ends the read with [`IoFail::ClientGone`] at once, instead of after `idle`. Bytes
+/// from the client (a pipelined request, the rest of an upload) end the watch, not the
+/// read. Like nginx, a half-close counts as gone: HTTP/1.1 gives it no other meaning.
+pub async fn read_some_watching(
+    stream: &Stream,
+    buf: &mut BytesMut,
+    chunk: usize,
+    idle: Duration,
+    client: &Stream,
+) -> Result<usize, IoFail> {
+    let mut watching = true;
+    loop {
+        make_room(buf, chunk);
+        match stream.try_read_buf(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(IoFail::Io(e)),
+        }
+        if !stream.ready_now() {
+            readable_watching(stream, idle, client, &mut watching).await?;
+        }
+    }
+}
+
+/// [`readable_within`], and `client`'s end while `watching` (see [`read_some_watching`]).
+async fn readable_watching(
+    stream: &Stream,
+    idle: Duration,
+    client: &Stream,
+    watching: &mut bool,
+) -> Result<(), IoFail> {
+    let mut timer = IdleTimer::start(idle);
+    let tcp = stream.tcp();
+    let watched = client.tcp();
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = tcp.poll_read_ready(cx) {
+            return Poll::Ready(done.map_err(IoFail::Io));
+        }
+        while *watching {
+            match watched.poll_read_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(IoFail::ClientGone)),
+                Poll::Ready(Ok(())) => {
+                    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+                    // Through `try_io`: a `WouldBlock` clears the readiness, so the next
+                    // poll registers for the next event instead of spinning.
+                    match watched.try_io(Interest::READABLE, || {
+                        socket2::SockRef::from(watched).peek(&mut probe)
+                    }) {
+                        Ok(0) => return Poll::Ready(Err(IoFail::ClientGone)),
+                        Ok(_) => *watching = false,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Poll::Ready(Err(IoFail::ClientGone)),
+                    }
+                }
+            }
+        }
+        timer.poll_elapsed(cx).map(|()| Err(IoFail::Timeout))
+    })
+    .await
 }
 
 /// Waits until `stream` is readable, for at most `idle` (`IoFail::Timeout`).
@@ -557,6 +624,7 @@ pub fn client_io_error(err: IoFail, context: &'static str) -> ProxyError {
         IoFail::Timeout => ProxyError::new(ErrorKind::ClientTimeout, context),
         IoFail::Closed => ProxyError::new(ErrorKind::ClientClosed, context),
         IoFail::Io(e) => ProxyError::new(ErrorKind::ClientClosed, context).with_source(e),
+        IoFail::ClientGone => ProxyError::new(ErrorKind::ClientClosed, context),
     }
 }
 

@@ -233,6 +233,7 @@ impl Stream {
                     super::io::IoFail::Timeout => io::ErrorKind::TimedOut.into(),
                     super::io::IoFail::Closed => io::ErrorKind::WriteZero.into(),
                     super::io::IoFail::Io(e) => e,
+                    super::io::IoFail::ClientGone => io::ErrorKind::ConnectionAborted.into(),
                 })?;
             }
             if !handshaking {

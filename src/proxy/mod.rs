@@ -798,7 +798,9 @@ async fn read_head(
                 }
             };
             match read {
-                Ok(0) | Err(IoFail::Timeout | IoFail::Closed) => return Ok(HeadRead::Done),
+                Ok(0) | Err(IoFail::Timeout | IoFail::Closed | IoFail::ClientGone) => {
+                    return Ok(HeadRead::Done)
+                }
                 Ok(_) => {}
                 Err(IoFail::Io(e)) => {
                     tracing::debug!(error = %e, "client read failed between requests");
@@ -830,7 +832,7 @@ async fn read_head(
                     "request head not received in time",
                 ))
             }
-            Ok(Ok(0)) | Ok(Err(IoFail::Closed)) => {
+            Ok(Ok(0)) | Ok(Err(IoFail::Closed | IoFail::ClientGone)) => {
                 return Err(ProxyError::new(
                     ErrorKind::ClientClosed,
                     "closed inside a request head",

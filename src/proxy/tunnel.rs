@@ -351,6 +351,7 @@ fn upstream_io_error(err: IoFail) -> ProxyError {
         IoFail::Closed => ProxyError::new(ErrorKind::HttpResponseIncomplete, "upstream closed"),
         IoFail::Io(e) => ProxyError::new(ErrorKind::HttpResponseIncomplete, "writing the upstream")
             .with_source(e),
+        IoFail::ClientGone => ProxyError::new(ErrorKind::ClientClosed, "the client went away"),
     }
 }
 

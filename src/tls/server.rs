@@ -210,7 +210,7 @@ pub async fn read_client_hello(
             read_some(stream, buf, 16 * 1024, idle).await
         };
         match read {
-            Ok(0) | Err(IoFail::Closed) => return Ok(Hello::NotTls),
+            Ok(0) | Err(IoFail::Closed | IoFail::ClientGone) => return Ok(Hello::NotTls),
             Ok(_) => {}
             Err(IoFail::Timeout) => {
                 return Err(ProxyError::new(

@@ -8,7 +8,7 @@ use super::download::Hooks;
 use super::{upstream_error, Failure, Recorders};
 use crate::config::Config;
 use crate::conn::access::Exchange;
-use crate::conn::io::{client_io_error, read_some, write_all, write_parts};
+use crate::conn::io::{client_io_error, read_some, read_some_watching, write_all, write_parts};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::{BodyKind, ChunkedDecoder, FramingError};
 use crate::plugin::PluginError;
@@ -57,7 +57,7 @@ pub(super) async fn relay_body(
                 return Ok(buf.is_empty());
             }
             buf.clear();
-            match read_some(upstream, buf, chunk, config.timeout).await {
+            match read_some_watching(upstream, buf, chunk, config.timeout, client).await {
                 Ok(0) => return Err(incomplete()),
                 Ok(_) => {}
                 Err(e) => return Err(Failure::Fatal(upstream_error(e, "reading a response body"))),
@@ -92,7 +92,7 @@ pub(super) async fn relay_body(
                         return Ok(buf.is_empty());
                     }
                 }
-                match read_some(upstream, buf, chunk, config.timeout).await {
+                match read_some_watching(upstream, buf, chunk, config.timeout, client).await {
                     Ok(0) => return Err(incomplete()),
                     Ok(_) => {}
                     Err(e) => {
@@ -110,7 +110,7 @@ pub(super) async fn relay_body(
                 exchange.add_bytes(buf.len() as u64);
                 buf.clear();
             }
-            match read_some(upstream, buf, chunk, config.timeout).await {
+            match read_some_watching(upstream, buf, chunk, config.timeout, client).await {
                 Ok(0) => return Ok(false),
                 Ok(_) => {}
                 Err(e) => return Err(Failure::Fatal(upstream_error(e, "reading a response body"))),

@@ -561,6 +561,8 @@ fn upstream_error(err: IoFail, context: &'static str) -> ProxyError {
         IoFail::Timeout => ProxyError::new(ErrorKind::ConnectionReadTimeout, context),
         IoFail::Closed => ProxyError::new(ErrorKind::HttpResponseIncomplete, context),
         IoFail::Io(e) => ProxyError::new(ErrorKind::HttpResponseIncomplete, context).with_source(e),
+        // Watched while the origin was silent: the client gave up.
+        IoFail::ClientGone => ProxyError::new(ErrorKind::ClientClosed, context),
     }
 }
 
