@@ -80,7 +80,7 @@ pub async fn connect(
             }
         }
     }
-    let literal = host.parse::<IpAddr>().ok().or_else(|| legacy_ipv4(host));
+    let literal = host.parse::<IpAddr>().ok();
     let cached = if literal.is_none() && from_plugin.is_none() {
         shared.dns.get(host, port)
     } else {
@@ -90,39 +90,31 @@ pub async fn connect(
         (Some(addrs), _, _) => addrs,
         (None, Some(ip), _) => vec![SocketAddr::new(ip, port)],
         (None, None, Some(addrs)) => addrs,
-        (None, None, None) => {
-            match timeout_at(deadline, config.resolver.lookup(host, port)).await {
-                Err(_) => {
-                    return Err(ProxyError::new(
-                        ErrorKind::DnsTimeout,
-                        format!("resolving {host}"),
-                    ))
-                }
-                // No server answered (the resolver's own timeouts ran out first).
-                Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                    return Err(
-                        ProxyError::new(ErrorKind::DnsTimeout, format!("resolving {host}"))
-                            .with_source(e),
-                    )
-                }
-                Ok(Err(e)) => {
-                    return Err(
-                        ProxyError::new(ErrorKind::DnsError, format!("resolving {host}"))
-                            .with_source(e),
-                    )
-                }
-                Ok(Ok(answer)) if answer.addrs.is_empty() => {
-                    return Err(ProxyError::new(
-                        ErrorKind::DnsError,
-                        format!("{host} has no address"),
-                    ))
-                }
-                Ok(Ok(answer)) => {
-                    shared.dns.insert(host, port, &answer.addrs, answer.ttl);
-                    answer.addrs
-                }
+        (None, None, None) => match timeout_at(deadline, config.resolver.resolve(host, port)).await
+        {
+            Err(_) => {
+                return Err(ProxyError::new(
+                    ErrorKind::DnsTimeout,
+                    format!("resolving {host}"),
+                ))
             }
-        }
+            Ok(Err(e)) => {
+                return Err(
+                    ProxyError::new(ErrorKind::DnsError, format!("resolving {host}"))
+                        .with_source(e),
+                )
+            }
+            Ok(Ok(addrs)) if addrs.is_empty() => {
+                return Err(ProxyError::new(
+                    ErrorKind::DnsError,
+                    format!("{host} has no address"),
+                ))
+            }
+            Ok(Ok(addrs)) => {
+                shared.dns.insert(host, port, &addrs);
+                addrs
+            }
+        },
     };
     for addr in &addrs {
         if shared.is_own_address(*addr) {
@@ -272,45 +264,6 @@ async fn race(addrs: &[SocketAddr], bind: Option<IpAddr>) -> io::Result<TcpStrea
     }
 }
 
-/// An IPv4 address in one of the legacy spellings `inet_aton` accepts (and browsers
-/// normalise): fewer than four parts (`127.1`), a single number (`2130706433`), octal
-/// or hex parts (`0x7f.1`). getaddrinfo took them as addresses; a DNS resolver would
-/// look them up as names.
-fn legacy_ipv4(host: &str) -> Option<IpAddr> {
-    let parts: Vec<&str> = host.split('.').collect();
-    if parts.len() > 4 {
-        return None;
-    }
-    let mut numbers = Vec::with_capacity(parts.len());
-    for part in &parts {
-        let (digits, radix) =
-            if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
-                (hex, 16)
-            } else if part.len() > 1 && part.starts_with('0') {
-                (&part[1..], 8)
-            } else {
-                (*part, 10)
-            };
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        let n = u32::from_str_radix(digits, radix).ok()?;
-        numbers.push(n);
-    }
-    let (last, head) = numbers.split_last()?;
-    if head.iter().any(|&n| n > 255) {
-        return None;
-    }
-    let room = 8 * (4 - u32::try_from(head.len()).ok()?);
-    if room < 32 && *last >= 1 << room {
-        return None;
-    }
-    let value = head.iter().enumerate().fold(*last, |acc, (i, &n)| {
-        acc | n << (24 - 8 * u32::try_from(i).unwrap_or(0))
-    });
-    Some(IpAddr::V4(std::net::Ipv4Addr::from(value)))
-}
-
 /// RFC 8305 §4: the resolver's order, with the address families alternating from the
 /// first one's (`v6, v4, v6, v4, …`), so that a broken family costs one attempt delay,
 /// not one per address of it.
@@ -380,32 +333,6 @@ mod tests {
 
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {
         list.iter().filter_map(|a| a.parse().ok()).collect()
-    }
-
-    #[test]
-    fn legacy_ipv4_spellings_are_addresses() {
-        let v4 = |s: &str| legacy_ipv4(s).map(|ip| ip.to_string());
-        assert_eq!(v4("127.1").as_deref(), Some("127.0.0.1"));
-        assert_eq!(v4("2130706433").as_deref(), Some("127.0.0.1"));
-        assert_eq!(v4("0x7f.1").as_deref(), Some("127.0.0.1"));
-        assert_eq!(v4("0177.0.0.01").as_deref(), Some("127.0.0.1"));
-        assert_eq!(v4("10.1.258").as_deref(), Some("10.1.1.2"));
-        assert_eq!(v4("1.2.3.4").as_deref(), Some("1.2.3.4"));
-        for name in [
-            "example.com",
-            "1.2.3.4.5",
-            "256.1",
-            "1.2.3.256",
-            "1..2",
-            "",
-            "08",
-            "0x",
-            "4294967296",
-            "1.2.16777216",
-            "dead.beef",
-        ] {
-            assert_eq!(v4(name), None, "{name}");
-        }
     }
 
     #[test]
