@@ -70,7 +70,6 @@ See README.md for the flag table, the log format keys and the architecture.";
     about = ABOUT,
     after_help = AFTER_HELP,
     infer_long_args = true,
-    args_override_self = true,
     disable_version_flag = true,
     max_term_width = 100
 )]
@@ -663,28 +662,18 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_flag_takes_its_last_value_and_lists_accumulate() {
-        // As argparse does: wrapper scripts append overrides.
-        let cli = parse(&[
+    fn a_repeated_single_value_flag_is_refused_and_lists_accumulate() {
+        // Taking the last value (argparse's way) would let `--deny-destinations A
+        // --deny-destinations B` drop A silently: a repeat is refused instead.
+        for flag in [
+            "--deny-destinations",
+            "--connect-ports",
+            "--disable-headers",
             "--port",
-            "1",
-            "--port",
-            "2",
-            "--timeout",
-            "5",
-            "--timeout",
-            "6",
-            "--enable-web-server",
-            "--enable-web-server",
-            "--plugins",
-            "a,b",
-            "--plugins",
-            "c",
-        ])
-        .unwrap();
-        assert_eq!(cli.port, 2);
-        assert_eq!(cli.timeout, Duration::from_secs(6));
-        assert!(cli.enable_web_server);
+        ] {
+            assert!(parse(&[flag, "1", flag, "2"]).is_err(), "{flag}");
+        }
+        let cli = parse(&["--plugins", "a,b", "--plugins", "c"]).unwrap();
         assert_eq!(cli.plugins.join(","), "a,b,c");
     }
 

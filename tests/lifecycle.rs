@@ -336,15 +336,25 @@ fn a_failed_second_start_leaves_the_first_ones_files() {
     };
     assert_eq!(pid.trim(), first.child.id().to_string());
     let port = first.addr.port().to_string();
-    let second = ProxyBinary::run_to_end(&[
-        "--port",
-        &port,
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-        "--port-file",
-        first.port_file.to_str().unwrap(),
-    ]);
-    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_proxy"))
+        .args(["--port", &port, "--pid-file", pid_file.to_str().unwrap()])
+        .args(["--port-file", first.port_file.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("the second instance did not exit");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(1), "{status}");
     assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid);
     assert!(
         first.port_file.exists(),
