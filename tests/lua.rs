@@ -1232,3 +1232,35 @@ fn a_handler_both_global_and_returned_runs_once() {
     request(proxy.addr, &get("http://alpha.test/", ""));
     assert_eq!(origin.next_request().headers.get_all("x-seen"), ["1"]);
 }
+
+#[test]
+fn a_304_made_a_200_says_it_has_no_content() {
+    // The origin answers 304 with the length of the representation it did not send.
+    let origin = Origin::spawn(|req| {
+        Reply::keep(if req.target == "/cached" {
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\n\r\n".to_vec()
+        } else {
+            ok("next")
+        })
+    });
+    let path = script(
+        "unmodified",
+        r#"function response(flow)
+             if flow.response.status_code == 304 then flow.response.status_code = 200 end
+           end"#,
+    );
+    let proxy = spawn_proxy(&["--script", &path]);
+    proxy.route("alpha.test", &origin);
+    let mut client = proxy.connect();
+    client.send(
+        &[
+            get("http://alpha.test/cached", ""),
+            get("http://alpha.test/next", ""),
+        ]
+        .concat(),
+    );
+    let resp = client.read_response();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.headers.get("content-length"), Some("0"));
+    assert_eq!(client.read_response().text(), "next");
+}

@@ -928,6 +928,7 @@ fn require_stays_beside_the_script_whatever_package_path_says() {
     let dir = fresh_dir("lua-require-inside");
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     std::fs::write(dir.join("sub").join("inner.lua"), "return 'inner'").unwrap();
+    std::fs::write(dir.join("broken.lua"), "return {").unwrap();
     let main = dir.join("main.lua");
     std::fs::write(
         &main,
@@ -941,6 +942,9 @@ fn require_stays_beside_the_script_whatever_package_path_says() {
           flow.request.headers["x-climb"] = tostring(ok)
           flow.request.headers["x-dotted"] = require("sub.inner")
           flow.request.headers["x-searchpath"] = tostring(package.searchpath)
+          local mine = package.path
+          pcall(require, "broken")
+          flow.request.headers["x-path-kept"] = tostring(package.path == mine)
         end"#,
             text(&outside),
             outside.file_name().unwrap().to_string_lossy()
@@ -956,4 +960,6 @@ fn require_stays_beside_the_script_whatever_package_path_says() {
     assert_eq!(h.get("x-climb"), Some("false"));
     assert_eq!(h.get("x-dotted"), Some("inner"));
     assert_eq!(h.get("x-searchpath"), Some("nil"));
+    // A module that fails to load leaves the script's own package.path as it was.
+    assert_eq!(h.get("x-path-kept"), Some("true"));
 }

@@ -449,8 +449,9 @@ fn sandbox(lua: &Lua, script: &Script) -> mlua::Result<()> {
               end
               local saved = package.path
               package.path = path
-              local found, where = searcher(name)
+              local ok, found, where = pcall(searcher, name)
               package.path = saved
+              if not ok then error(found, 0) end
               return found, where
             end
             "#,

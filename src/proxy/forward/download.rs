@@ -232,6 +232,18 @@ pub(super) async fn download(
     } else {
         body
     };
+    // The reverse: a response with nothing to send (a 304, a 204) that a plugin made a
+    // 200 says it has no content, or the client would read until the connection closes
+    // (or wait for the length a 304's Content-Length gave of another representation).
+    if body == BodyKind::Empty
+        && !request.is_head
+        && !body_dropped
+        && response_may_have_body(head.status())
+        && !(head.count("content-length") == 1 && head.header("content-length") == Some(b"0"))
+    {
+        head.remove("transfer-encoding");
+        head.set("Content-Length", b"0");
+    }
     // A plugin that wants the body gets it decoded; what comes out of the chain has a
     // length nobody knows yet, so it is re-framed: chunked for HTTP/1.1 clients,
     // close-delimited for HTTP/1.0 ones.
