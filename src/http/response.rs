@@ -175,30 +175,44 @@ pub fn head_only(bytes: &Bytes) -> Bytes {
     }
 }
 
-/// `bytes` (a complete reply) with `Connection: close` added before its blank line,
-/// unless a `Connection` header already says `close`: the client must know that the
-/// connection ends after it (RFC 9112 §9.6). Bytes without a blank line are returned
-/// whole.
+/// `bytes` (a complete reply) saying `Connection: close`: the client must know that the
+/// connection ends after it (RFC 9112 §9.6). Unless a `Connection` header already says
+/// `close`, the reply's own `Connection` and `Keep-Alive` lines (a plugin's
+/// `keep-alive`, which would contradict it) give way to one `Connection: close`. Bytes
+/// without a blank line are returned whole.
 pub fn with_close(bytes: &Bytes) -> Bytes {
     let Some(end) = memchr::memmem::find(bytes, b"\r\n\r\n") else {
         return bytes.clone();
     };
+    let name_of = |line: &[u8]| -> Option<(bool, bool)> {
+        let colon = line.iter().position(|&b| b == b':')?;
+        let name = &line[..colon];
+        Some((
+            name.eq_ignore_ascii_case(b"connection"),
+            name.eq_ignore_ascii_case(b"keep-alive"),
+        ))
+    };
     let says_close = bytes[..end]
         .split(|&b| b == b'\n')
         .skip(1)
-        .filter_map(|line| {
-            let colon = line.iter().position(|&b| b == b':')?;
-            let (name, value) = line.split_at(colon);
-            name.eq_ignore_ascii_case(b"connection")
-                .then_some(&value[1..])
-        })
+        .filter(|line| name_of(line).is_some_and(|(connection, _)| connection))
+        .filter_map(|line| line.iter().position(|&b| b == b':').map(|c| &line[c + 1..]))
         .flat_map(|value| value.split(|&b| b == b','))
         .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
     if says_close {
         return bytes.clone();
     }
     let mut out = BytesMut::with_capacity(bytes.len() + 19);
-    out.extend_from_slice(&bytes[..end + 2]);
+    // The status line and every header line but the connection's own, each with its CRLF.
+    for (i, line) in bytes[..end + 2]
+        .split_inclusive(|&b| b == b'\n')
+        .enumerate()
+    {
+        if i > 0 && name_of(line).is_some_and(|(connection, keep_alive)| connection || keep_alive) {
+            continue;
+        }
+        out.extend_from_slice(line);
+    }
     out.extend_from_slice(b"Connection: close\r\n");
     out.extend_from_slice(&bytes[end + 2..]);
     out.freeze()
@@ -237,11 +251,18 @@ mod tests {
         let listed =
             Bytes::from_static(b"HTTP/1.1 200 OK\r\nconnection: Keep-Alive , CLOSE\r\n\r\n");
         assert_eq!(with_close(&listed), listed);
-        // A token that only contains "close" is not one.
-        let other = Bytes::from_static(b"HTTP/1.1 204 No Content\r\nConnection: closed\r\n\r\n");
+        // A token that only contains "close" is not one; a keep-alive gives way.
+        let other = Bytes::from_static(
+            b"HTTP/1.1 204 No Content\r\nConnection: closed\r\nX-A: 1\r\nKeep-Alive: timeout=5\r\n\r\n",
+        );
         assert_eq!(
             &with_close(&other)[..],
-            b"HTTP/1.1 204 No Content\r\nConnection: closed\r\nConnection: close\r\n\r\n"
+            b"HTTP/1.1 204 No Content\r\nX-A: 1\r\nConnection: close\r\n\r\n"
+        );
+        let keep = simple_response(200, &[("Connection", "keep-alive")], b"x", false);
+        assert_eq!(
+            &with_close(&keep)[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
         );
         assert_eq!(&with_close(&Bytes::from_static(b"partial"))[..], b"partial");
     }
