@@ -632,13 +632,10 @@ pub fn client_io_error(err: IoFail, context: &'static str) -> ProxyError {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
-    use tokio::net::{TcpListener, TcpStream};
 
     async fn pair() -> (Stream, Stream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (Stream::Tcp(a.unwrap()), Stream::Tcp(b.unwrap().0))
+        let (a, b) = crate::conn::tcp_pair().await;
+        (Stream::Tcp(a), Stream::Tcp(b))
     }
 
     /// A worker's recycled timer bounds each later wait by that wait's own timeout:

@@ -14,6 +14,15 @@ use bytes::BytesMut;
 
 pub use stream::Stream;
 
+/// Two connected loopback sockets, the connecting side first (for unit tests).
+#[cfg(test)]
+pub(crate) async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ours, theirs) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+    (ours.unwrap(), theirs.unwrap().0)
+}
+
 /// The client side of a connection: the socket and its read buffer.
 ///
 /// The buffer is released whenever it is empty and the connection waits for a new

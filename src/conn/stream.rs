@@ -457,7 +457,6 @@ mod tests {
     use bytes::Bytes;
     use std::sync::Arc;
     use std::time::Duration;
-    use tokio::net::TcpListener;
 
     const IDLE: Duration = Duration::from_secs(5);
 
@@ -485,10 +484,8 @@ mod tests {
     }
 
     async fn tcp_pair() -> (Stream, Stream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (Stream::Tcp(a.unwrap()), Stream::Tcp(b.unwrap().0))
+        let (a, b) = crate::conn::tcp_pair().await;
+        (Stream::Tcp(a), Stream::Tcp(b))
     }
 
     /// TLS over the given pair: (client side, server side), handshakes done.

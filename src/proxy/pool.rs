@@ -167,13 +167,11 @@ fn evict_oldest(hosts: &mut HashMap<Box<str>, PortQueues, foldhash::fast::Random
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpStream;
 
     async fn connected() -> (Stream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (Stream::Tcp(a.unwrap()), b.unwrap().0)
+        let (ours, theirs) = crate::conn::tcp_pair().await;
+        (Stream::Tcp(ours), theirs)
     }
 
     #[tokio::test]

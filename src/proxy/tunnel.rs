@@ -395,14 +395,12 @@ async fn pump(
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpStream;
 
     /// Two connected sockets: ours (wrapped) and the peer's.
     async fn pair() -> (Stream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (Stream::Tcp(ours.unwrap()), theirs.unwrap().0)
+        let (ours, theirs) = crate::conn::tcp_pair().await;
+        (Stream::Tcp(ours), theirs)
     }
 
     /// An origin that stops reading ends the tunnel through the upload's own stall

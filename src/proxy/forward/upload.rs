@@ -157,10 +157,8 @@ mod tests {
     /// `idle` once it ended, then more only while its bytes drain.
     #[tokio::test]
     async fn the_wait_after_an_upload_is_bounded_by_what_drains() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stream, _peer) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        let upstream = Stream::Tcp(stream.unwrap());
+        let (stream, _peer) = crate::conn::tcp_pair().await;
+        let upstream = Stream::Tcp(stream);
         let idle = Duration::from_secs(10);
 
         assert_eq!(
