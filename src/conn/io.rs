@@ -54,7 +54,7 @@ pub async fn read_some(
     chunk: usize,
     idle: Duration,
 ) -> Result<usize, IoFail> {
-    read_with(stream, buf, chunk, idle, false).await
+    read_with(stream, buf, chunk, idle, false, None).await
 }
 
 /// Like [`read_some`], for a message head: after a short read the next one waits for
@@ -67,7 +67,7 @@ pub async fn read_head_bytes(
     chunk: usize,
     idle: Duration,
 ) -> Result<usize, IoFail> {
-    read_with(stream, buf, chunk, idle, true).await
+    read_with(stream, buf, chunk, idle, true, None).await
 }
 
 async fn read_with(
@@ -76,7 +76,9 @@ async fn read_with(
     chunk: usize,
     idle: Duration,
     drain: bool,
+    client: Option<&Stream>,
 ) -> Result<usize, IoFail> {
+    let mut watch = client.map(|client| (client, true));
     loop {
         make_room(buf, chunk);
         let read = if drain {
@@ -91,7 +93,7 @@ async fn read_with(
             Err(e) => return Err(IoFail::Io(e)),
         }
         if !stream.ready_now() {
-            readable_within(stream, idle).await?;
+            readable_within(stream, idle, watch.as_mut()).await?;
         }
     }
 }
@@ -108,71 +110,57 @@ pub async fn read_some_watching(
     idle: Duration,
     client: &Stream,
 ) -> Result<usize, IoFail> {
-    let mut watching = true;
-    loop {
-        make_room(buf, chunk);
-        match stream.try_read_buf(buf) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(IoFail::Io(e)),
-        }
-        if !stream.ready_now() {
-            readable_watching(stream, idle, client, &mut watching).await?;
-        }
-    }
+    read_with(stream, buf, chunk, idle, false, Some(client)).await
 }
 
-/// [`readable_within`], and `client`'s end while `watching` (see [`read_some_watching`]).
-async fn readable_watching(
-    stream: &Stream,
-    idle: Duration,
-    client: &Stream,
-    watching: &mut bool,
-) -> Result<(), IoFail> {
-    let mut timer = IdleTimer::start(idle);
-    let tcp = stream.tcp();
+/// Whether the watched `client` closed or reset ([`read_some_watching`]); bytes from it
+/// end the watch (`watching` becomes false).
+fn poll_client_gone(client: &Stream, watching: &mut bool, cx: &mut Context<'_>) -> Poll<()> {
     let watched = client.tcp();
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(done) = tcp.poll_read_ready(cx) {
-            return Poll::Ready(done.map_err(IoFail::Io));
-        }
-        while *watching {
-            match watched.poll_read_ready(cx) {
-                Poll::Pending => break,
-                Poll::Ready(Err(_)) => return Poll::Ready(Err(IoFail::ClientGone)),
-                Poll::Ready(Ok(())) => {
-                    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-                    // Through `try_io`: a `WouldBlock` clears the readiness, so the next
-                    // poll registers for the next event instead of spinning.
-                    match watched.try_io(Interest::READABLE, || {
-                        socket2::SockRef::from(watched).peek(&mut probe)
-                    }) {
-                        Ok(0) => return Poll::Ready(Err(IoFail::ClientGone)),
-                        Ok(_) => *watching = false,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Poll::Ready(Err(IoFail::ClientGone)),
-                    }
+    while *watching {
+        match watched.poll_read_ready(cx) {
+            Poll::Pending => break,
+            Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(())) => {
+                let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+                // Through `try_io`: a `WouldBlock` clears the readiness, so the next
+                // poll registers for the next event instead of spinning.
+                match watched.try_io(Interest::READABLE, || {
+                    socket2::SockRef::from(watched).peek(&mut probe)
+                }) {
+                    Ok(0) => return Poll::Ready(()),
+                    Ok(_) => *watching = false,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Poll::Ready(()),
                 }
             }
         }
-        timer.poll_elapsed(cx).map(|()| Err(IoFail::Timeout))
-    })
-    .await
+    }
+    Poll::Pending
 }
 
-/// Waits until `stream` is readable, for at most `idle` (`IoFail::Timeout`).
+/// Waits until `stream` is readable, for at most `idle` (`IoFail::Timeout`), and while
+/// watching a client, until it is gone (`IoFail::ClientGone`).
 ///
 /// On a worker the bound is one of its recycled timers (see [`IdleTimers`]), pushed
 /// forward for this wait: arming and dropping a new `tokio` timer for each wait costs
 /// two insertions into the timer wheel, under its lock, per read.
-async fn readable_within(stream: &Stream, idle: Duration) -> Result<(), IoFail> {
+async fn readable_within(
+    stream: &Stream,
+    idle: Duration,
+    mut watch: Option<&mut (&Stream, bool)>,
+) -> Result<(), IoFail> {
     let mut timer = IdleTimer::start(idle);
     // The socket's own read waker slot, as in `stream::socket_readable`.
     let tcp = stream.tcp();
     std::future::poll_fn(|cx| {
         if let Poll::Ready(done) = tcp.poll_read_ready(cx) {
             return Poll::Ready(done.map_err(IoFail::Io));
+        }
+        if let Some((client, watching)) = watch.as_deref_mut() {
+            if poll_client_gone(client, watching, cx).is_ready() {
+                return Poll::Ready(Err(IoFail::ClientGone));
+            }
         }
         timer.poll_elapsed(cx).map(|()| Err(IoFail::Timeout))
     })
@@ -368,7 +356,7 @@ pub async fn read_some_idle(
 ) -> Result<usize, IoFail> {
     loop {
         if !stream.ready_now() {
-            readable_within(stream, idle).await?;
+            readable_within(stream, idle, None).await?;
         }
         make_room(buf, chunk);
         match try_read_draining(stream, buf) {
