@@ -122,6 +122,23 @@ impl Reply {
         }
     }
 
+    /// The bytes to send: only the head to a HEAD request (RFC 9110 §9.3.2: a plugin
+    /// builds its reply without regard to the method, and a body would be read as the
+    /// next response), and saying `Connection: close` when the connection ends after it
+    /// although the plugin built it to stay open.
+    pub fn bytes_for(&self, is_head: bool, closing: bool) -> Bytes {
+        let bytes = if is_head {
+            http::response::head_only(&self.bytes)
+        } else {
+            self.bytes.clone()
+        };
+        if closing && !self.close {
+            http::response::with_close(&bytes)
+        } else {
+            bytes
+        }
+    }
+
     /// A response given byte for byte (to match proxy.py's packets exactly).
     pub fn raw(status: u16, bytes: Bytes, close: bool) -> Self {
         Reply {

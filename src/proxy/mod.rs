@@ -705,19 +705,7 @@ async fn send_reply(
     // request; we close rather than drain it.
     let has_body = !matches!(http::request_body_kind(head), Ok(http::BodyKind::Empty));
     let keep_alive = !reply.close && !has_body && head.wants_keep_alive() && !shutdown.is_set();
-    // A plugin's reply is built without regard to the method: a HEAD gets its head only,
-    // or the body would be read as the start of the next response.
-    let bytes = if head.is_method("HEAD") {
-        http::response::head_only(&reply.bytes)
-    } else {
-        reply.bytes
-    };
-    // A reply built to keep the connection says so; closed all the same, it must not.
-    let bytes = if keep_alive || reply.close {
-        bytes
-    } else {
-        http::response::with_close(&bytes)
-    };
+    let bytes = reply.bytes_for(head.is_method("HEAD"), !keep_alive);
     exchange.set_status(reply.status);
     exchange.add_bytes(bytes.len() as u64);
     io::write_all(&client.stream, &bytes, config.timeout)

@@ -449,18 +449,7 @@ async fn send_reply(
     config: &Config,
     exchange: &mut Exchange,
 ) -> std::result::Result<(), Failure> {
-    // No body for a HEAD, whatever the plugin built (RFC 9110 §9.3.2).
-    let bytes = if exchange.is_head() {
-        crate::http::response::head_only(&reply.bytes)
-    } else {
-        reply.bytes.clone()
-    };
-    // The connection ends after it: the reply says so, whatever the plugin built.
-    let bytes = if close_client && !reply.close {
-        crate::http::response::with_close(&bytes)
-    } else {
-        bytes
-    };
+    let bytes = reply.bytes_for(exchange.is_head(), close_client);
     write_all(client, &bytes, config.timeout)
         .await
         .map_err(|e| Failure::Fatal(client_io_error(e, "writing a plugin's reply")))?;
