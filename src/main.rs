@@ -118,21 +118,18 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
-    let _own = OwnFiles(port_file.into_iter().collect());
+    let mut own = OwnFiles(port_file.into_iter().collect());
     // Written once listening: a second instance that cannot bind leaves the first's be.
-    let _own_pid = match pid_file {
-        Some(path) => {
-            if let Err(e) = std::fs::write(&path, std::process::id().to_string()) {
-                let msg = format!("cannot write --pid-file {}: {e}", path.display());
-                tracing::error!("{msg}");
-                eprintln!("proxy: error: {msg}");
-                handle.stop();
-                return ExitCode::FAILURE;
-            }
-            Some(OwnFiles(vec![path]))
+    if let Some(path) = pid_file {
+        if let Err(e) = std::fs::write(&path, std::process::id().to_string()) {
+            let msg = format!("cannot write --pid-file {}: {e}", path.display());
+            tracing::error!("{msg}");
+            eprintln!("proxy: error: {msg}");
+            handle.stop();
+            return ExitCode::FAILURE;
         }
-        None => None,
-    };
+        own.0.push(path);
+    }
     let addrs: Vec<String> = handle
         .local_addrs()
         .iter()
