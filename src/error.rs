@@ -242,9 +242,8 @@ impl ErrorKind {
                 | Some(libc::ENETDOWN)
                 | Some(libc::EHOSTDOWN)
                 | Some(libc::EADDRNOTAVAIL) => ErrorKind::DestinationUnavailable,
-                // Out of descriptors or memory: the proxy's trouble, not the origin's.
-                Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
-                | Some(libc::ENOMEM) => ErrorKind::ProxyInternalError,
+                // The proxy's trouble, not the origin's.
+                _ if is_out_of_resources(err) => ErrorKind::ProxyInternalError,
                 _ => ErrorKind::DestinationUnavailable,
             },
         }
@@ -330,6 +329,14 @@ impl<T, E: Into<BoxError>> OrErr<T> for std::result::Result<T, E> {
     fn or_err(self, kind: ErrorKind, context: &'static str) -> Result<T> {
         self.map_err(|e| ProxyError::new(kind, context).with_source(e))
     }
+}
+
+/// The system is out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM).
+pub fn is_out_of_resources(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 #[cfg(test)]

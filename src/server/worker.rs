@@ -102,11 +102,7 @@ async fn accept_loop(listener: TcpListener, shared: Rc<Shared>, drain: mpsc::Sen
             Ok((stream, addr)) => spawn_connection(stream, addr, &shared, &drain),
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning on accept.
-                let pressure = matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                );
-                if pressure {
+                if crate::error::is_out_of_resources(&e) {
                     // Idle upstream connections are the descriptors that can go at once.
                     let freed = shared.pool.len();
                     shared.pool.clear();
