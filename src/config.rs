@@ -296,7 +296,7 @@ impl Default for Config {
                 file: None,
                 format: LogFormat::Template(DEFAULT_LOG_FORMAT.to_owned()),
             },
-            resolver: Arc::new(SystemResolver),
+            resolver: Arc::new(SystemResolver::default()),
             reuse_port: false,
         }
     }

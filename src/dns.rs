@@ -1,35 +1,695 @@
-//! Name resolution behind a trait, so tests (and later plugins) can inject their own.
+//! Name resolution behind a trait, so tests (and plugins) can inject their own.
+//!
+//! The proxy's own resolver, [`SystemResolver`], answers as `getaddrinfo` would on a
+//! `hosts: files dns` system, but with the records' TTLs:
+//!
+//! 1. a legacy IPv4 spelling (`127.1`, `2130706433`, `0x7f.1`) is an address, as
+//!    `inet_aton` takes it;
+//! 2. a name in the hosts file gets the hosts file's addresses, before any search
+//!    domain is tried (glibc asks NSS `files` for the name itself first);
+//! 3. otherwise hickory-resolver asks the servers in `resolv.conf` (its `search`,
+//!    `ndots`, `timeout` and `attempts`) for A and AAAA records at once; the answer's
+//!    TTL goes to the worker's cache;
+//! 4. a name DNS does not know goes to `getaddrinfo` when `nsswitch.conf` lists host
+//!    sources besides `files` and `dns` (mdns, myhostname, LDAP…), so they keep
+//!    working.
+//!
+//! The three files are checked (one `stat` each) on every lookup, which the worker's
+//! cache keeps to one per name and TTL, and read again when they change. Where
+//! `resolv.conf` cannot be read or names no server, `getaddrinfo` answers (no TTLs).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::TokioResolver;
 
 /// A boxed resolution future; runs on the worker's own thread, so it need not be `Send`.
 pub type ResolveFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + 'a>>;
 
+/// A boxed [`Resolve::lookup`] future.
+pub type LookupFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Answer>> + 'a>>;
+
+/// Addresses, and for how long they may be used again when the resolver knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// In preference order, with the port filled in.
+    pub addrs: Vec<SocketAddr>,
+    /// The records' remaining time to live; `None` when the resolver does not say
+    /// (the cache then keeps the answer for its default time).
+    pub ttl: Option<Duration>,
+}
+
 /// Resolves a host name to socket addresses. IP literals never reach a resolver.
 ///
 /// Errors: `io::ErrorKind::NotFound` means the name does not exist (reported as
-/// `dns_error`); any other error is also a `dns_error`. A resolver that takes longer
-/// than the connect timeout is reported as `dns_timeout`.
+/// `dns_error`), `io::ErrorKind::TimedOut` that no server answered (`dns_timeout`);
+/// any other error is a `dns_error`. A resolver that takes longer than the connect
+/// timeout is reported as `dns_timeout`.
 pub trait Resolve: Send + Sync + 'static {
     /// Looks up `host` and returns addresses with `port` filled in, in preference order.
     fn resolve<'a>(&'a self, host: &'a str, port: u16) -> ResolveFuture<'a>;
+
+    /// [`Resolve::resolve`] with the answer's time to live, when the resolver knows
+    /// it (the default does not).
+    fn lookup<'a>(&'a self, host: &'a str, port: u16) -> LookupFuture<'a> {
+        Box::pin(async move {
+            Ok(Answer {
+                addrs: self.resolve(host, port).await?,
+                ttl: None,
+            })
+        })
+    }
 }
 
-/// The system resolver (`getaddrinfo` on tokio's blocking pool).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemResolver;
+/// The system's resolver, read from its files (see the module's documentation); one
+/// hickory resolver per worker thread, built on first use and again when a file
+/// changes.
+#[derive(Debug, Clone)]
+pub struct SystemResolver {
+    files: Arc<Files>,
+}
+
+/// Where a [`SystemResolver`] reads its configuration.
+#[derive(Debug, PartialEq, Eq)]
+struct Files {
+    resolv_conf: PathBuf,
+    hosts: PathBuf,
+    nsswitch: PathBuf,
+    /// The servers' port: 53, as `resolv.conf` cannot name another.
+    port: u16,
+}
+
+impl Default for SystemResolver {
+    fn default() -> Self {
+        SystemResolver::with_files("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf")
+    }
+}
+
+impl SystemResolver {
+    /// A resolver reading these files in place of `/etc`'s.
+    pub fn with_files(
+        resolv_conf: impl Into<PathBuf>,
+        hosts: impl Into<PathBuf>,
+        nsswitch: impl Into<PathBuf>,
+    ) -> Self {
+        SystemResolver {
+            files: Arc::new(Files {
+                resolv_conf: resolv_conf.into(),
+                hosts: hosts.into(),
+                nsswitch: nsswitch.into(),
+                port: 53,
+            }),
+        }
+    }
+
+    /// The same files, with `resolv.conf`'s servers asked on `port` rather than 53
+    /// (a test's server on loopback).
+    pub fn with_port(self, port: u16) -> Self {
+        let files = &self.files;
+        SystemResolver {
+            files: Arc::new(Files {
+                resolv_conf: files.resolv_conf.clone(),
+                hosts: files.hosts.clone(),
+                nsswitch: files.nsswitch.clone(),
+                port,
+            }),
+        }
+    }
+}
 
 impl Resolve for SystemResolver {
     fn resolve<'a>(&'a self, host: &'a str, port: u16) -> ResolveFuture<'a> {
+        Box::pin(async move { Ok(self.lookup(host, port).await?.addrs) })
+    }
+
+    fn lookup<'a>(&'a self, host: &'a str, port: u16) -> LookupFuture<'a> {
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
-            if addrs.is_empty() {
-                return Err(io::Error::new(io::ErrorKind::NotFound, "no addresses"));
+            if let Some(ip) = legacy_ipv4(host) {
+                return Ok(Answer {
+                    addrs: vec![SocketAddr::new(ip, port)],
+                    ttl: None,
+                });
             }
-            Ok(addrs)
+            let system = System::current(&self.files);
+            if let Some(ips) = system.hosts.get(host_key(host).as_str()) {
+                return Ok(Answer {
+                    addrs: ips.iter().map(|&ip| SocketAddr::new(ip, port)).collect(),
+                    ttl: None,
+                });
+            }
+            let Some(dns) = &system.dns else {
+                return getaddrinfo(host, port).await;
+            };
+            match lookup_with(dns, host, port, system.ipv6_first).await {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && system.other_sources => {
+                    getaddrinfo(host, port).await
+                }
+                answer => answer,
+            }
         })
+    }
+}
+
+/// `getaddrinfo` on tokio's blocking pool: no TTL.
+async fn getaddrinfo(host: &str, port: u16) -> io::Result<Answer> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    if addrs.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "no addresses"));
+    }
+    Ok(Answer { addrs, ttl: None })
+}
+
+/// One lookup through `resolver`: its addresses (one family first, then the other)
+/// and their remaining TTL.
+async fn lookup_with(
+    resolver: &TokioResolver,
+    host: &str,
+    port: u16,
+    ipv6_first: bool,
+) -> io::Result<Answer> {
+    let found = resolver.lookup_ip(host).await.map_err(lookup_error)?;
+    let ttl = found
+        .valid_until()
+        .saturating_duration_since(Instant::now());
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for ip in found.iter() {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    // The A and AAAA answers arrive in either order; glibc sorts by RFC 6724, whose
+    // first rule puts a family this host cannot reach last. The connect then
+    // alternates families from the first one's (RFC 8305).
+    ips.sort_by_key(|ip| ip.is_ipv6() != ipv6_first);
+    if ips.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "no addresses"));
+    }
+    Ok(Answer {
+        addrs: ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect(),
+        ttl: Some(ttl),
+    })
+}
+
+/// A hickory error as the [`Resolve`] contract spells it.
+fn lookup_error(e: hickory_resolver::ResolveError) -> io::Error {
+    let kind = if e.is_nx_domain() || e.is_no_records_found() {
+        io::ErrorKind::NotFound
+    } else if e
+        .proto()
+        .is_some_and(|p| matches!(p.kind(), hickory_resolver::proto::ProtoErrorKind::Timeout))
+    {
+        io::ErrorKind::TimedOut
+    } else {
+        io::ErrorKind::Other
+    };
+    io::Error::new(kind, e.to_string())
+}
+
+/// What the files said when last read, on this thread.
+struct System {
+    stamps: [Option<Stamp>; 3],
+    /// Lower-case name → addresses, in the file's order.
+    hosts: HashMap<String, Vec<IpAddr>>,
+    /// `None`: `resolv.conf` could not be used, `getaddrinfo` answers.
+    dns: Option<TokioResolver>,
+    /// Whether this host has a route to the IPv6 internet.
+    ipv6_first: bool,
+    /// Whether `nsswitch.conf` lists host sources besides `files` and `dns`.
+    other_sources: bool,
+}
+
+/// A file's identity and version: a change in any part means read it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        inode: meta.ino(),
+    })
+}
+
+thread_local! {
+    /// This thread's view of each set of files (in practice one: `/etc`'s).
+    static SYSTEMS: RefCell<Vec<(Arc<Files>, Rc<System>)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl System {
+    /// This thread's view of `files`, read again if any of them changed.
+    fn current(files: &Arc<Files>) -> Rc<System> {
+        let stamps = [
+            stamp(&files.resolv_conf),
+            stamp(&files.hosts),
+            stamp(&files.nsswitch),
+        ];
+        SYSTEMS.with(|systems| {
+            let mut systems = systems.borrow_mut();
+            let known = systems.iter().position(|(f, _)| **f == **files);
+            if let Some(i) = known {
+                if systems[i].1.stamps == stamps {
+                    return Rc::clone(&systems[i].1);
+                }
+                tracing::info!(
+                    resolv_conf = %files.resolv_conf.display(),
+                    hosts = %files.hosts.display(),
+                    "DNS configuration changed; reading it again"
+                );
+            }
+            let system = Rc::new(System::read(files, stamps));
+            match known {
+                Some(i) => systems[i].1 = Rc::clone(&system),
+                None => systems.push((Arc::clone(files), Rc::clone(&system))),
+            }
+            system
+        })
+    }
+
+    fn read(files: &Files, stamps: [Option<Stamp>; 3]) -> System {
+        let hosts = std::fs::read_to_string(&files.hosts)
+            .map(|text| parse_hosts(&text))
+            .unwrap_or_default();
+        let other_sources = std::fs::read_to_string(&files.nsswitch)
+            .is_ok_and(|text| lists_other_host_sources(&text));
+        let dns = match build_resolver(files) {
+            Ok(resolver) => Some(resolver),
+            Err(e) => {
+                tracing::warn!(
+                    resolv_conf = %files.resolv_conf.display(),
+                    error = %e,
+                    "cannot use the DNS configuration; names go to getaddrinfo (no TTLs)"
+                );
+                None
+            }
+        };
+        System {
+            stamps,
+            hosts,
+            dns,
+            ipv6_first: has_ipv6_route(),
+            other_sources,
+        }
+    }
+}
+
+/// hickory-resolver with `resolv.conf`'s servers and options, asking for A and AAAA
+/// at once, without a cache of its own (the worker's keeps answers for their TTL and
+/// forgets a name whose addresses all failed) and without the hosts file (read here,
+/// before any search domain).
+fn build_resolver(files: &Files) -> io::Result<TokioResolver> {
+    let text = std::fs::read(&files.resolv_conf)?;
+    let (config, mut options) = hickory_resolver::system_conf::parse_resolv_conf(text)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let config = if files.port == 53 {
+        config
+    } else {
+        let servers: Vec<NameServerConfig> = config
+            .name_servers()
+            .iter()
+            .map(|server| {
+                let mut server = server.clone();
+                server.socket_addr.set_port(files.port);
+                server
+            })
+            .collect();
+        ResolverConfig::from_parts(config.domain().cloned(), config.search().to_vec(), servers)
+    };
+    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    options.cache_size = 0;
+    options.use_hosts_file = ResolveHosts::Never;
+    Ok(
+        TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+            .with_options(options)
+            .build(),
+    )
+}
+
+/// The key a name has in the hosts map: lower case, without a final dot.
+fn host_key(host: &str) -> String {
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+}
+
+/// `/etc/hosts`: per line an address, then names and aliases; `#` starts a comment.
+/// A line whose address does not parse (a scoped `fe80::1%eth0`) is skipped.
+fn parse_hosts(text: &str) -> HashMap<String, Vec<IpAddr>> {
+    let mut hosts: HashMap<String, Vec<IpAddr>> = HashMap::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut fields = line.split_ascii_whitespace();
+        let Some(Ok(ip)) = fields.next().map(str::parse::<IpAddr>) else {
+            continue;
+        };
+        for name in fields {
+            let ips = hosts.entry(host_key(name)).or_default();
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+    }
+    hosts
+}
+
+/// Whether the `hosts:` line of `nsswitch.conf` names a source other than `files`
+/// and `dns` (actions in brackets aside).
+fn lists_other_host_sources(nsswitch: &str) -> bool {
+    nsswitch
+        .lines()
+        .filter_map(|line| line.split('#').next()?.trim().strip_prefix("hosts:"))
+        .flat_map(|sources| {
+            let mut in_action = false;
+            sources.split_ascii_whitespace().filter(move |word| {
+                let skip = in_action || word.starts_with('[');
+                in_action = skip && !word.ends_with(']');
+                !skip
+            })
+        })
+        .any(|source| source != "files" && source != "dns")
+}
+
+/// Whether this host can reach the IPv6 internet: a route to a global address from a
+/// global source (a UDP connect sends nothing). glibc's RFC 6724 sort asks the same.
+fn has_ipv6_route() -> bool {
+    let Ok(socket) = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)) else {
+        return false;
+    };
+    let probe = SocketAddr::new(
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+        9,
+    );
+    socket.connect(probe).is_ok()
+        && socket.local_addr().is_ok_and(|local| match local.ip() {
+            IpAddr::V6(ip) => {
+                !ip.is_loopback() && !ip.is_unspecified() && ip.segments()[0] & 0xffc0 != 0xfe80
+            }
+            IpAddr::V4(_) => false,
+        })
+}
+
+/// An IPv4 address in one of the legacy spellings `inet_aton` accepts (and browsers
+/// normalise): fewer than four parts (`127.1`), a single number (`2130706433`), octal
+/// or hex parts (`0x7f.1`). getaddrinfo takes them as addresses; a DNS resolver would
+/// look them up as names.
+fn legacy_ipv4(host: &str) -> Option<IpAddr> {
+    let mut parts = [0u32; 4];
+    let mut count = 0;
+    for part in host.split('.') {
+        if count == 4 {
+            return None;
+        }
+        let (digits, radix) =
+            if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+                (hex, 16)
+            } else if part.len() > 1 && part.starts_with('0') {
+                (&part[1..], 8)
+            } else {
+                (part, 10)
+            };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        parts[count] = u32::from_str_radix(digits, radix).ok()?;
+        count += 1;
+    }
+    let (last, head) = parts[..count].split_last()?;
+    if head.iter().any(|&n| n > 255) {
+        return None;
+    }
+    // The last part fills the bytes the others left: 32, 24, 16 or 8 bits.
+    let room = 8 * (4 - head.len() as u32);
+    if room < 32 && *last >= 1 << room {
+        return None;
+    }
+    let value = head
+        .iter()
+        .zip([24u32, 16, 8])
+        .fold(*last, |acc, (&n, shift)| acc | n << shift);
+    Some(IpAddr::V4(Ipv4Addr::from(value)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A DNS server on loopback. `found.test`: A 10.1.2.3 (TTL 7) and AAAA
+    /// 2001:db8::5 (TTL 9); `myhost.corp.test`: A 10.9.9.9; `silent.test`: no reply at
+    /// all; any other name: NXDOMAIN.
+    async fn dns_server() -> SocketAddr {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let query = &buf[..n];
+                // The question: labels from byte 12 to the root, then type and class.
+                let mut end = 12;
+                let mut labels = Vec::new();
+                while query[end] != 0 {
+                    let len = usize::from(query[end]);
+                    labels
+                        .push(String::from_utf8_lossy(&query[end + 1..end + 1 + len]).into_owned());
+                    end += 1 + len;
+                }
+                let question = &query[12..end + 5];
+                let qtype = u16::from_be_bytes([query[end + 1], query[end + 2]]);
+                let name = labels.join(".").to_ascii_lowercase();
+                let record: Option<(u8, &[u8])> = match (name.as_str(), qtype) {
+                    ("silent.test", _) => continue,
+                    ("found.test", 1) => Some((7, &[10, 1, 2, 3])),
+                    ("found.test", 28) => {
+                        Some((9, &[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5]))
+                    }
+                    ("myhost.corp.test", 1) => Some((60, &[10, 9, 9, 9])),
+                    ("found.test" | "myhost.corp.test", _) => None,
+                    _ => {
+                        let mut out = query[..2].to_vec();
+                        out.extend_from_slice(&[0x81, 0x83, 0, 1, 0, 0, 0, 0, 0, 0]);
+                        out.extend_from_slice(question);
+                        let _ = socket.send_to(&out, from).await;
+                        continue;
+                    }
+                };
+                let mut out = query[..2].to_vec();
+                out.extend_from_slice(&[
+                    0x81,
+                    0x80,
+                    0,
+                    1,
+                    0,
+                    u8::from(record.is_some()),
+                    0,
+                    0,
+                    0,
+                    0,
+                ]);
+                out.extend_from_slice(question);
+                if let Some((ttl, data)) = record {
+                    out.extend_from_slice(&[0xc0, 0x0c]);
+                    out.extend_from_slice(&qtype.to_be_bytes());
+                    out.extend_from_slice(&[0, 1, 0, 0, 0, ttl, 0, data.len() as u8]);
+                    out.extend_from_slice(data);
+                }
+                let _ = socket.send_to(&out, from).await;
+            }
+        });
+        addr
+    }
+
+    /// A directory of its own holding `resolv.conf`, `hosts` and `nsswitch.conf`.
+    struct Etc(PathBuf);
+
+    impl Etc {
+        fn new(test: &str, resolv_conf: &str, hosts: &str) -> Etc {
+            let dir = std::env::temp_dir().join(format!("proxy-dns-{test}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let etc = Etc(dir);
+            etc.write("resolv.conf", resolv_conf);
+            etc.write("hosts", hosts);
+            etc.write("nsswitch.conf", "hosts: files dns\n");
+            etc
+        }
+
+        /// Replaces a file as editors and tools do: a new file renamed over the old.
+        fn write(&self, name: &str, text: &str) {
+            let fresh = self.0.join(format!("{name}.new"));
+            std::fs::write(&fresh, text).unwrap();
+            std::fs::rename(&fresh, self.0.join(name)).unwrap();
+        }
+
+        fn resolver(&self, server: SocketAddr) -> SystemResolver {
+            SystemResolver::with_files(
+                self.0.join("resolv.conf"),
+                self.0.join("hosts"),
+                self.0.join("nsswitch.conf"),
+            )
+            .with_port(server.port())
+        }
+    }
+
+    impl Drop for Etc {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn ips(answer: &Answer) -> Vec<String> {
+        answer.addrs.iter().map(|a| a.ip().to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn dns_answers_carry_both_families_and_the_shortest_ttl() {
+        let server = dns_server().await;
+        let etc = Etc::new(
+            "answers",
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+            "",
+        );
+        let resolver = etc.resolver(server);
+        let answer = resolver.lookup("found.test", 443).await.unwrap();
+        let mut expected = vec!["10.1.2.3".to_string(), "2001:db8::5".to_string()];
+        if has_ipv6_route() {
+            expected.reverse();
+        }
+        assert_eq!(
+            ips(&answer),
+            expected,
+            "A and AAAA, the reachable family first"
+        );
+        assert!(answer.addrs.iter().all(|a| a.port() == 443));
+        let ttl = answer.ttl.unwrap();
+        assert!(
+            ttl <= Duration::from_secs(7) && ttl > Duration::from_secs(5),
+            "{ttl:?}"
+        );
+
+        let missing = resolver.lookup("missing.test", 80).await.unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound, "{missing}");
+        let silent = resolver.lookup("silent.test", 80).await.unwrap_err();
+        assert_eq!(silent.kind(), io::ErrorKind::TimedOut, "{silent}");
+
+        let legacy = resolver.lookup("127.1", 80).await.unwrap();
+        assert_eq!(
+            ips(&legacy),
+            ["127.0.0.1"],
+            "inet_aton's spelling, no query"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_hosts_file_comes_before_search_domains_and_is_read_again_when_it_changes() {
+        let server = dns_server().await;
+        let etc = Etc::new(
+            "hosts",
+            "nameserver 127.0.0.1\nsearch corp.test\noptions timeout:1 attempts:1\n",
+            "",
+        );
+        let resolver = etc.resolver(server);
+        let via_search = resolver.lookup("myhost", 80).await.unwrap();
+        assert_eq!(ips(&via_search), ["10.9.9.9"], "DNS finds myhost.corp.test");
+
+        etc.write("hosts", "127.0.0.1 localhost\n127.0.0.7 MyHost\n");
+        let from_hosts = resolver.lookup("myhost", 80).await.unwrap();
+        assert_eq!(
+            ips(&from_hosts),
+            ["127.0.0.7"],
+            "the hosts file, before any search domain"
+        );
+        assert_eq!(from_hosts.ttl, None);
+
+        etc.write("hosts", "127.0.0.1 localhost\n");
+        let again = resolver.lookup("myhost", 80).await.unwrap();
+        assert_eq!(ips(&again), ["10.9.9.9"], "the entry's removal is seen");
+
+        // A resolv.conf that names no server: getaddrinfo answers.
+        etc.write("resolv.conf", "search corp.test\n");
+        let system = resolver.lookup("localhost", 80).await.unwrap();
+        assert!(
+            system.addrs.iter().all(|a| a.ip().is_loopback()),
+            "{system:?}"
+        );
+        assert_eq!(system.ttl, None, "getaddrinfo gives no TTL");
+    }
+
+    #[test]
+    fn legacy_ipv4_spellings_are_addresses() {
+        let v4 = |s: &str| legacy_ipv4(s).map(|ip| ip.to_string());
+        assert_eq!(v4("127.1").as_deref(), Some("127.0.0.1"));
+        assert_eq!(v4("2130706433").as_deref(), Some("127.0.0.1"));
+        assert_eq!(v4("0x7f.1").as_deref(), Some("127.0.0.1"));
+        assert_eq!(v4("0177.0.0.01").as_deref(), Some("127.0.0.1"));
+        assert_eq!(v4("10.1.258").as_deref(), Some("10.1.1.2"));
+        assert_eq!(v4("1.2.3.4").as_deref(), Some("1.2.3.4"));
+        for name in [
+            "example.com",
+            "1.2.3.4.5",
+            "256.1",
+            "1.2.3.256",
+            "1..2",
+            "",
+            "08",
+            "0x",
+            "4294967296",
+            "1.2.16777216",
+            "dead.beef",
+            "cafe",
+        ] {
+            assert_eq!(v4(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn hosts_file_names_are_case_blind_and_keep_the_files_order() {
+        let hosts = parse_hosts(
+            "# comment\n127.0.0.1 localhost Local.Test # trailing\n\
+             ::1 localhost ip6-localhost\nfe80::1%eth0 scoped\n\n\
+             10.0.0.1 local.test\nnot-an-address name\n127.0.0.1 localhost\n",
+        );
+        let ips = |name: &str| {
+            hosts
+                .get(name)
+                .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        assert_eq!(ips("localhost").unwrap(), ["127.0.0.1", "::1"]);
+        assert_eq!(ips("local.test").unwrap(), ["127.0.0.1", "10.0.0.1"]);
+        assert_eq!(ips("ip6-localhost").unwrap(), ["::1"]);
+        assert_eq!(ips("scoped"), None);
+        assert_eq!(ips("name"), None);
+        assert_eq!(host_key("Local.Test."), "local.test");
+    }
+
+    #[test]
+    fn nsswitch_sources_beyond_files_and_dns_are_noticed() {
+        assert!(!lists_other_host_sources(
+            "passwd: files\nhosts:          files dns\n"
+        ));
+        assert!(!lists_other_host_sources(
+            "hosts: files [NOTFOUND=return] dns\n"
+        ));
+        assert!(!lists_other_host_sources("# hosts: files mdns4\n"));
+        assert!(!lists_other_host_sources(""));
+        assert!(lists_other_host_sources(
+            "hosts: files mdns4_minimal [NOTFOUND=return] dns myhostname\n"
+        ));
+        assert!(lists_other_host_sources(
+            "hosts: files resolve [!UNAVAIL=return] dns\n"
+        ));
     }
 }

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
@@ -137,9 +137,17 @@ where
         // A failed write (disk full, closed stdout) drops the line; it must not turn
         // into an `eprintln!`, which panics when stderr is broken too.
         .log_internal_errors(false);
-    tracing_subscriber::registry()
-        .with(LevelFilter::from_level(level))
-        .with(lines)
+    // Other crates (hickory's per-query debug lines) log at INFO at most: `--log-level
+    // DEBUG` is for the proxy's own decisions.
+    let others = if level > Level::INFO {
+        Level::INFO
+    } else {
+        level
+    };
+    let filter = Targets::new()
+        .with_target("proxy", level)
+        .with_default(others);
+    tracing_subscriber::registry().with(filter).with(lines)
 }
 
 // === Record: one event as plain data ===

@@ -1,15 +1,19 @@
 //! Per-worker cache of resolved names, so a new upstream connection to a known host
-//! skips the resolver (for the system resolver, a `getaddrinfo` on a blocking thread).
+//! skips the resolver (for the system resolver, a DNS query).
 //!
-//! Positive answers only, kept for a fixed TTL (the system resolver does not tell us
-//! the record's TTL), at most `capacity` names; when full, expired entries go first,
-//! then the whole cache is cleared (a worker rarely talks to thousands of hosts, and a
-//! miss only costs a lookup).
+//! Positive answers only, kept for the records' TTL when the resolver tells it (at
+//! most [`MAX_TTL`]), else for the cache's default time; at most `capacity` names;
+//! when full, expired entries go first, then the whole cache is cleared (a worker
+//! rarely talks to thousands of hosts, and a miss only costs a lookup).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// The longest an answer is kept, whatever its TTL: a long-lived record that changes
+/// anyway (a migration) is seen within the hour.
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
 
 /// Resolved addresses by (host name, port), exactly as the resolver returned them
 /// (an injected resolver may map the port too).
@@ -44,9 +48,11 @@ impl DnsCache {
         (entry.expires > Instant::now()).then(|| entry.addrs.clone())
     }
 
-    /// Remembers the addresses `host:port` resolved to.
-    pub fn insert(&self, host: &str, port: u16, addrs: &[SocketAddr]) {
-        if self.capacity == 0 || addrs.is_empty() {
+    /// Remembers the addresses `host:port` resolved to, for `ttl` (the records' time
+    /// to live, at most [`MAX_TTL`]) or, when the resolver did not say, the default.
+    pub fn insert(&self, host: &str, port: u16, addrs: &[SocketAddr], ttl: Option<Duration>) {
+        let ttl = ttl.map_or(self.ttl, |t| t.min(MAX_TTL));
+        if self.capacity == 0 || addrs.is_empty() || ttl.is_zero() {
             return;
         }
         let now = Instant::now();
@@ -62,7 +68,7 @@ impl DnsCache {
         }
         let entry = Entry {
             addrs: addrs.to_vec(),
-            expires: now + self.ttl,
+            expires: now + ttl,
         };
         let ports = entries.entry(host.into()).or_default();
         match ports.iter_mut().find(|(p, _)| *p == port) {
@@ -93,6 +99,7 @@ mod tests {
             "origin.test",
             80,
             &[addr("10.0.0.1:8080"), addr("[::1]:8080")],
+            None,
         );
         assert_eq!(
             cache.get("origin.test", 80),
@@ -105,16 +112,47 @@ mod tests {
         );
         assert_eq!(cache.get("other.test", 80), None);
         let expired = DnsCache::new(Duration::ZERO, 8);
-        expired.insert("origin.test", 80, &[addr("10.0.0.1:80")]);
+        expired.insert("origin.test", 80, &[addr("10.0.0.1:80")], None);
         assert_eq!(expired.get("origin.test", 80), None);
+    }
+
+    #[test]
+    fn a_known_ttl_wins_over_the_default() {
+        let cache = DnsCache::new(Duration::from_secs(60), 8);
+        cache.insert(
+            "zero.test",
+            80,
+            &[addr("10.0.0.1:80")],
+            Some(Duration::ZERO),
+        );
+        assert_eq!(cache.get("zero.test", 80), None, "TTL 0: not cached");
+        cache.insert(
+            "long.test",
+            80,
+            &[addr("10.0.0.2:80")],
+            Some(Duration::from_secs(86_400)),
+        );
+        let expires = cache.entries.borrow()["long.test"][0].1.expires;
+        assert!(expires <= Instant::now() + MAX_TTL);
+        let default = DnsCache::new(Duration::ZERO, 8);
+        default.insert(
+            "ttl.test",
+            80,
+            &[addr("10.0.0.3:80")],
+            Some(Duration::from_secs(5)),
+        );
+        assert!(
+            default.get("ttl.test", 80).is_some(),
+            "the record's TTL, not the default 0"
+        );
     }
 
     #[test]
     fn stays_within_capacity_and_forgets() {
         let cache = DnsCache::new(Duration::from_secs(60), 2);
-        cache.insert("a.test", 80, &[addr("10.0.0.1:80")]);
-        cache.insert("b.test", 80, &[addr("10.0.0.2:80")]);
-        cache.insert("c.test", 80, &[addr("10.0.0.3:80")]);
+        cache.insert("a.test", 80, &[addr("10.0.0.1:80")], None);
+        cache.insert("b.test", 80, &[addr("10.0.0.2:80")], None);
+        cache.insert("c.test", 80, &[addr("10.0.0.3:80")], None);
         assert!(cache.entries.borrow().len() <= 2);
         assert!(cache.get("c.test", 80).is_some());
         cache.forget("c.test");

@@ -36,7 +36,8 @@ use access::Exchange;
 use io::IoFail;
 use pool::Pool;
 
-/// How long a resolved name is reused (the system resolver reports no TTL).
+/// How long a resolved name is reused when its resolver gives no TTL (an injected
+/// resolver, a plugin, getaddrinfo where the DNS configuration cannot be read).
 const DNS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 /// Most names one worker remembers.
 const DNS_CAPACITY: usize = 4096;

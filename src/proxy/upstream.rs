@@ -90,31 +90,39 @@ pub async fn connect(
         (Some(addrs), _, _) => addrs,
         (None, Some(ip), _) => vec![SocketAddr::new(ip, port)],
         (None, None, Some(addrs)) => addrs,
-        (None, None, None) => match timeout_at(deadline, config.resolver.resolve(host, port)).await
-        {
-            Err(_) => {
-                return Err(ProxyError::new(
-                    ErrorKind::DnsTimeout,
-                    format!("resolving {host}"),
-                ))
+        (None, None, None) => {
+            match timeout_at(deadline, config.resolver.lookup(host, port)).await {
+                Err(_) => {
+                    return Err(ProxyError::new(
+                        ErrorKind::DnsTimeout,
+                        format!("resolving {host}"),
+                    ))
+                }
+                // No server answered (the resolver's own timeouts ran out first).
+                Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                    return Err(
+                        ProxyError::new(ErrorKind::DnsTimeout, format!("resolving {host}"))
+                            .with_source(e),
+                    )
+                }
+                Ok(Err(e)) => {
+                    return Err(
+                        ProxyError::new(ErrorKind::DnsError, format!("resolving {host}"))
+                            .with_source(e),
+                    )
+                }
+                Ok(Ok(answer)) if answer.addrs.is_empty() => {
+                    return Err(ProxyError::new(
+                        ErrorKind::DnsError,
+                        format!("{host} has no address"),
+                    ))
+                }
+                Ok(Ok(answer)) => {
+                    shared.dns.insert(host, port, &answer.addrs, answer.ttl);
+                    answer.addrs
+                }
             }
-            Ok(Err(e)) => {
-                return Err(
-                    ProxyError::new(ErrorKind::DnsError, format!("resolving {host}"))
-                        .with_source(e),
-                )
-            }
-            Ok(Ok(addrs)) if addrs.is_empty() => {
-                return Err(ProxyError::new(
-                    ErrorKind::DnsError,
-                    format!("{host} has no address"),
-                ))
-            }
-            Ok(Ok(addrs)) => {
-                shared.dns.insert(host, port, &addrs);
-                addrs
-            }
-        },
+        }
     };
     for addr in &addrs {
         if shared.is_own_address(*addr) {
