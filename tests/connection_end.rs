@@ -212,3 +212,74 @@ fn a_client_that_gives_up_on_a_stalled_origin_is_noticed_at_once() {
         "the proxy kept the stalled origin"
     );
 }
+
+/// An origin that sends `bytes`, then holds its connection open, silent, until the
+/// test ends.
+fn origin_sending_then_stalling(bytes: &'static [u8]) -> (Origin, mpsc::Sender<()>) {
+    let (release, hold) = mpsc::channel::<()>();
+    let hold = Arc::new(Mutex::new(hold));
+    let origin = Origin::raw(move |mut conn| {
+        conn.read_head().unwrap();
+        conn.send(bytes);
+        let _ = hold.lock().unwrap().recv();
+    });
+    (origin, release)
+}
+
+#[test]
+fn a_response_cut_when_the_grace_period_runs_out_ends_in_a_reset() {
+    // No length: the client reads until close, so only a reset tells it the response
+    // was cut. The origin never finishes; the drain's grace period is 0.
+    let (origin, _release) = origin_sending_then_stalling(b"HTTP/1.1 200 OK\r\n\r\nPARTIAL");
+    let mut proxy = spawn_proxy(&["--grace-period", "0", "--timeout", "60"]);
+    proxy.route("alpha.test", &origin);
+    let mut client = TcpStream::connect(proxy.addr).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client
+        .write_all(b"GET http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
+        .unwrap();
+    let mut seen = Vec::new();
+    while !seen.ends_with(b"PARTIAL") {
+        let mut chunk = [0u8; 1024];
+        let n = client.read(&mut chunk).unwrap();
+        assert_ne!(n, 0, "closed after {:?}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    proxy.take_handle().stop();
+    let (rest, reset) = read_until_end(&mut client);
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(reset, "a cut response must not end in a clean close");
+}
+
+#[test]
+fn a_tunnel_cut_when_the_grace_period_runs_out_ends_in_a_clean_close() {
+    // A tunnel's bytes are not a message: its end is the other protocol's business.
+    let (origin, _release) = origin_sending_then_stalling(b"");
+    let mut proxy = spawn_proxy(&["--grace-period", "0", "--timeout", "60"]);
+    let mut client = TcpStream::connect(proxy.addr).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let target = origin.addr;
+    client
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut seen = Vec::new();
+    while !seen.ends_with(b"\r\n\r\n") {
+        let mut chunk = [0u8; 1024];
+        let n = client.read(&mut chunk).unwrap();
+        assert_ne!(n, 0, "closed after {:?}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    // The request head through the tunnel: the origin now holds the connection.
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    proxy.take_handle().stop();
+    let (rest, reset) = read_until_end(&mut client);
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(!reset, "a tunnel's end keeps its close");
+}

@@ -41,9 +41,34 @@ pub struct Client {
     /// drained for a bounded while, so that the close does not become a reset that
     /// discards the end of the response (RFC 9112 §9.6).
     pub unread_input: bool,
+    /// An exchange is in flight (not a tunnel's bytes): if the connection is dropped
+    /// now, which happens only when a stopping worker's grace period runs out, it ends
+    /// in a reset, so that the client cannot take a response cut short for the whole.
+    pub reset_on_drop: bool,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if self.reset_on_drop {
+            self.stream.abort();
+        }
+    }
 }
 
 impl Client {
+    /// The stream and the peer's address, for a TLS handshake that wraps the stream
+    /// (the buffer is dropped: nothing is read before a handshake).
+    #[allow(unsafe_code)]
+    pub fn into_stream(self) -> (Stream, SocketAddr) {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        drop(std::mem::take(&mut this.buf));
+        // SAFETY: `this` is never dropped (ManuallyDrop) nor used after this read, so
+        // the stream is moved out exactly once; the other fields own nothing (the
+        // buffer was taken above) or are `Copy`.
+        let stream = unsafe { std::ptr::read(&this.stream) };
+        (stream, this.addr)
+    }
+
     /// A client connection with an empty read buffer.
     pub fn new(stream: Stream, addr: SocketAddr, intercepted: bool) -> Client {
         Client {
@@ -52,6 +77,7 @@ impl Client {
             addr,
             intercepted,
             unread_input: false,
+            reset_on_drop: false,
         }
     }
 }

@@ -262,7 +262,9 @@ async fn serve_requests(
         // The exchange's state machine is large and a task's future is allocated at its
         // largest size for the connection's whole life: boxing it per exchange keeps an
         // idle keep-alive connection down to the head reader's state.
+        client.reset_on_drop = true;
         let result = boxed_route(client, shared, head, &mut exchange, conn).await;
+        client.reset_on_drop = false;
         if !conn.chain.is_empty() {
             let cx = shared.plugin_cx(client);
             if let Err(err) = &result {
@@ -345,7 +347,7 @@ async fn accept_listener(
     shared: &Shared,
 ) -> Option<Client> {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let Client { stream, addr, .. } = client;
+    let (stream, addr) = client.into_stream();
     let mut first = [0u8; 1];
     let peeked =
         tokio::time::timeout(shared.config.header_timeout, stream.tcp().peek(&mut first)).await;
@@ -396,7 +398,7 @@ async fn intercept(
         tls_name,
         upstream,
     } = plan;
-    let Client { stream, addr, .. } = client;
+    let (stream, addr) = client.into_stream();
     let session = match accepted.into_connection(config) {
         Ok(session) => session,
         Err((e, mut alert)) => {

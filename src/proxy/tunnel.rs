@@ -104,6 +104,8 @@ pub async fn run(
         .map_err(|e| client_io_error(e, "writing the CONNECT reply"))?;
     exchange.set_status(200);
     exchange.add_bytes(CONNECT_ESTABLISHED.len() as u64);
+    // What follows is a byte stream, not a message: its cut keeps a normal close.
+    client.reset_on_drop = false;
     if let (Some(ca), true) = (&shared.tls.ca, intercepting) {
         let origin = fresh.as_ref().or(pooled.as_ref());
         let mut hello = match origin {

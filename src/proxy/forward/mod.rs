@@ -494,6 +494,8 @@ async fn relay_upgraded(
         websocket,
         parse,
     } = upgraded;
+    // After a 101 the connection carries another protocol: its cut keeps a normal close.
+    client.reset_on_drop = false;
     let hooks = websocket && !chain.is_empty();
     if hooks {
         if let Err((name, e)) = chain.on_websocket_start(cx) {
