@@ -213,6 +213,18 @@ fn a_client_that_gives_up_on_a_stalled_origin_is_noticed_at_once() {
     );
 }
 
+/// Reads `stream` until what it got ends with `suffix` (the connection still open).
+fn read_until_suffix(stream: &mut TcpStream, suffix: &[u8]) -> Vec<u8> {
+    let mut seen = Vec::new();
+    while !seen.ends_with(suffix) {
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).unwrap();
+        assert_ne!(n, 0, "closed after {:?}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    seen
+}
+
 /// An origin that sends `bytes`, then holds its connection open, silent, until the
 /// test ends.
 fn origin_sending_then_stalling(bytes: &'static [u8]) -> (Origin, mpsc::Sender<()>) {
@@ -238,13 +250,7 @@ fn a_response_cut_when_the_grace_period_runs_out_ends_in_a_reset() {
     client
         .write_all(b"GET http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
         .unwrap();
-    let mut seen = Vec::new();
-    while !seen.ends_with(b"PARTIAL") {
-        let mut chunk = [0u8; 1024];
-        let n = client.read(&mut chunk).unwrap();
-        assert_ne!(n, 0, "closed after {:?}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&chunk[..n]);
-    }
+    read_until_suffix(&mut client, b"PARTIAL");
     proxy.take_handle().stop();
     let (rest, reset) = read_until_end(&mut client);
     assert!(rest.is_empty(), "{rest:?}");
@@ -262,13 +268,7 @@ fn a_tunnel_cut_when_the_grace_period_runs_out_ends_in_a_clean_close() {
     client
         .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
         .unwrap();
-    let mut seen = Vec::new();
-    while !seen.ends_with(b"\r\n\r\n") {
-        let mut chunk = [0u8; 1024];
-        let n = client.read(&mut chunk).unwrap();
-        assert_ne!(n, 0, "closed after {:?}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&chunk[..n]);
-    }
+    let seen = read_until_suffix(&mut client, b"\r\n\r\n");
     assert!(
         seen.starts_with(b"HTTP/1.1 200"),
         "{:?}",
