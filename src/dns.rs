@@ -8,8 +8,9 @@
 //! 2. a name in the hosts file gets the hosts file's addresses, before any search
 //!    domain is tried (glibc asks NSS `files` for the name itself first);
 //! 3. otherwise hickory-resolver asks the servers in `resolv.conf` (its `search`,
-//!    `ndots`, `timeout` and `attempts`) for A and AAAA records at once; the answer's
-//!    TTL goes to the worker's cache;
+//!    `ndots`, `timeout` and `attempts`) for A and AAAA records at once, awaiting the
+//!    second family at most 250 ms after the first; the answer's TTL goes
+//!    to the worker's cache;
 //! 4. a name DNS does not know goes to `getaddrinfo` when `nsswitch.conf` lists host
 //!    sources besides `files` and `dns` (mdns, myhostname, LDAP…), so they keep
 //!    working.
@@ -29,7 +30,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::TokioResolver;
 
@@ -169,38 +170,92 @@ async fn getaddrinfo(host: &str, port: u16) -> io::Result<Answer> {
     Ok(Answer { addrs, ttl: None })
 }
 
-/// One lookup through `resolver`: its addresses (one family first, then the other)
-/// and their remaining TTL.
+/// How long the other address family's answer is awaited once one family has
+/// addresses (RFC 8305 §3's resolution delay; the same quarter second as the connect's
+/// attempt delay). A server that drops AAAA queries then costs this, not its timeout.
+const RESOLUTION_DELAY: Duration = Duration::from_millis(250);
+
+/// One family's addresses and until when they may be used.
+type Family = io::Result<(Vec<IpAddr>, Instant)>;
+
+/// One lookup through `resolver`: A and AAAA asked at once, the family this host can
+/// reach first, and the answers' shortest remaining TTL.
 async fn lookup_with(
     resolver: &TokioResolver,
     host: &str,
     port: u16,
     ipv6_first: bool,
 ) -> io::Result<Answer> {
-    let found = resolver.lookup_ip(host).await.map_err(lookup_error)?;
-    let ttl = found
-        .valid_until()
-        .saturating_duration_since(Instant::now());
+    let v4: Pin<Box<dyn Future<Output = Family> + '_>> = Box::pin(async move {
+        let found = resolver.ipv4_lookup(host).await.map_err(lookup_error)?;
+        let ips = found.iter().map(|a| IpAddr::V4(a.0)).collect();
+        Ok((ips, found.valid_until()))
+    });
+    let v6: Pin<Box<dyn Future<Output = Family> + '_>> = Box::pin(async move {
+        let found = resolver.ipv6_lookup(host).await.map_err(lookup_error)?;
+        let ips = found.iter().map(|aaaa| IpAddr::V6(aaaa.0)).collect();
+        Ok((ips, found.valid_until()))
+    });
+    let (first, second) = first_then_briefly(v4, v6).await;
     let mut ips: Vec<IpAddr> = Vec::new();
-    for ip in found.iter() {
-        if !ips.contains(&ip) {
-            ips.push(ip);
+    let mut valid_until: Option<Instant> = None;
+    let mut errors = Vec::new();
+    for family in [Some(first), second].into_iter().flatten() {
+        match family {
+            Ok((found, until)) => {
+                for ip in found {
+                    if !ips.contains(&ip) {
+                        ips.push(ip);
+                    }
+                }
+                valid_until = Some(valid_until.map_or(until, |v| v.min(until)));
+            }
+            Err(e) => errors.push(e),
         }
     }
-    // The A and AAAA answers arrive in either order; glibc sorts by RFC 6724, whose
-    // first rule puts a family this host cannot reach last. The connect then
-    // alternates families from the first one's (RFC 8305).
+    let Some(valid_until) = valid_until.filter(|_| !ips.is_empty()) else {
+        // Both failed: a server that never answered says more than a missing record.
+        let timed_out = errors
+            .iter()
+            .position(|e| e.kind() == io::ErrorKind::TimedOut);
+        return Err(match timed_out {
+            Some(i) => errors.swap_remove(i),
+            None => errors
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no addresses")),
+        });
+    };
+    // glibc sorts by RFC 6724, whose first rule puts a family this host cannot reach
+    // last. The connect then alternates families from the first one's (RFC 8305).
     ips.sort_by_key(|ip| ip.is_ipv6() != ipv6_first);
-    if ips.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::NotFound, "no addresses"));
-    }
     Ok(Answer {
         addrs: ips
             .into_iter()
             .map(|ip| SocketAddr::new(ip, port))
             .collect(),
-        ttl: Some(ttl),
+        ttl: Some(valid_until.saturating_duration_since(Instant::now())),
     })
+}
+
+/// Runs `a` and `b` together: the first to finish, and the other's result if it
+/// finishes within [`RESOLUTION_DELAY`] of a first one with addresses (or at all, after
+/// a first one that failed).
+async fn first_then_briefly<'a>(
+    mut a: Pin<Box<dyn Future<Output = Family> + 'a>>,
+    mut b: Pin<Box<dyn Future<Output = Family> + 'a>>,
+) -> (Family, Option<Family>) {
+    let (first, mut other) = tokio::select! {
+        done = &mut a => (done, b),
+        done = &mut b => (done, a),
+    };
+    let second = match &first {
+        Ok((ips, _)) if !ips.is_empty() => tokio::time::timeout(RESOLUTION_DELAY, &mut other)
+            .await
+            .ok(),
+        _ => Some(other.await),
+    };
+    (first, second)
 }
 
 /// A hickory error as the [`Resolve`] contract spells it.
@@ -311,8 +366,7 @@ impl System {
     }
 }
 
-/// hickory-resolver with `resolv.conf`'s servers and options, asking for A and AAAA
-/// at once, without a cache of its own (the worker's keeps answers for their TTL and
+/// hickory-resolver with `resolv.conf`'s servers and options, without a cache of its own (the worker's keeps answers for their TTL and
 /// forgets a name whose addresses all failed) and without the hosts file (read here,
 /// before any search domain).
 fn build_resolver(files: &Files) -> io::Result<TokioResolver> {
@@ -333,7 +387,6 @@ fn build_resolver(files: &Files) -> io::Result<TokioResolver> {
             .collect();
         ResolverConfig::from_parts(config.domain().cloned(), config.search().to_vec(), servers)
     };
-    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     options.cache_size = 0;
     options.use_hosts_file = ResolveHosts::Never;
     Ok(
@@ -450,8 +503,8 @@ mod tests {
     use super::*;
 
     /// A DNS server on loopback. `found.test`: A 10.1.2.3 (TTL 7) and AAAA
-    /// 2001:db8::5 (TTL 9); `myhost.corp.test`: A 10.9.9.9; `silent.test`: no reply at
-    /// all; any other name: NXDOMAIN.
+    /// 2001:db8::5 (TTL 9); `myhost.corp.test`: A 10.9.9.9; `noaaaa.test`: A 10.1.2.4
+    /// and no reply to AAAA; `silent.test`: no reply at all; any other name: NXDOMAIN.
     async fn dns_server() -> SocketAddr {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
@@ -478,6 +531,8 @@ mod tests {
                         Some((9, &[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5]))
                     }
                     ("myhost.corp.test", 1) => Some((60, &[10, 9, 9, 9])),
+                    ("noaaaa.test", 1) => Some((60, &[10, 1, 2, 4])),
+                    ("noaaaa.test", _) => continue,
                     ("found.test" | "myhost.corp.test", _) => None,
                     _ => {
                         let mut out = query[..2].to_vec();
@@ -591,6 +646,24 @@ mod tests {
             ["127.0.0.1"],
             "inet_aton's spelling, no query"
         );
+    }
+
+    #[tokio::test]
+    async fn a_server_that_drops_aaaa_queries_costs_the_resolution_delay_not_its_timeout() {
+        let server = dns_server().await;
+        // The AAAA query would wait 30 s for its answer, longer than the test waits.
+        let etc = Etc::new(
+            "noaaaa",
+            "nameserver 127.0.0.1\noptions timeout:30 attempts:1\n",
+            "",
+        );
+        let resolver = etc.resolver(server);
+        let answer =
+            tokio::time::timeout(Duration::from_secs(10), resolver.lookup("noaaaa.test", 80))
+                .await
+                .expect("the A answer, without waiting for AAAA's timeout")
+                .unwrap();
+        assert_eq!(ips(&answer), ["10.1.2.4"]);
     }
 
     #[tokio::test]
