@@ -7,13 +7,13 @@
 //!    `inet_aton` takes it;
 //! 2. a name in the hosts file gets the hosts file's addresses, before any search
 //!    domain is tried (glibc asks NSS `files` for the name itself first);
-//! 3. otherwise hickory-resolver asks the servers in `resolv.conf` (its `search`,
-//!    `ndots`, `timeout` and `attempts`) for A and AAAA records at once, awaiting the
-//!    second family at most 250 ms after the first; the answer's TTL goes
-//!    to the worker's cache;
-//! 4. a name DNS does not know goes to `getaddrinfo` when `nsswitch.conf` lists host
-//!    sources besides `files` and `dns` (mdns, myhostname, LDAP…), so they keep
-//!    working.
+//! 3. otherwise hickory-resolver asks the servers in `resolv.conf`, read as glibc
+//!    reads it (see `build_resolver`), for A and AAAA records at once, awaiting the
+//!    second family at most 250 ms after the first; the answer's TTL goes to the
+//!    worker's cache;
+//! 4. `getaddrinfo` answers what `nsswitch.conf` gives to other sources: everything
+//!    when its `hosts:` line lacks `dns`; `.local` names, and names DNS does not know,
+//!    when it lists sources besides `files` and `dns` (mdns, myhostname, LDAP…).
 //!
 //! The three files are checked (one `stat` each) on every lookup, which the worker's
 //! cache keeps to one per name and TTL, and read again when they change. Where
@@ -30,8 +30,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::config::{
+    NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts, ServerOrderingStrategy,
+};
 use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::rr::Name;
+use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::TokioResolver;
 
 /// A boxed resolution future; runs on the worker's own thread, so it need not be `Send`.
@@ -148,17 +152,37 @@ impl Resolve for SystemResolver {
                     ttl: None,
                 });
             }
-            let Some(dns) = &system.dns else {
+            let dns = match &system.dns {
+                Some(dns) if system.sources.dns => dns,
+                // `hosts:` without `dns`, or no usable `resolv.conf`.
+                _ => return getaddrinfo(host, port).await,
+            };
+            // Multicast DNS names are mdns's (nss-mdns), when nsswitch.conf has it.
+            if system.sources.others && is_multicast_dns(host) {
+                return getaddrinfo(host, port).await;
+            }
+            // As a DNS name, in ASCII (`my_host` is a valid DNS name, if not a valid
+            // host name); one DNS cannot spell is left to getaddrinfo.
+            let Ok(name) = Name::from_ascii(host) else {
                 return getaddrinfo(host, port).await;
             };
-            match lookup_with(dns, host, port, system.ipv6_first).await {
-                Err(e) if e.kind() == io::ErrorKind::NotFound && system.other_sources => {
+            match lookup_with(dns, name, port, system.ipv6_first).await {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && system.sources.others => {
                     getaddrinfo(host, port).await
                 }
                 answer => answer,
             }
         })
     }
+}
+
+/// A name under `.local` (RFC 6762).
+fn is_multicast_dns(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host.len() > 6
+        && host
+            .get(host.len() - 6..)
+            .is_some_and(|end| end.eq_ignore_ascii_case(".local"))
 }
 
 /// `getaddrinfo` on tokio's blocking pool: no TTL.
@@ -178,27 +202,29 @@ const RESOLUTION_DELAY: Duration = Duration::from_millis(250);
 /// One family's addresses and until when they may be used.
 type Family = io::Result<(Vec<IpAddr>, Instant)>;
 
-/// One lookup through `resolver`: A and AAAA asked at once, the family this host can
-/// reach first, and the answers' shortest remaining TTL.
-async fn lookup_with(
-    resolver: &TokioResolver,
-    host: &str,
-    port: u16,
-    ipv6_first: bool,
-) -> io::Result<Answer> {
+/// One lookup through `dns`: A and AAAA asked at once (AAAA not at all with `options
+/// no-aaaa`), the family this host can reach first, and the answers' shortest
+/// remaining TTL.
+async fn lookup_with(dns: &Dns, name: Name, port: u16, ipv6_first: bool) -> io::Result<Answer> {
+    let resolver = &dns.resolver;
+    let v4_name = name.clone();
     let v4: Pin<Box<dyn Future<Output = Family> + '_>> = Box::pin(async move {
-        let found = resolver.ipv4_lookup(host).await.map_err(lookup_error)?;
+        let found = resolver.ipv4_lookup(v4_name).await.map_err(lookup_error)?;
         let ips = found.iter().map(|a| IpAddr::V4(a.0)).collect();
-        Ok((ips, found.valid_until()))
+        Ok((ips, valid_until(found.as_lookup())))
     });
     let v6: Pin<Box<dyn Future<Output = Family> + '_>> = Box::pin(async move {
-        let found = resolver.ipv6_lookup(host).await.map_err(lookup_error)?;
+        let found = resolver.ipv6_lookup(name).await.map_err(lookup_error)?;
         let ips = found.iter().map(|aaaa| IpAddr::V6(aaaa.0)).collect();
-        Ok((ips, found.valid_until()))
+        Ok((ips, valid_until(found.as_lookup())))
     });
-    let (first, second) = first_then_briefly(v4, v6).await;
+    let (first, second) = if dns.no_aaaa {
+        (v4.await, None)
+    } else {
+        first_then_briefly(v4, v6).await
+    };
     let mut ips: Vec<IpAddr> = Vec::new();
-    let mut valid_until: Option<Instant> = None;
+    let mut until_min: Option<Instant> = None;
     let mut errors = Vec::new();
     for family in [Some(first), second].into_iter().flatten() {
         match family {
@@ -208,12 +234,12 @@ async fn lookup_with(
                         ips.push(ip);
                     }
                 }
-                valid_until = Some(valid_until.map_or(until, |v| v.min(until)));
+                until_min = Some(until_min.map_or(until, |v| v.min(until)));
             }
             Err(e) => errors.push(e),
         }
     }
-    let Some(valid_until) = valid_until.filter(|_| !ips.is_empty()) else {
+    let Some(until_min) = until_min.filter(|_| !ips.is_empty()) else {
         // Both failed: a server that never answered says more than a missing record.
         let timed_out = errors
             .iter()
@@ -234,8 +260,22 @@ async fn lookup_with(
             .into_iter()
             .map(|ip| SocketAddr::new(ip, port))
             .collect(),
-        ttl: Some(valid_until.saturating_duration_since(Instant::now())),
+        ttl: Some(until_min.saturating_duration_since(Instant::now())),
     })
+}
+
+/// Until when an answer may be used: its records' shortest TTL (hickory's
+/// `valid_until`), or now when a record's TTL has its top bit set, which RFC 2181 §8
+/// says to read as 0.
+fn valid_until(lookup: &hickory_resolver::lookup::Lookup) -> Instant {
+    if lookup
+        .records()
+        .iter()
+        .any(|record| record.ttl() >= 1 << 31)
+    {
+        return Instant::now();
+    }
+    lookup.valid_until()
 }
 
 /// Runs `a` and `b` together: the first to finish, and the other's result if it
@@ -279,11 +319,27 @@ struct System {
     /// Lower-case name → addresses, in the file's order.
     hosts: HashMap<String, Vec<IpAddr>>,
     /// `None`: `resolv.conf` could not be used, `getaddrinfo` answers.
-    dns: Option<TokioResolver>,
+    dns: Option<Dns>,
     /// Whether this host has a route to the IPv6 internet.
     ipv6_first: bool,
-    /// Whether `nsswitch.conf` lists host sources besides `files` and `dns`.
-    other_sources: bool,
+    /// What `nsswitch.conf` lists for host names.
+    sources: HostSources,
+}
+
+/// The resolver built from `resolv.conf`, and what it asks for.
+struct Dns {
+    resolver: TokioResolver,
+    /// `options no-aaaa`: IPv4 addresses only.
+    no_aaaa: bool,
+}
+
+/// The `hosts:` line of `nsswitch.conf`, as far as it matters here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HostSources {
+    /// `dns` is listed (or there is no `hosts:` line: glibc then asks DNS).
+    dns: bool,
+    /// Sources besides `files` and `dns` are listed (mdns, myhostname, LDAP…).
+    others: bool,
 }
 
 /// A file's identity and version: a change in any part means read it again.
@@ -343,10 +399,14 @@ impl System {
         let hosts = std::fs::read_to_string(&files.hosts)
             .map(|text| parse_hosts(&text))
             .unwrap_or_default();
-        let other_sources = std::fs::read_to_string(&files.nsswitch)
-            .is_ok_and(|text| lists_other_host_sources(&text));
+        let sources = std::fs::read_to_string(&files.nsswitch)
+            .map(|text| host_sources(&text))
+            .unwrap_or(HostSources {
+                dns: true,
+                others: false,
+            });
         let dns = match build_resolver(files) {
-            Ok(resolver) => Some(resolver),
+            Ok(dns) => Some(dns),
             Err(e) => {
                 tracing::warn!(
                     resolv_conf = %files.resolv_conf.display(),
@@ -361,39 +421,88 @@ impl System {
             hosts,
             dns,
             ipv6_first: has_ipv6_route(),
-            other_sources,
+            sources,
         }
     }
 }
 
-/// hickory-resolver with `resolv.conf`'s servers and options, without a cache of its own (the worker's keeps answers for their TTL and
-/// forgets a name whose addresses all failed) and without the hosts file (read here,
-/// before any search domain).
-fn build_resolver(files: &Files) -> io::Result<TokioResolver> {
+/// hickory-resolver as glibc reads `resolv.conf`: its servers asked one at a time in
+/// their order (`options rotate`: in turn), the first answer taken (NXDOMAIN included),
+/// the last `search` or `domain` line (else the host name's domain) as the search list,
+/// `ndots`, `timeout`, `attempts` (tries per server; hickory counts retries), `edns0`,
+/// `use-vc` (TCP only) and `no-aaaa`; options it does not know are ignored, with a
+/// warning. No cache of its own (the worker's keeps answers for their TTL and forgets a
+/// name whose addresses all failed) and no hosts file (read here, before any search
+/// domain).
+fn build_resolver(files: &Files) -> io::Result<Dns> {
     let text = std::fs::read(&files.resolv_conf)?;
-    let (config, mut options) = hickory_resolver::system_conf::parse_resolv_conf(text)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    let config = if files.port == 53 {
-        config
+    let (conf, errors) = resolv_conf::Config::parse_with_errors(&text);
+    if let Some(first) = errors.first() {
+        tracing::warn!(
+            resolv_conf = %files.resolv_conf.display(),
+            ignored = errors.len(),
+            first = %first,
+            "parts of the DNS configuration are not understood; the rest is used"
+        );
+    }
+    if conf.nameservers.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no nameserver line",
+        ));
+    }
+    let protocols: &[Protocol] = if conf.use_vc {
+        &[Protocol::Tcp]
     } else {
-        let servers: Vec<NameServerConfig> = config
-            .name_servers()
-            .iter()
-            .map(|server| {
-                let mut server = server.clone();
-                server.socket_addr.set_port(files.port);
-                server
-            })
-            .collect();
-        ResolverConfig::from_parts(config.domain().cloned(), config.search().to_vec(), servers)
+        &[Protocol::Udp, Protocol::Tcp]
+    };
+    let mut servers = Vec::new();
+    for server in &conf.nameservers {
+        let ip = match server {
+            resolv_conf::ScopedIp::V4(ip) => SocketAddr::new(IpAddr::V4(*ip), files.port),
+            resolv_conf::ScopedIp::V6(ip, scope) => {
+                let scope = scope.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
+                SocketAddr::V6(std::net::SocketAddrV6::new(*ip, files.port, 0, scope))
+            }
+        };
+        for &protocol in protocols {
+            let mut config = NameServerConfig::new(ip, protocol);
+            // glibc takes the first server's NXDOMAIN as the answer.
+            config.trust_negative_responses = true;
+            servers.push(config);
+        }
+    }
+    let explicit: Vec<String> = conf.get_last_search_or_domain().cloned().collect();
+    let search: Vec<Name> = if explicit.is_empty() && conf.get_domain().is_none() {
+        conf.get_system_domain().into_iter().collect()
+    } else {
+        explicit
+    }
+    .iter()
+    // `search .` (systemd-resolved's stub) adds nothing: the name is tried as is anyway.
+    .filter(|domain| !matches!(domain.as_str(), "." | "--"))
+    .filter_map(|domain| Name::from_ascii(domain).ok())
+    .collect();
+    let mut options = ResolverOpts::default();
+    options.ndots = conf.ndots as usize;
+    options.timeout = Duration::from_secs(u64::from(conf.timeout.max(1)));
+    options.attempts = (conf.attempts.max(1) - 1) as usize;
+    options.edns0 = conf.edns0;
+    options.num_concurrent_reqs = 1;
+    options.server_ordering_strategy = if conf.rotate {
+        ServerOrderingStrategy::RoundRobin
+    } else {
+        ServerOrderingStrategy::UserProvidedOrder
     };
     options.cache_size = 0;
     options.use_hosts_file = ResolveHosts::Never;
-    Ok(
-        TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+    let config = ResolverConfig::from_parts(None, search, servers);
+    Ok(Dns {
+        resolver: TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
             .with_options(options)
             .build(),
-    )
+        no_aaaa: conf.no_aaaa,
+    })
 }
 
 /// The key a name has in the hosts map: lower case, without a final dot.
@@ -421,25 +530,39 @@ fn parse_hosts(text: &str) -> HashMap<String, Vec<IpAddr>> {
     hosts
 }
 
-/// Whether the `hosts:` line of `nsswitch.conf` names a source other than `files`
-/// and `dns` (actions in brackets aside).
-fn lists_other_host_sources(nsswitch: &str) -> bool {
-    nsswitch
+/// The sources the `hosts:` line of `nsswitch.conf` lists (actions in brackets
+/// aside); without such a line, glibc's default (`dns`, then `files`).
+fn host_sources(nsswitch: &str) -> HostSources {
+    let Some(line) = nsswitch
         .lines()
         .filter_map(|line| line.split('#').next()?.trim().strip_prefix("hosts:"))
-        .flat_map(|sources| {
-            let mut in_action = false;
-            sources.split_ascii_whitespace().filter(move |word| {
-                let skip = in_action || word.starts_with('[');
-                in_action = skip && !word.ends_with(']');
-                !skip
-            })
+        // glibc keeps the first line for a database.
+        .next()
+    else {
+        return HostSources {
+            dns: true,
+            others: false,
+        };
+    };
+    let mut in_action = false;
+    let sources: Vec<&str> = line
+        .split_ascii_whitespace()
+        .filter(|word| {
+            let skip = in_action || word.starts_with('[');
+            in_action = skip && !word.ends_with(']');
+            !skip
         })
-        .any(|source| source != "files" && source != "dns")
+        .collect();
+    HostSources {
+        dns: sources.contains(&"dns"),
+        others: sources.iter().any(|s| *s != "files" && *s != "dns"),
+    }
 }
 
 /// Whether this host can reach the IPv6 internet: a route to a global address from a
-/// global source (a UDP connect sends nothing). glibc's RFC 6724 sort asks the same.
+/// global source (a UDP connect sends nothing). glibc's RFC 6724 sort asks the same: a
+/// unique-local (`fc00::/7`), 6to4 (`2002::/16`) or Teredo (`2001::/32`) source does
+/// not put IPv6 first.
 fn has_ipv6_route() -> bool {
     let Ok(socket) = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)) else {
         return false;
@@ -450,11 +573,20 @@ fn has_ipv6_route() -> bool {
     );
     socket.connect(probe).is_ok()
         && socket.local_addr().is_ok_and(|local| match local.ip() {
-            IpAddr::V6(ip) => {
-                !ip.is_loopback() && !ip.is_unspecified() && ip.segments()[0] & 0xffc0 != 0xfe80
-            }
+            IpAddr::V6(ip) => is_global_source(ip),
             IpAddr::V4(_) => false,
         })
+}
+
+/// An IPv6 source address from which glibc would prefer IPv6 for global destinations.
+fn is_global_source(ip: Ipv6Addr) -> bool {
+    let [first, second, ..] = ip.segments();
+    !ip.is_loopback()
+        && !ip.is_unspecified()
+        && first & 0xffc0 != 0xfe80
+        && first & 0xfe00 != 0xfc00
+        && first != 0x2002
+        && !(first == 0x2001 && second == 0)
 }
 
 /// An IPv4 address in one of the legacy spellings `inet_aton` accepts (and browsers
@@ -503,8 +635,10 @@ mod tests {
     use super::*;
 
     /// A DNS server on loopback. `found.test`: A 10.1.2.3 (TTL 7) and AAAA
-    /// 2001:db8::5 (TTL 9); `myhost.corp.test`: A 10.9.9.9; `noaaaa.test`: A 10.1.2.4
-    /// and no reply to AAAA; `silent.test`: no reply at all; any other name: NXDOMAIN.
+    /// 2001:db8::5 (TTL 9); `myhost.corp.test`: A 10.9.9.9; `myhost.other.test`: A
+    /// 10.7.7.7; `my_host.test`: A 10.1.2.5; `huge-ttl.test`: A 10.1.2.6 with a TTL whose
+    /// top bit is set; `noaaaa.test`: A 10.1.2.4 and no reply to AAAA; `silent.test`: no
+    /// reply at all; any other name: NXDOMAIN.
     async fn dns_server() -> SocketAddr {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
@@ -524,7 +658,7 @@ mod tests {
                 let question = &query[12..end + 5];
                 let qtype = u16::from_be_bytes([query[end + 1], query[end + 2]]);
                 let name = labels.join(".").to_ascii_lowercase();
-                let record: Option<(u8, &[u8])> = match (name.as_str(), qtype) {
+                let record: Option<(u32, &[u8])> = match (name.as_str(), qtype) {
                     ("silent.test", _) => continue,
                     ("found.test", 1) => Some((7, &[10, 1, 2, 3])),
                     ("found.test", 28) => {
@@ -533,6 +667,10 @@ mod tests {
                     ("myhost.corp.test", 1) => Some((60, &[10, 9, 9, 9])),
                     ("noaaaa.test", 1) => Some((60, &[10, 1, 2, 4])),
                     ("noaaaa.test", _) => continue,
+                    ("my_host.test", 1) => Some((60, &[10, 1, 2, 5])),
+                    ("huge-ttl.test", 1) => Some((0x8000_0001, &[10, 1, 2, 6])),
+                    ("myhost.other.test", 1) => Some((60, &[10, 7, 7, 7])),
+                    ("my_host.test" | "huge-ttl.test" | "myhost.other.test", _) => None,
                     ("found.test" | "myhost.corp.test", _) => None,
                     _ => {
                         let mut out = query[..2].to_vec();
@@ -559,7 +697,9 @@ mod tests {
                 if let Some((ttl, data)) = record {
                     out.extend_from_slice(&[0xc0, 0x0c]);
                     out.extend_from_slice(&qtype.to_be_bytes());
-                    out.extend_from_slice(&[0, 1, 0, 0, 0, ttl, 0, data.len() as u8]);
+                    out.extend_from_slice(&[0, 1]);
+                    out.extend_from_slice(&ttl.to_be_bytes());
+                    out.extend_from_slice(&[0, data.len() as u8]);
                     out.extend_from_slice(data);
                 }
                 let _ = socket.send_to(&out, from).await;
@@ -667,6 +807,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn names_are_sent_as_dns_spells_them_and_odd_ttls_are_not_kept() {
+        let server = dns_server().await;
+        let etc = Etc::new(
+            "names",
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+            "",
+        );
+        let resolver = etc.resolver(server);
+        // An underscore is valid in a DNS name (not in a host name): getaddrinfo asks.
+        let underscore = resolver.lookup("MY_HOST.test", 80).await.unwrap();
+        assert_eq!(ips(&underscore), ["10.1.2.5"]);
+        // RFC 2181 §8: a TTL with its top bit set counts as 0.
+        let huge = resolver.lookup("huge-ttl.test", 80).await.unwrap();
+        assert_eq!(ips(&huge), ["10.1.2.6"]);
+        assert_eq!(huge.ttl, Some(Duration::ZERO));
+    }
+
+    #[tokio::test]
+    async fn resolv_conf_is_read_as_glibc_reads_it() {
+        let server = dns_server().await;
+        // The last of `domain` and `search` wins; `search .` adds nothing; an option
+        // glibc knows but this parser does not is skipped, not fatal.
+        let etc = Etc::new(
+            "glibc",
+            "nameserver 127.0.0.1\ndomain other.test\nsearch . corp.test\n\
+             options timeout:1 attempts:1 no-aaaa strict-error\n",
+            "",
+        );
+        let resolver = etc.resolver(server);
+        let searched = resolver.lookup("myhost", 80).await.unwrap();
+        assert_eq!(ips(&searched), ["10.9.9.9"], "corp.test, not other.test");
+        assert!(
+            searched.ttl.is_some(),
+            "answered by DNS, not by getaddrinfo"
+        );
+        let v4_only = resolver.lookup("found.test", 80).await.unwrap();
+        assert_eq!(ips(&v4_only), ["10.1.2.3"], "options no-aaaa");
+
+        etc.write(
+            "resolv.conf",
+            "nameserver 127.0.0.1\nsearch corp.test\ndomain other.test\n",
+        );
+        let domain = resolver.lookup("myhost", 80).await.unwrap();
+        assert_eq!(ips(&domain), ["10.7.7.7"], "the domain line came last");
+
+        // `hosts: files` without `dns`: DNS is not asked (getaddrinfo finds nothing).
+        etc.write("nsswitch.conf", "hosts: files\n");
+        let not_asked = resolver.lookup("myhost", 80).await;
+        assert!(not_asked.is_err(), "{not_asked:?}");
+    }
+
+    #[tokio::test]
     async fn the_hosts_file_comes_before_search_domains_and_is_read_again_when_it_changes() {
         let server = dns_server().await;
         let etc = Etc::new(
@@ -749,20 +941,59 @@ mod tests {
     }
 
     #[test]
-    fn nsswitch_sources_beyond_files_and_dns_are_noticed() {
-        assert!(!lists_other_host_sources(
-            "passwd: files\nhosts:          files dns\n"
-        ));
-        assert!(!lists_other_host_sources(
-            "hosts: files [NOTFOUND=return] dns\n"
-        ));
-        assert!(!lists_other_host_sources("# hosts: files mdns4\n"));
-        assert!(!lists_other_host_sources(""));
-        assert!(lists_other_host_sources(
-            "hosts: files mdns4_minimal [NOTFOUND=return] dns myhostname\n"
-        ));
-        assert!(lists_other_host_sources(
-            "hosts: files resolve [!UNAVAIL=return] dns\n"
-        ));
+    fn nsswitch_host_sources() {
+        let sources = |text: &str| {
+            let s = host_sources(text);
+            (s.dns, s.others)
+        };
+        assert_eq!(
+            sources("passwd: files\nhosts:          files dns\n"),
+            (true, false)
+        );
+        assert_eq!(
+            sources("hosts: files [NOTFOUND=return] dns\n"),
+            (true, false)
+        );
+        assert_eq!(
+            sources("# hosts: files mdns4\n"),
+            (true, false),
+            "no hosts line"
+        );
+        assert_eq!(sources(""), (true, false));
+        assert_eq!(sources("hosts: files\n"), (false, false));
+        assert_eq!(
+            sources("hosts: files mdns4_minimal [NOTFOUND=return] dns myhostname\n"),
+            (true, true)
+        );
+        assert_eq!(
+            sources("hosts: files resolve [!UNAVAIL=return UNAVAIL=continue] dns\n"),
+            (true, true)
+        );
+    }
+
+    #[test]
+    fn global_ipv6_sources_and_multicast_names() {
+        let global = |s: &str| is_global_source(s.parse().unwrap());
+        assert!(global("2a00:1450::1"));
+        assert!(
+            global("2001:db8::1"),
+            "a documentation prefix is still global-scope"
+        );
+        for local in [
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::2",
+            "fc00::1",
+            "2002:c000:204::1",
+            "2001:0:1::1",
+        ] {
+            assert!(!global(local), "{local}");
+        }
+        assert!(is_multicast_dns("printer.local"));
+        assert!(is_multicast_dns("Printer.LOCAL."));
+        assert!(!is_multicast_dns(".local"));
+        assert!(!is_multicast_dns("local"));
+        assert!(!is_multicast_dns("example.localhost"));
     }
 }

@@ -16,6 +16,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use proxy::dns::SystemResolver;
 use support::*;
@@ -27,7 +28,16 @@ type Seen = Arc<Mutex<HashMap<(String, u16), usize>>>;
 /// whose address is `None` gets no reply at all; a name not in the zone gets NXDOMAIN;
 /// AAAA queries for a zone name get an empty answer.
 fn dns_server(zone: &'static [(&'static str, Option<[u8; 4]>, u8)]) -> (SocketAddr, Seen) {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    dns_server_at("127.0.0.1:0".parse().unwrap(), zone, Duration::ZERO)
+}
+
+/// [`dns_server`] on `bind`, answering each query after `delay`.
+fn dns_server_at(
+    bind: SocketAddr,
+    zone: &'static [(&'static str, Option<[u8; 4]>, u8)],
+    delay: Duration,
+) -> (SocketAddr, Seen) {
+    let socket = UdpSocket::bind(bind).unwrap();
     let addr = socket.local_addr().unwrap();
     let seen: Seen = Arc::default();
     let counts = seen.clone();
@@ -50,24 +60,31 @@ fn dns_server(zone: &'static [(&'static str, Option<[u8; 4]>, u8)]) -> (SocketAd
                 .unwrap()
                 .entry((name.clone(), qtype))
                 .or_insert(0) += 1;
+            thread::sleep(delay);
             let entry = zone.iter().find(|(zone_name, _, _)| *zone_name == name);
-            let mut out = query[..2].to_vec();
-            match entry {
+            // A negative answer carries the zone's SOA, as real servers send it (a
+            // resolver trusts a negative answer by it).
+            let (rcode, record) = match entry {
                 Some((_, None, _)) => continue,
-                None => out.extend_from_slice(&[0x81, 0x83, 0, 1, 0, 0, 0, 0, 0, 0]),
-                Some((_, Some(ip), ttl)) => {
-                    let answer = qtype == 1;
-                    out.extend_from_slice(&[0x81, 0x80, 0, 1, 0, u8::from(answer), 0, 0, 0, 0]);
-                    out.extend_from_slice(question);
-                    if answer {
-                        out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, *ttl, 0, 4]);
-                        out.extend_from_slice(ip);
-                    }
-                    let _ = socket.send_to(&out, from);
-                    continue;
+                None => (3, None),
+                Some((_, Some(ip), ttl)) => (0, (qtype == 1).then_some((ip, ttl))),
+            };
+            let mut out = query[..2].to_vec();
+            out.extend_from_slice(&[0x81, 0x80 | rcode, 0, 1, 0, u8::from(record.is_some())]);
+            out.extend_from_slice(&[0, u8::from(record.is_none()), 0, 0]);
+            out.extend_from_slice(question);
+            match record {
+                Some((ip, ttl)) => {
+                    out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, *ttl, 0, 4]);
+                    out.extend_from_slice(ip);
+                }
+                None => {
+                    // SOA for the root: empty names, five 32-bit numbers.
+                    out.extend_from_slice(&[0, 0, 6, 0, 1, 0, 0, 0, 60, 0, 22, 0, 0]);
+                    out.extend_from_slice(&[0; 19]);
+                    out.push(60);
                 }
             }
-            out.extend_from_slice(question);
             let _ = socket.send_to(&out, from);
         }
     });
@@ -87,13 +104,17 @@ struct Etc(PathBuf);
 
 impl Etc {
     fn new(test: &str, hosts: &str) -> Etc {
+        Etc::with_resolv_conf(
+            test,
+            "nameserver 127.0.0.1\nsearch corp.test\noptions timeout:1 attempts:1\n",
+            hosts,
+        )
+    }
+
+    fn with_resolv_conf(test: &str, resolv_conf: &str, hosts: &str) -> Etc {
         let dir = temp_path(&format!("system-dns-{test}"));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("resolv.conf"),
-            "nameserver 127.0.0.1\nsearch corp.test\noptions timeout:1 attempts:1\n",
-        )
-        .unwrap();
+        std::fs::write(dir.join("resolv.conf"), resolv_conf).unwrap();
         std::fs::write(dir.join("hosts"), hosts).unwrap();
         std::fs::write(dir.join("nsswitch.conf"), "hosts: files dns\n").unwrap();
         Etc(dir)
@@ -184,4 +205,41 @@ fn unknown_names_are_dns_error_and_silent_servers_dns_timeout() {
     // The server never answers: hickory gives up after `timeout:1 attempts:1`, well
     // before the proxy's own connect timeout.
     request(proxy.addr, &get("http://silent.test/", "")).assert_error(504, "dns_timeout");
+    // `attempts:1` is one try per server, as in glibc (hickory counts retries).
+    assert_eq!(queries(&seen, "silent.test"), 1);
+}
+
+#[test]
+fn the_first_nameserver_answers_even_when_a_later_one_is_faster() {
+    // Split-horizon DNS: the first server knows the internal name (and is slow), the
+    // second would say NXDOMAIN at once. glibc asks the second only if the first fails.
+    static INTERNAL: &[(&str, Option<[u8; 4]>, u8)] =
+        &[("internal.test", Some([127, 0, 0, 1]), 60)];
+    static PUBLIC: &[(&str, Option<[u8; 4]>, u8)] = &[];
+    let (first, _) = dns_server_at(
+        "127.0.0.1:0".parse().unwrap(),
+        INTERNAL,
+        Duration::from_millis(50),
+    );
+    let second_addr = SocketAddr::new([127, 0, 0, 2].into(), first.port());
+    let (_, second_seen) = dns_server_at(second_addr, PUBLIC, Duration::ZERO);
+    let etc = Etc::with_resolv_conf(
+        "split",
+        "nameserver 127.0.0.1\nnameserver 127.0.0.2\noptions timeout:5 attempts:1\n",
+        "",
+    );
+    let proxy = etc.proxy(first);
+    let origin = closing_origin();
+    for i in 0..3 {
+        let resp = request(
+            proxy.addr,
+            &get(
+                &format!("http://internal.test:{}/{i}", origin.addr.port()),
+                "",
+            ),
+        );
+        assert_eq!(resp.text(), "from the origin");
+    }
+    let leaked = second_seen.lock().unwrap().clone();
+    assert!(leaked.is_empty(), "asked of the second server: {leaked:?}");
 }
