@@ -8,12 +8,14 @@
 //! 2. a name in the hosts file gets the hosts file's addresses, before any search
 //!    domain is tried (glibc asks NSS `files` for the name itself first);
 //! 3. otherwise hickory-resolver asks the servers in `resolv.conf`, read as glibc
-//!    reads it (see `build_resolver`), for A and AAAA records at once, awaiting the
-//!    second family at most 250 ms after the first; the answer's TTL goes to the
-//!    worker's cache;
+//!    reads it (see `build_resolver`); the search list is walked here as glibc's
+//!    `res_search` walks it, each candidate asked for A and AAAA at once, so that both
+//!    families come from one name; the family this host prefers is awaited in full,
+//!    the other at most 250 ms longer; the answer's TTL goes to the worker's cache;
 //! 4. `getaddrinfo` answers what `nsswitch.conf` gives to other sources: everything
-//!    when its `hosts:` line lacks `dns`; `.local` names, and names DNS does not know,
-//!    when it lists sources besides `files` and `dns` (mdns, myhostname, LDAP…).
+//!    when its `hosts:` line lacks `dns`; `.local` names when it lists an mdns source;
+//!    names DNS does not know when sources other than `files` follow `dns`
+//!    (myhostname, LDAP…).
 //!
 //! The three files are checked (one `stat` each) on every lookup, which the worker's
 //! cache keeps to one per name and TTL, and read again when they change. Where
@@ -158,7 +160,7 @@ impl Resolve for SystemResolver {
                 _ => return getaddrinfo(host, port).await,
             };
             // Multicast DNS names are mdns's (nss-mdns), when nsswitch.conf has it.
-            if system.sources.others && is_multicast_dns(host) {
+            if system.sources.mdns && is_multicast_dns(host) {
                 return getaddrinfo(host, port).await;
             }
             // As a DNS name, in ASCII (`my_host` is a valid DNS name, if not a valid
@@ -166,8 +168,8 @@ impl Resolve for SystemResolver {
             let Ok(name) = Name::from_ascii(host) else {
                 return getaddrinfo(host, port).await;
             };
-            match lookup_with(dns, name, port, system.ipv6_first).await {
-                Err(e) if e.kind() == io::ErrorKind::NotFound && system.sources.others => {
+            match lookup_with(dns, host, name, port, system.ipv6_first).await {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && system.sources.after_dns => {
                     getaddrinfo(host, port).await
                 }
                 answer => answer,
@@ -194,18 +196,66 @@ async fn getaddrinfo(host: &str, port: u16) -> io::Result<Answer> {
     Ok(Answer { addrs, ttl: None })
 }
 
-/// How long the other address family's answer is awaited once one family has
-/// addresses (RFC 8305 §3's resolution delay; the same quarter second as the connect's
-/// attempt delay). A server that drops AAAA queries then costs this, not its timeout.
+/// How long the family this host does not prefer is awaited once the preferred one
+/// has addresses (RFC 8305 §3's resolution delay; the same quarter second as the
+/// connect's attempt delay): a server that drops AAAA queries then costs this, not its
+/// timeout. The preferred family is always awaited in full.
 const RESOLUTION_DELAY: Duration = Duration::from_millis(250);
+
+/// The longest an answer missing its other family (cut by [`RESOLUTION_DELAY`]) is
+/// kept: the next lookup asks again.
+const CUT_ANSWER_TTL: Duration = Duration::from_secs(5);
 
 /// One family's addresses and until when they may be used.
 type Family = io::Result<(Vec<IpAddr>, Instant)>;
 
-/// One lookup through `dns`: A and AAAA asked at once (AAAA not at all with `options
-/// no-aaaa`), the family this host can reach first, and the answers' shortest
-/// remaining TTL.
-async fn lookup_with(dns: &Dns, name: Name, port: u16, ipv6_first: bool) -> io::Result<Answer> {
+/// What one candidate name (the name itself, or the name in a search domain) gave.
+enum Candidate {
+    /// Addresses, the preferred family's first, and until when they may be used.
+    Found(Vec<IpAddr>, Instant),
+    /// NXDOMAIN, or no A and no AAAA record: the next candidate is tried.
+    Missing,
+    /// Another failure: a timeout ends the search (as in glibc); others (SERVFAIL,
+    /// REFUSED) let it go on.
+    Failed(io::Error),
+}
+
+/// One lookup through `dns`, walking the names to try as glibc's `res_search` does:
+/// the name as given first when it has at least `ndots` dots, then the name in each
+/// search domain, then the name as given if not tried yet; a name ending in a dot is
+/// tried alone. Each candidate is asked for A and AAAA at once, and the first one with
+/// records of either family answers, so both families come from the same name.
+async fn lookup_with(
+    dns: &Dns,
+    host: &str,
+    name: Name,
+    port: u16,
+    ipv6_first: bool,
+) -> io::Result<Answer> {
+    let mut failure: Option<io::Error> = None;
+    for candidate in dns.candidates(host, name) {
+        match lookup_candidate(dns, candidate, ipv6_first).await {
+            Candidate::Found(ips, until) => {
+                return Ok(Answer {
+                    addrs: ips
+                        .into_iter()
+                        .map(|ip| SocketAddr::new(ip, port))
+                        .collect(),
+                    ttl: Some(until.saturating_duration_since(Instant::now())),
+                })
+            }
+            Candidate::Missing => {}
+            Candidate::Failed(e) if e.kind() == io::ErrorKind::TimedOut => return Err(e),
+            Candidate::Failed(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    Err(failure.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such name")))
+}
+
+/// A and AAAA (A alone with `options no-aaaa`) for one fully qualified name.
+async fn lookup_candidate(dns: &Dns, name: Name, ipv6_first: bool) -> Candidate {
     let resolver = &dns.resolver;
     let v4_name = name.clone();
     let v4: Pin<Box<dyn Future<Output = Family> + '_>> = Box::pin(async move {
@@ -213,20 +263,27 @@ async fn lookup_with(dns: &Dns, name: Name, port: u16, ipv6_first: bool) -> io::
         let ips = found.iter().map(|a| IpAddr::V4(a.0)).collect();
         Ok((ips, valid_until(found.as_lookup())))
     });
+    if dns.no_aaaa {
+        return candidate_of([Some(v4.await), None], false);
+    }
     let v6: Pin<Box<dyn Future<Output = Family> + '_>> = Box::pin(async move {
         let found = resolver.ipv6_lookup(name).await.map_err(lookup_error)?;
         let ips = found.iter().map(|aaaa| IpAddr::V6(aaaa.0)).collect();
         Ok((ips, valid_until(found.as_lookup())))
     });
-    let (first, second) = if dns.no_aaaa {
-        (v4.await, None)
-    } else {
-        first_then_briefly(v4, v6).await
-    };
+    let (preferred, other) = if ipv6_first { (v6, v4) } else { (v4, v6) };
+    let (preferred, other) = preferred_then_briefly(preferred, other).await;
+    let cut = other.is_none();
+    candidate_of([Some(preferred), other], cut)
+}
+
+/// The candidate's outcome from its families' (the preferred first; `None`: not
+/// asked, or cut short, which `cut` says).
+fn candidate_of(families: [Option<Family>; 2], cut: bool) -> Candidate {
     let mut ips: Vec<IpAddr> = Vec::new();
     let mut until_min: Option<Instant> = None;
-    let mut errors = Vec::new();
-    for family in [Some(first), second].into_iter().flatten() {
+    let mut failure: Option<io::Error> = None;
+    for family in families.into_iter().flatten() {
         match family {
             Ok((found, until)) => {
                 for ip in found {
@@ -234,34 +291,27 @@ async fn lookup_with(dns: &Dns, name: Name, port: u16, ipv6_first: bool) -> io::
                         ips.push(ip);
                     }
                 }
-                until_min = Some(until_min.map_or(until, |v| v.min(until)));
+                until_min = Some(until_min.map_or(until, |u| u.min(until)));
             }
-            Err(e) => errors.push(e),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // A timeout says more than another failure.
+            Err(e) => match &failure {
+                Some(f) if f.kind() == io::ErrorKind::TimedOut => {}
+                _ => failure = Some(e),
+            },
         }
     }
-    let Some(until_min) = until_min.filter(|_| !ips.is_empty()) else {
-        // Both failed: a server that never answered says more than a missing record.
-        let timed_out = errors
-            .iter()
-            .position(|e| e.kind() == io::ErrorKind::TimedOut);
-        return Err(match timed_out {
-            Some(i) => errors.swap_remove(i),
-            None => errors
-                .into_iter()
-                .next()
-                .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no addresses")),
-        });
-    };
-    // glibc sorts by RFC 6724, whose first rule puts a family this host cannot reach
-    // last. The connect then alternates families from the first one's (RFC 8305).
-    ips.sort_by_key(|ip| ip.is_ipv6() != ipv6_first);
-    Ok(Answer {
-        addrs: ips
-            .into_iter()
-            .map(|ip| SocketAddr::new(ip, port))
-            .collect(),
-        ttl: Some(until_min.saturating_duration_since(Instant::now())),
-    })
+    match until_min {
+        Some(until) if !ips.is_empty() => {
+            let until = if cut {
+                until.min(Instant::now() + CUT_ANSWER_TTL)
+            } else {
+                until
+            };
+            Candidate::Found(ips, until)
+        }
+        _ => failure.map_or(Candidate::Missing, Candidate::Failed),
+    }
 }
 
 /// Until when an answer may be used: its records' shortest TTL (hickory's
@@ -278,24 +328,25 @@ fn valid_until(lookup: &hickory_resolver::lookup::Lookup) -> Instant {
     lookup.valid_until()
 }
 
-/// Runs `a` and `b` together: the first to finish, and the other's result if it
-/// finishes within [`RESOLUTION_DELAY`] of a first one with addresses (or at all, after
-/// a first one that failed).
-async fn first_then_briefly<'a>(
-    mut a: Pin<Box<dyn Future<Output = Family> + 'a>>,
-    mut b: Pin<Box<dyn Future<Output = Family> + 'a>>,
+/// Runs the two families' lookups together. The preferred one is awaited in full; the
+/// other too, unless the preferred one has addresses, when it gets [`RESOLUTION_DELAY`]
+/// more (`None`: it was cut short).
+async fn preferred_then_briefly<'a>(
+    mut preferred: Pin<Box<dyn Future<Output = Family> + 'a>>,
+    mut other: Pin<Box<dyn Future<Output = Family> + 'a>>,
 ) -> (Family, Option<Family>) {
-    let (first, mut other) = tokio::select! {
-        done = &mut a => (done, b),
-        done = &mut b => (done, a),
-    };
-    let second = match &first {
-        Ok((ips, _)) if !ips.is_empty() => tokio::time::timeout(RESOLUTION_DELAY, &mut other)
-            .await
-            .ok(),
-        _ => Some(other.await),
-    };
-    (first, second)
+    tokio::select! {
+        done = &mut preferred => {
+            let has_addresses = matches!(&done, Ok((ips, _)) if !ips.is_empty());
+            let other = if has_addresses {
+                tokio::time::timeout(RESOLUTION_DELAY, other).await.ok()
+            } else {
+                Some(other.await)
+            };
+            (done, other)
+        }
+        done = &mut other => (preferred.await, Some(done)),
+    }
 }
 
 /// A hickory error as the [`Resolve`] contract spells it.
@@ -328,9 +379,43 @@ struct System {
 
 /// The resolver built from `resolv.conf`, and what it asks for.
 struct Dns {
+    /// Asks for fully qualified names only: the search list is walked here.
     resolver: TokioResolver,
+    /// The last `search` or `domain` line's domains (else the host name's domain).
+    search: Vec<Name>,
+    /// `options ndots` (at most 15, as in glibc).
+    ndots: usize,
+    /// `options no-tld-query`: a name without a dot is only tried in search domains.
+    no_tld_query: bool,
     /// `options no-aaaa`: IPv4 addresses only.
     no_aaaa: bool,
+}
+
+impl Dns {
+    /// The fully qualified names to try for `host` (as `name`), in glibc's order.
+    fn candidates(&self, host: &str, name: Name) -> Vec<Name> {
+        if name.is_fqdn() {
+            return vec![name];
+        }
+        let dots = host.bytes().filter(|&b| b == b'.').count();
+        let mut as_is = name.clone();
+        as_is.set_fqdn(true);
+        let mut out = Vec::with_capacity(self.search.len() + 1);
+        let try_as_is = !(dots == 0 && self.no_tld_query);
+        if dots >= self.ndots && try_as_is {
+            out.push(as_is.clone());
+        }
+        for domain in &self.search {
+            if let Ok(mut candidate) = name.clone().append_domain(domain) {
+                candidate.set_fqdn(true);
+                out.push(candidate);
+            }
+        }
+        if dots < self.ndots && try_as_is {
+            out.push(as_is);
+        }
+        out
+    }
 }
 
 /// The `hosts:` line of `nsswitch.conf`, as far as it matters here.
@@ -338,8 +423,11 @@ struct Dns {
 struct HostSources {
     /// `dns` is listed (or there is no `hosts:` line: glibc then asks DNS).
     dns: bool,
-    /// Sources besides `files` and `dns` are listed (mdns, myhostname, LDAP…).
-    others: bool,
+    /// Sources other than `files` come after `dns` (myhostname, LDAP…): a name DNS does
+    /// not know is theirs to answer.
+    after_dns: bool,
+    /// An mdns source is listed (nss-mdns): `.local` names are its.
+    mdns: bool,
 }
 
 /// A file's identity and version: a change in any part means read it again.
@@ -403,7 +491,8 @@ impl System {
             .map(|text| host_sources(&text))
             .unwrap_or(HostSources {
                 dns: true,
-                others: false,
+                after_dns: false,
+                mdns: false,
             });
         let dns = match build_resolver(files) {
             Ok(dns) => Some(dns),
@@ -457,7 +546,8 @@ fn build_resolver(files: &Files) -> io::Result<Dns> {
         &[Protocol::Udp, Protocol::Tcp]
     };
     let mut servers = Vec::new();
-    for server in &conf.nameservers {
+    // glibc uses the first three (MAXNS).
+    for server in conf.nameservers.iter().take(3) {
         let ip = match server {
             resolv_conf::ScopedIp::V4(ip) => SocketAddr::new(IpAddr::V4(*ip), files.port),
             resolv_conf::ScopedIp::V6(ip, scope) => {
@@ -484,9 +574,11 @@ fn build_resolver(files: &Files) -> io::Result<Dns> {
     .filter_map(|domain| Name::from_ascii(domain).ok())
     .collect();
     let mut options = ResolverOpts::default();
-    options.ndots = conf.ndots as usize;
-    options.timeout = Duration::from_secs(u64::from(conf.timeout.max(1)));
-    options.attempts = (conf.attempts.max(1) - 1) as usize;
+    // Names reach hickory fully qualified; the search list is walked in `lookup_with`.
+    options.ndots = 0;
+    // glibc's bounds: timeout 1–30 s, attempts 1–5.
+    options.timeout = Duration::from_secs(u64::from(conf.timeout.clamp(1, 30)));
+    options.attempts = (conf.attempts.clamp(1, 5) - 1) as usize;
     options.edns0 = conf.edns0;
     options.num_concurrent_reqs = 1;
     options.server_ordering_strategy = if conf.rotate {
@@ -496,11 +588,14 @@ fn build_resolver(files: &Files) -> io::Result<Dns> {
     };
     options.cache_size = 0;
     options.use_hosts_file = ResolveHosts::Never;
-    let config = ResolverConfig::from_parts(None, search, servers);
+    let config = ResolverConfig::from_parts(None, Vec::new(), servers);
     Ok(Dns {
         resolver: TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
             .with_options(options)
             .build(),
+        search,
+        ndots: conf.ndots.min(15) as usize,
+        no_tld_query: conf.no_tld_query,
         no_aaaa: conf.no_aaaa,
     })
 }
@@ -541,7 +636,8 @@ fn host_sources(nsswitch: &str) -> HostSources {
     else {
         return HostSources {
             dns: true,
-            others: false,
+            after_dns: false,
+            mdns: false,
         };
     };
     let mut in_action = false;
@@ -553,9 +649,11 @@ fn host_sources(nsswitch: &str) -> HostSources {
             !skip
         })
         .collect();
+    let dns_at = sources.iter().position(|s| *s == "dns");
     HostSources {
-        dns: sources.contains(&"dns"),
-        others: sources.iter().any(|s| *s != "files" && *s != "dns"),
+        dns: dns_at.is_some(),
+        after_dns: dns_at.is_some_and(|at| sources[at + 1..].iter().any(|s| *s != "files")),
+        mdns: sources.iter().any(|s| s.starts_with("mdns")),
     }
 }
 
@@ -637,10 +735,13 @@ mod tests {
     /// A DNS server on loopback. `found.test`: A 10.1.2.3 (TTL 7) and AAAA
     /// 2001:db8::5 (TTL 9); `myhost.corp.test`: A 10.9.9.9; `myhost.other.test`: A
     /// 10.7.7.7; `my_host.test`: A 10.1.2.5; `huge-ttl.test`: A 10.1.2.6 with a TTL whose
-    /// top bit is set; `noaaaa.test`: A 10.1.2.4 and no reply to AAAA; `silent.test`: no
-    /// reply at all; any other name: NXDOMAIN.
+    /// top bit is set; `noaaaa.test`: A 10.1.2.4 and no reply to AAAA; `h.a.test`: A
+    /// 10.0.0.1 only; `h.b.test`: AAAA 2001:db8::66 only; `noa.test`: AAAA 2001:db8::66
+    /// and no reply to A; `slow-a.test` and
+    /// `slow-aaaa.test`: A 10.0.0.2 and AAAA 2001:db8::66, the named family 400 ms late;
+    /// `silent.test`: no reply at all; any other name: NXDOMAIN.
     async fn dns_server() -> SocketAddr {
-        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let addr = socket.local_addr().unwrap();
         tokio::spawn(async move {
             let mut buf = [0u8; 512];
@@ -667,10 +768,20 @@ mod tests {
                     ("myhost.corp.test", 1) => Some((60, &[10, 9, 9, 9])),
                     ("noaaaa.test", 1) => Some((60, &[10, 1, 2, 4])),
                     ("noaaaa.test", _) => continue,
+                    ("noa.test", 28) => Some((60, &V6_66)),
+                    ("noa.test", _) => continue,
                     ("my_host.test", 1) => Some((60, &[10, 1, 2, 5])),
                     ("huge-ttl.test", 1) => Some((0x8000_0001, &[10, 1, 2, 6])),
                     ("myhost.other.test", 1) => Some((60, &[10, 7, 7, 7])),
-                    ("my_host.test" | "huge-ttl.test" | "myhost.other.test", _) => None,
+                    ("h.a.test", 1) => Some((60, &[10, 0, 0, 1])),
+                    ("h.b.test", 28) => Some((60, &V6_66)),
+                    ("slow-a.test", 1) | ("slow-aaaa.test", 1) => Some((60, &[10, 0, 0, 2])),
+                    ("slow-a.test", 28) | ("slow-aaaa.test", 28) => Some((60, &V6_66)),
+                    (
+                        "my_host.test" | "huge-ttl.test" | "myhost.other.test" | "h.a.test"
+                        | "h.b.test",
+                        _,
+                    ) => None,
                     ("found.test" | "myhost.corp.test", _) => None,
                     _ => {
                         let mut out = query[..2].to_vec();
@@ -702,11 +813,27 @@ mod tests {
                     out.extend_from_slice(&[0, data.len() as u8]);
                     out.extend_from_slice(data);
                 }
-                let _ = socket.send_to(&out, from).await;
+                // One family of `slow-*.test` answers 400 ms late.
+                let late = matches!(
+                    (name.as_str(), qtype),
+                    ("slow-a.test", 1) | ("slow-aaaa.test", 28)
+                );
+                if late {
+                    let socket = Arc::clone(&socket);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        let _ = socket.send_to(&out, from).await;
+                    });
+                } else {
+                    let _ = socket.send_to(&out, from).await;
+                }
             }
         });
         addr
     }
+
+    /// 2001:db8::66.
+    const V6_66: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x66];
 
     /// A directory of its own holding `resolv.conf`, `hosts` and `nsswitch.conf`.
     struct Etc(PathBuf);
@@ -789,21 +916,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_server_that_drops_aaaa_queries_costs_the_resolution_delay_not_its_timeout() {
+    async fn a_server_that_drops_the_other_familys_queries_costs_the_resolution_delay() {
         let server = dns_server().await;
-        // The AAAA query would wait 30 s for its answer, longer than the test waits.
+        // The dropped query would wait 30 s for its answer, longer than the test waits.
         let etc = Etc::new(
             "noaaaa",
             "nameserver 127.0.0.1\noptions timeout:30 attempts:1\n",
             "",
         );
         let resolver = etc.resolver(server);
-        let answer =
-            tokio::time::timeout(Duration::from_secs(10), resolver.lookup("noaaaa.test", 80))
-                .await
-                .expect("the A answer, without waiting for AAAA's timeout")
-                .unwrap();
-        assert_eq!(ips(&answer), ["10.1.2.4"]);
+        // The family this host does not prefer is the one dropped.
+        let (name, expected) = if has_ipv6_route() {
+            ("noa.test", "2001:db8::66")
+        } else {
+            ("noaaaa.test", "10.1.2.4")
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(10), resolver.lookup(name, 80))
+            .await
+            .expect("the preferred family's answer, without waiting for the other's timeout")
+            .unwrap();
+        assert_eq!(ips(&answer), [expected]);
+        assert!(
+            answer.ttl.unwrap() <= CUT_ANSWER_TTL,
+            "a cut answer is kept briefly"
+        );
     }
 
     #[tokio::test]
@@ -856,6 +992,39 @@ mod tests {
         etc.write("nsswitch.conf", "hosts: files\n");
         let not_asked = resolver.lookup("myhost", 80).await;
         assert!(not_asked.is_err(), "{not_asked:?}");
+    }
+
+    #[tokio::test]
+    async fn both_families_come_from_the_first_search_candidate_with_records() {
+        let server = dns_server().await;
+        let etc = Etc::new(
+            "candidates",
+            "nameserver 127.0.0.1\nsearch a.test b.test\noptions timeout:1 attempts:1\n",
+            "",
+        );
+        let resolver = etc.resolver(server);
+        // h.a.test has only an A record, h.b.test only an AAAA one: another host.
+        let answer = resolver.lookup("h", 80).await.unwrap();
+        assert_eq!(ips(&answer), ["10.0.0.1"]);
+    }
+
+    #[tokio::test]
+    async fn the_preferred_family_is_awaited_in_full() {
+        let server = dns_server().await;
+        let etc = Etc::new(
+            "preferred",
+            "nameserver 127.0.0.1\noptions timeout:5 attempts:1\n",
+            "",
+        );
+        let resolver = etc.resolver(server);
+        // The family this host prefers answers 400 ms after the other one.
+        let (name, expected) = if has_ipv6_route() {
+            ("slow-aaaa.test", ["2001:db8::66", "10.0.0.2"])
+        } else {
+            ("slow-a.test", ["10.0.0.2", "2001:db8::66"])
+        };
+        let answer = resolver.lookup(name, 80).await.unwrap();
+        assert_eq!(ips(&answer), expected);
     }
 
     #[tokio::test]
@@ -944,30 +1113,32 @@ mod tests {
     fn nsswitch_host_sources() {
         let sources = |text: &str| {
             let s = host_sources(text);
-            (s.dns, s.others)
+            (s.dns, s.after_dns, s.mdns)
         };
         assert_eq!(
             sources("passwd: files\nhosts:          files dns\n"),
-            (true, false)
+            (true, false, false)
         );
         assert_eq!(
             sources("hosts: files [NOTFOUND=return] dns\n"),
-            (true, false)
+            (true, false, false)
         );
         assert_eq!(
             sources("# hosts: files mdns4\n"),
-            (true, false),
+            (true, false, false),
             "no hosts line"
         );
-        assert_eq!(sources(""), (true, false));
-        assert_eq!(sources("hosts: files\n"), (false, false));
+        assert_eq!(sources(""), (true, false, false));
+        assert_eq!(sources("hosts: files\n"), (false, false, false));
+        assert_eq!(sources("hosts: dns files\n"), (true, false, false));
+        // Ubuntu's: mdns answers .local, nothing answers after DNS.
         assert_eq!(
-            sources("hosts: files mdns4_minimal [NOTFOUND=return] dns myhostname\n"),
-            (true, true)
+            sources("hosts: files mdns4_minimal [NOTFOUND=return] dns\n"),
+            (true, false, true)
         );
         assert_eq!(
-            sources("hosts: files resolve [!UNAVAIL=return UNAVAIL=continue] dns\n"),
-            (true, true)
+            sources("hosts: files resolve [!UNAVAIL=return UNAVAIL=continue] dns myhostname\n"),
+            (true, true, false)
         );
     }
 
