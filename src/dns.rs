@@ -202,8 +202,8 @@ async fn getaddrinfo(host: &str, port: u16) -> io::Result<Answer> {
 /// timeout. The preferred family is always awaited in full.
 const RESOLUTION_DELAY: Duration = Duration::from_millis(250);
 
-/// The longest an answer missing its other family (cut by [`RESOLUTION_DELAY`]) is
-/// kept: the next lookup asks again.
+/// The longest an answer missing its other family (cut by [`RESOLUTION_DELAY`], or
+/// failed) is kept: the next lookup asks again.
 const CUT_ANSWER_TTL: Duration = Duration::from_secs(5);
 
 /// One family's addresses and until when they may be used.
@@ -220,11 +220,21 @@ enum Candidate {
     Failed(io::Error),
 }
 
-/// One lookup through `dns`, walking the names to try as glibc's `res_search` does:
-/// the name as given first when it has at least `ndots` dots, then the name in each
-/// search domain, then the name as given if not tried yet; a name ending in a dot is
-/// tried alone. Each candidate is asked for A and AAAA at once, and the first one with
-/// records of either family answers, so both families come from the same name.
+/// One lookup through `dns`, walking the names to try as glibc's `res_nsearch` does.
+/// Each name is asked for A and AAAA at once, and the first with records of either
+/// family answers, so both families come from the same name.
+///
+/// - A name ending in a dot is tried alone.
+/// - With at least `ndots` dots, the name as given is tried first; whatever its
+///   failure, the search list follows.
+/// - Then the name in each search domain (the root standing for the name as given): a
+///   missing name or a server failure (SERVFAIL, REFUSED) goes on to the next; a
+///   timeout ends the list.
+/// - Then the name as given, if not tried yet (with `no-tld-query`, not for a name
+///   without a dot unless nothing was searched).
+///
+/// The error is the first try's when the name as given came first, else a missing name
+/// if any try said so, else the last failure.
 async fn lookup_with(
     dns: &Dns,
     host: &str,
@@ -232,26 +242,82 @@ async fn lookup_with(
     port: u16,
     ipv6_first: bool,
 ) -> io::Result<Answer> {
-    let mut failure: Option<io::Error> = None;
-    for candidate in dns.candidates(host, name) {
-        match lookup_candidate(dns, candidate, ipv6_first).await {
-            Candidate::Found(ips, until) => {
-                return Ok(Answer {
-                    addrs: ips
-                        .into_iter()
-                        .map(|ip| SocketAddr::new(ip, port))
-                        .collect(),
-                    ttl: Some(until.saturating_duration_since(Instant::now())),
-                })
+    let found = |ips: Vec<IpAddr>, until: Instant| Answer {
+        addrs: ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect(),
+        ttl: Some(until.saturating_duration_since(Instant::now())),
+    };
+    let mut as_is = name.clone();
+    as_is.set_fqdn(true);
+    if name.is_fqdn() {
+        return match lookup_candidate(dns, as_is, ipv6_first).await {
+            Candidate::Found(ips, until) => Ok(found(ips, until)),
+            Candidate::Missing => Err(not_found()),
+            Candidate::Failed(e) => Err(e),
+        };
+    }
+    let dots = host.bytes().filter(|&b| b == b'.').count();
+    let mut first_error: Option<io::Error> = None;
+    let mut missing = false;
+    let mut last_error: Option<io::Error> = None;
+    let mut tried_as_is = false;
+    if dots >= dns.ndots {
+        tried_as_is = true;
+        match lookup_candidate(dns, as_is.clone(), ipv6_first).await {
+            Candidate::Found(ips, until) => return Ok(found(ips, until)),
+            Candidate::Missing => first_error = Some(not_found()),
+            Candidate::Failed(e) => first_error = Some(e),
+        }
+    }
+    let mut searched = false;
+    for domain in &dns.search {
+        let candidate = match domain {
+            None if tried_as_is => continue,
+            None => {
+                tried_as_is = true;
+                as_is.clone()
             }
-            Candidate::Missing => {}
-            Candidate::Failed(e) if e.kind() == io::ErrorKind::TimedOut => return Err(e),
+            Some(domain) => match name.clone().append_domain(domain) {
+                Ok(mut candidate) => {
+                    candidate.set_fqdn(true);
+                    candidate
+                }
+                // Longer than a name may be: glibc skips it too.
+                Err(_) => continue,
+            },
+        };
+        searched = true;
+        match lookup_candidate(dns, candidate, ipv6_first).await {
+            Candidate::Found(ips, until) => return Ok(found(ips, until)),
+            Candidate::Missing => missing = true,
             Candidate::Failed(e) => {
-                failure.get_or_insert(e);
+                let timed_out = e.kind() == io::ErrorKind::TimedOut;
+                last_error = Some(e);
+                if timed_out {
+                    break;
+                }
             }
         }
     }
-    Err(failure.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such name")))
+    let tld_allowed = dots > 0 || !dns.no_tld_query || !searched;
+    if !tried_as_is && tld_allowed {
+        match lookup_candidate(dns, as_is, ipv6_first).await {
+            Candidate::Found(ips, until) => return Ok(found(ips, until)),
+            Candidate::Missing => missing = true,
+            Candidate::Failed(e) => last_error = Some(e),
+        }
+    }
+    Err(match (first_error, missing, last_error) {
+        (Some(e), _, _) => e,
+        (None, true, _) | (None, false, None) => not_found(),
+        (None, false, Some(e)) => e,
+    })
+}
+
+fn not_found() -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, "no such name")
 }
 
 /// A and AAAA (A alone with `options no-aaaa`) for one fully qualified name.
@@ -303,7 +369,8 @@ fn candidate_of(families: [Option<Family>; 2], cut: bool) -> Candidate {
     }
     match until_min {
         Some(until) if !ips.is_empty() => {
-            let until = if cut {
+            // Missing a family that was cut short or failed: ask again soon.
+            let until = if cut || failure.is_some() {
                 until.min(Instant::now() + CUT_ANSWER_TTL)
             } else {
                 until
@@ -351,15 +418,19 @@ async fn preferred_then_briefly<'a>(
 
 /// A hickory error as the [`Resolve`] contract spells it.
 fn lookup_error(e: hickory_resolver::ResolveError) -> io::Error {
-    let kind = if e.is_nx_domain() || e.is_no_records_found() {
-        io::ErrorKind::NotFound
-    } else if e
-        .proto()
-        .is_some_and(|p| matches!(p.kind(), hickory_resolver::proto::ProtoErrorKind::Timeout))
-    {
-        io::ErrorKind::TimedOut
-    } else {
-        io::ErrorKind::Other
+    use hickory_resolver::proto::op::ResponseCode;
+    use hickory_resolver::proto::ProtoErrorKind;
+    let kind = match e.proto().map(|p| p.kind()) {
+        Some(ProtoErrorKind::Timeout) => io::ErrorKind::TimedOut,
+        // NXDOMAIN, or an answer without records: the name is missing. A SERVFAIL,
+        // REFUSED, NOTIMP or FORMERR comes as "no records" too, with its code.
+        Some(ProtoErrorKind::NoRecordsFound {
+            response_code: ResponseCode::NXDomain | ResponseCode::NoError,
+            ..
+        }) => io::ErrorKind::NotFound,
+        Some(ProtoErrorKind::NoRecordsFound { .. }) => io::ErrorKind::Other,
+        _ if e.is_nx_domain() => io::ErrorKind::NotFound,
+        _ => io::ErrorKind::Other,
     };
     io::Error::new(kind, e.to_string())
 }
@@ -381,41 +452,15 @@ struct System {
 struct Dns {
     /// Asks for fully qualified names only: the search list is walked here.
     resolver: TokioResolver,
-    /// The last `search` or `domain` line's domains (else the host name's domain).
-    search: Vec<Name>,
+    /// The last `search` or `domain` line's domains (else the host name's domain);
+    /// `None` for the root, which stands for the name as given.
+    search: Vec<Option<Name>>,
     /// `options ndots` (at most 15, as in glibc).
     ndots: usize,
     /// `options no-tld-query`: a name without a dot is only tried in search domains.
     no_tld_query: bool,
     /// `options no-aaaa`: IPv4 addresses only.
     no_aaaa: bool,
-}
-
-impl Dns {
-    /// The fully qualified names to try for `host` (as `name`), in glibc's order.
-    fn candidates(&self, host: &str, name: Name) -> Vec<Name> {
-        if name.is_fqdn() {
-            return vec![name];
-        }
-        let dots = host.bytes().filter(|&b| b == b'.').count();
-        let mut as_is = name.clone();
-        as_is.set_fqdn(true);
-        let mut out = Vec::with_capacity(self.search.len() + 1);
-        let try_as_is = !(dots == 0 && self.no_tld_query);
-        if dots >= self.ndots && try_as_is {
-            out.push(as_is.clone());
-        }
-        for domain in &self.search {
-            if let Ok(mut candidate) = name.clone().append_domain(domain) {
-                candidate.set_fqdn(true);
-                out.push(candidate);
-            }
-        }
-        if dots < self.ndots && try_as_is {
-            out.push(as_is);
-        }
-        out
-    }
 }
 
 /// The `hosts:` line of `nsswitch.conf`, as far as it matters here.
@@ -563,15 +608,18 @@ fn build_resolver(files: &Files) -> io::Result<Dns> {
         }
     }
     let explicit: Vec<String> = conf.get_last_search_or_domain().cloned().collect();
-    let search: Vec<Name> = if explicit.is_empty() && conf.get_domain().is_none() {
+    let search: Vec<Option<Name>> = if explicit.is_empty() && conf.get_domain().is_none() {
         conf.get_system_domain().into_iter().collect()
     } else {
         explicit
     }
     .iter()
-    // `search .` (systemd-resolved's stub) adds nothing: the name is tried as is anyway.
-    .filter(|domain| !matches!(domain.as_str(), "." | "--"))
-    .filter_map(|domain| Name::from_ascii(domain).ok())
+    .filter(|domain| domain.as_str() != "--")
+    .filter_map(|domain| match domain.as_str() {
+        // The root (`search .`, systemd-resolved's stub): the name as given, in its place.
+        "." => Some(None),
+        _ => Name::from_ascii(domain).ok().map(Some),
+    })
     .collect();
     let mut options = ResolverOpts::default();
     // Names reach hickory fully qualified; the search list is walked in `lookup_with`.
@@ -640,20 +688,29 @@ fn host_sources(nsswitch: &str) -> HostSources {
             mdns: false,
         };
     };
+    // Sources, each with the actions in brackets that follow it.
+    let mut sources: Vec<(&str, String)> = Vec::new();
     let mut in_action = false;
-    let sources: Vec<&str> = line
-        .split_ascii_whitespace()
-        .filter(|word| {
-            let skip = in_action || word.starts_with('[');
-            in_action = skip && !word.ends_with(']');
-            !skip
-        })
-        .collect();
-    let dns_at = sources.iter().position(|s| *s == "dns");
+    for word in line.split_ascii_whitespace() {
+        if in_action || word.starts_with('[') {
+            in_action = !word.ends_with(']');
+            if let Some((_, actions)) = sources.last_mut() {
+                actions.push(' ');
+                actions.push_str(&word.to_ascii_uppercase());
+            }
+        } else {
+            sources.push((word, String::new()));
+        }
+    }
+    let dns_at = sources.iter().position(|(s, _)| *s == "dns");
     HostSources {
         dns: dns_at.is_some(),
-        after_dns: dns_at.is_some_and(|at| sources[at + 1..].iter().any(|s| *s != "files")),
-        mdns: sources.iter().any(|s| s.starts_with("mdns")),
+        // `dns [NOTFOUND=return]` keeps a name DNS does not know from what follows.
+        after_dns: dns_at.is_some_and(|at| {
+            !sources[at].1.contains("NOTFOUND=RETURN")
+                && sources[at + 1..].iter().any(|(s, _)| *s != "files")
+        }),
+        mdns: sources.iter().any(|(s, _)| s.starts_with("mdns")),
     }
 }
 
@@ -739,7 +796,9 @@ mod tests {
     /// 10.0.0.1 only; `h.b.test`: AAAA 2001:db8::66 only; `noa.test`: AAAA 2001:db8::66
     /// and no reply to A; `slow-a.test` and
     /// `slow-aaaa.test`: A 10.0.0.2 and AAAA 2001:db8::66, the named family 400 ms late;
-    /// `silent.test`: no reply at all; any other name: NXDOMAIN.
+    /// `www.x.a.test` A 10.0.0.5, `api.example.test` A 10.0.0.6, `one` A 10.0.0.7,
+    /// `one.s.test` A 10.0.0.8; `sf.test`: SERVFAIL; `silent.test`, `www.x` and
+    /// `api.example.test.s.test`: no reply at all; any other name: NXDOMAIN.
     async fn dns_server() -> SocketAddr {
         let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let addr = socket.local_addr().unwrap();
@@ -760,7 +819,19 @@ mod tests {
                 let qtype = u16::from_be_bytes([query[end + 1], query[end + 2]]);
                 let name = labels.join(".").to_ascii_lowercase();
                 let record: Option<(u32, &[u8])> = match (name.as_str(), qtype) {
-                    ("silent.test", _) => continue,
+                    ("silent.test" | "www.x" | "api.example.test.s.test", _) => continue,
+                    ("www.x.a.test", 1) => Some((60, &[10, 0, 0, 5])),
+                    ("api.example.test", 1) => Some((60, &[10, 0, 0, 6])),
+                    ("one", 1) => Some((60, &[10, 0, 0, 7])),
+                    ("one.s.test", 1) => Some((60, &[10, 0, 0, 8])),
+                    ("www.x.a.test" | "api.example.test" | "one" | "one.s.test", _) => None,
+                    ("sf.test", _) => {
+                        let mut out = query[..2].to_vec();
+                        out.extend_from_slice(&[0x81, 0x82, 0, 1, 0, 0, 0, 0, 0, 0]);
+                        out.extend_from_slice(question);
+                        let _ = socket.send_to(&out, from).await;
+                        continue;
+                    }
                     ("found.test", 1) => Some((7, &[10, 1, 2, 3])),
                     ("found.test", 28) => {
                         Some((9, &[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5]))
@@ -1009,6 +1080,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_search_list_is_walked_as_glibc_walks_it() {
+        let server = dns_server().await;
+        let etc = Etc::new(
+            "walk",
+            "nameserver 127.0.0.1\nsearch a.test\noptions timeout:1 attempts:1\n",
+            "",
+        );
+        let resolver = etc.resolver(server);
+        // The name as given (enough dots) times out: the search list still follows.
+        let after_timeout = resolver.lookup("www.x", 80).await.unwrap();
+        assert_eq!(ips(&after_timeout), ["10.0.0.5"]);
+
+        // A search candidate times out: the list ends, the name as given is still tried.
+        etc.write(
+            "resolv.conf",
+            "nameserver 127.0.0.1\nsearch s.test\noptions ndots:5 timeout:1 attempts:1\n",
+        );
+        let as_given = resolver.lookup("api.example.test", 80).await.unwrap();
+        assert_eq!(ips(&as_given), ["10.0.0.6"]);
+
+        // The root in the search list is the name as given, in its place.
+        etc.write(
+            "resolv.conf",
+            "nameserver 127.0.0.1\nsearch a.test . s.test\noptions timeout:1 attempts:1\n",
+        );
+        let root = resolver.lookup("one", 80).await.unwrap();
+        assert_eq!(ips(&root), ["10.0.0.7"], "one. before one.s.test");
+
+        // A server failure is not a missing name.
+        let servfail = resolver.lookup("sf.test", 80).await.unwrap_err();
+        assert_eq!(servfail.kind(), io::ErrorKind::Other, "{servfail}");
+    }
+
+    #[tokio::test]
     async fn the_preferred_family_is_awaited_in_full() {
         let server = dns_server().await;
         let etc = Etc::new(
@@ -1139,6 +1244,10 @@ mod tests {
         assert_eq!(
             sources("hosts: files resolve [!UNAVAIL=return UNAVAIL=continue] dns myhostname\n"),
             (true, true, false)
+        );
+        assert_eq!(
+            sources("hosts: files dns [NOTFOUND=return] myhostname\n"),
+            (true, false, false)
         );
     }
 
