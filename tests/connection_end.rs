@@ -19,6 +19,14 @@ use std::thread;
 
 use support::*;
 
+/// A connection to `proxy` (reads bounded by [`WAIT`]) that has sent `bytes`.
+fn sending(proxy: std::net::SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut client = TcpStream::connect(proxy).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.write_all(bytes).unwrap();
+    client
+}
+
 /// Reads `stream` to its end: the bytes, and whether it ended in a reset rather than
 /// a clean close.
 fn read_until_end(stream: &mut TcpStream) -> (Vec<u8>, bool) {
@@ -50,11 +58,10 @@ fn an_early_response_reaches_a_client_still_uploading() {
     let proxy = spawn_proxy(&[]);
     proxy.route("alpha.test", &origin);
 
-    let mut client = TcpStream::connect(proxy.addr).unwrap();
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    client
-        .write_all(b"PUT http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 100000000\r\n\r\n")
-        .unwrap();
+    let client = sending(
+        proxy.addr,
+        b"PUT http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 100000000\r\n\r\n",
+    );
     // The client keeps uploading while it reads the response, until it has it all.
     let stop = Arc::new(AtomicBool::new(false));
     let uploader = {
@@ -140,13 +147,10 @@ fn a_response_the_proxy_knows_cut_short_ends_in_a_reset() {
         let origin = origin_sending_then_resetting(sent);
         let proxy = spawn_proxy(&[]);
         proxy.route("alpha.test", &origin);
-        let mut client = TcpStream::connect(proxy.addr).unwrap();
-        client.set_read_timeout(Some(WAIT)).unwrap();
-        client
-            .write_all(
-                format!("GET http://alpha.test/ {version}\r\nHost: alpha.test\r\n\r\n").as_bytes(),
-            )
-            .unwrap();
+        let mut client = sending(
+            proxy.addr,
+            format!("GET http://alpha.test/ {version}\r\nHost: alpha.test\r\n\r\n").as_bytes(),
+        );
         let (got, reset) = read_until_end(&mut client);
         let text = String::from_utf8_lossy(&got);
         assert!(reset, "{version} {sent:?}: a clean close after {text:?}");
@@ -159,11 +163,10 @@ fn a_complete_close_delimited_response_ends_in_a_clean_close() {
     let origin = Origin::spawn(|_| Reply::close(&b"HTTP/1.1 200 OK\r\n\r\nWHOLE-BODY"[..]));
     let proxy = spawn_proxy(&[]);
     proxy.route("alpha.test", &origin);
-    let mut client = TcpStream::connect(proxy.addr).unwrap();
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    client
-        .write_all(b"GET http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
-        .unwrap();
+    let mut client = sending(
+        proxy.addr,
+        b"GET http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\n\r\n",
+    );
     let (got, reset) = read_until_end(&mut client);
     assert!(!reset);
     assert!(got.ends_with(b"\r\n\r\nWHOLE-BODY"));
@@ -193,11 +196,10 @@ fn a_client_that_gives_up_on_a_stalled_origin_is_noticed_at_once() {
         config.timeout = std::time::Duration::from_secs(60);
     });
     proxy.route("alpha.test", &origin);
-    let mut client = TcpStream::connect(proxy.addr).unwrap();
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    client
-        .write_all(b"GET http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
-        .unwrap();
+    let mut client = sending(
+        proxy.addr,
+        b"GET http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\n\r\n",
+    );
     let mut got = 0;
     let mut chunk = [0u8; 4096];
     while got < 1000 {
@@ -245,11 +247,10 @@ fn a_response_cut_when_the_grace_period_runs_out_ends_in_a_reset() {
     let (origin, _release) = origin_sending_then_stalling(b"HTTP/1.1 200 OK\r\n\r\nPARTIAL");
     let mut proxy = spawn_proxy(&["--grace-period", "0", "--timeout", "60"]);
     proxy.route("alpha.test", &origin);
-    let mut client = TcpStream::connect(proxy.addr).unwrap();
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    client
-        .write_all(b"GET http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
-        .unwrap();
+    let mut client = sending(
+        proxy.addr,
+        b"GET http://alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\n\r\n",
+    );
     read_until_suffix(&mut client, b"PARTIAL");
     proxy.take_handle().stop();
     let (rest, reset) = read_until_end(&mut client);
