@@ -35,10 +35,11 @@ use std::time::{Duration, Instant, SystemTime};
 use hickory_resolver::config::{
     NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts, ServerOrderingStrategy,
 };
-use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::name_server::GenericConnector;
 use hickory_resolver::proto::rr::Name;
+use hickory_resolver::proto::runtime::{RuntimeProvider, TokioRuntimeProvider, TokioTime};
+use hickory_resolver::proto::udp::DnsUdpSocket;
 use hickory_resolver::proto::xfer::Protocol;
-use hickory_resolver::TokioResolver;
 
 /// A boxed resolution future; runs on the worker's own thread, so it need not be `Send`.
 pub type ResolveFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + 'a>>;
@@ -448,10 +449,86 @@ struct System {
     sources: HostSources,
 }
 
+/// hickory-resolver over [`ConnectedUdp`].
+type DnsResolver = hickory_resolver::Resolver<GenericConnector<ConnectedUdp>>;
+
+/// tokio, with each UDP socket connected to its server (see [`ConnectedSocket`]).
+#[derive(Clone, Default)]
+struct ConnectedUdp(TokioRuntimeProvider);
+
+impl RuntimeProvider for ConnectedUdp {
+    type Handle = <TokioRuntimeProvider as RuntimeProvider>::Handle;
+    type Timer = <TokioRuntimeProvider as RuntimeProvider>::Timer;
+    type Udp = ConnectedSocket;
+    type Tcp = <TokioRuntimeProvider as RuntimeProvider>::Tcp;
+
+    fn create_handle(&self) -> Self::Handle {
+        self.0.create_handle()
+    }
+
+    fn connect_tcp(
+        &self,
+        server_addr: SocketAddr,
+        bind_addr: Option<SocketAddr>,
+        timeout: Option<Duration>,
+    ) -> Pin<Box<dyn Send + Future<Output = io::Result<Self::Tcp>>>> {
+        self.0.connect_tcp(server_addr, bind_addr, timeout)
+    }
+
+    fn bind_udp(
+        &self,
+        local_addr: SocketAddr,
+        server_addr: SocketAddr,
+    ) -> Pin<Box<dyn Send + Future<Output = io::Result<Self::Udp>>>> {
+        Box::pin(async move {
+            let socket = tokio::net::UdpSocket::bind(local_addr).await?;
+            socket.connect(server_addr).await?;
+            Ok(ConnectedSocket(socket))
+        })
+    }
+}
+
+/// A UDP socket connected to its DNS server, so that the kernel records the server's
+/// ICMP port unreachable on it, and a receive that would wait reports that error
+/// instead: the query fails and the next server is asked, as glibc does. hickory's own
+/// sockets are unconnected, and every lookup waited out a stopped first server's
+/// timeout. (On loopback the refusal is there as the query is sent; one from a remote
+/// host that arrives later wakes nothing, as tokio does not wake a reader for an error
+/// alone, and is still waited out.) Replies from another address than the server's,
+/// which hickory ignores anyway, are now dropped by the kernel.
+struct ConnectedSocket(tokio::net::UdpSocket);
+
+impl DnsUdpSocket for ConnectedSocket {
+    type Time = TokioTime;
+
+    fn poll_recv_from(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<(usize, SocketAddr)>> {
+        let polled = DnsUdpSocket::poll_recv_from(&self.0, cx, buf);
+        if polled.is_pending() {
+            if let Ok(Some(e)) = self.0.take_error() {
+                return std::task::Poll::Ready(Err(e));
+            }
+        }
+        polled
+    }
+
+    fn poll_send_to(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+        target: SocketAddr,
+    ) -> std::task::Poll<io::Result<usize>> {
+        DnsUdpSocket::poll_send_to(&self.0, cx, buf, target)
+    }
+}
+
 /// The resolver built from `resolv.conf`, and what it asks for.
 struct Dns {
     /// Asks for fully qualified names only: the search list is walked here.
-    resolver: TokioResolver,
+    resolver: DnsResolver,
     /// The last `search` or `domain` line's domains (else the host name's domain);
     /// `None` for the root, which stands for the name as given.
     search: Vec<Option<Name>>,
@@ -638,9 +715,12 @@ fn build_resolver(files: &Files) -> io::Result<Dns> {
     options.use_hosts_file = ResolveHosts::Never;
     let config = ResolverConfig::from_parts(None, Vec::new(), servers);
     Ok(Dns {
-        resolver: TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
-            .with_options(options)
-            .build(),
+        resolver: DnsResolver::builder_with_config(
+            config,
+            GenericConnector::new(ConnectedUdp::default()),
+        )
+        .with_options(options)
+        .build(),
         search,
         ndots: conf.ndots.min(15) as usize,
         no_tld_query: conf.no_tld_query,
@@ -1130,6 +1210,28 @@ mod tests {
         };
         let answer = resolver.lookup(name, 80).await.unwrap();
         assert_eq!(ips(&answer), expected);
+    }
+
+    #[tokio::test]
+    async fn a_local_nameserver_that_is_not_there_is_passed_over_at_once() {
+        let server = dns_server().await;
+        // Nothing listens on 127.0.0.3 at the server's port (a stopped local cache): the
+        // kernel answers with a port unreachable. The timeout is longer than the test
+        // waits.
+        let etc = Etc::new(
+            "refused",
+            "nameserver 127.0.0.3\nnameserver 127.0.0.1\noptions timeout:30 attempts:1\n",
+            "",
+        );
+        let resolver = etc.resolver(server);
+        for _ in 0..2 {
+            let answer =
+                tokio::time::timeout(Duration::from_secs(10), resolver.lookup("found.test", 80))
+                    .await
+                    .expect("the second server's answer, without the first one's timeout")
+                    .unwrap();
+            assert!(ips(&answer).contains(&"10.1.2.3".to_string()), "{answer:?}");
+        }
     }
 
     #[tokio::test]
