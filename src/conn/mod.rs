@@ -60,6 +60,8 @@ impl Client {
     /// (the buffer is dropped: nothing is read before a handshake).
     #[allow(unsafe_code)]
     pub fn into_stream(self) -> (Stream, SocketAddr) {
+        // Only between exchanges: a reset the flag asks for would be lost here.
+        debug_assert!(!self.reset_on_drop, "into_stream during an exchange");
         let mut this = std::mem::ManuallyDrop::new(self);
         drop(std::mem::take(&mut this.buf));
         // SAFETY: `this` is never dropped (ManuallyDrop) nor used after this read, so
