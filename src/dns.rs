@@ -88,7 +88,7 @@ pub struct SystemResolver {
 }
 
 /// Where a [`SystemResolver`] reads its configuration.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Files {
     resolv_conf: PathBuf,
     hosts: PathBuf,
@@ -123,13 +123,10 @@ impl SystemResolver {
     /// The same files, with `resolv.conf`'s servers asked on `port` rather than 53
     /// (a test's server on loopback).
     pub fn with_port(self, port: u16) -> Self {
-        let files = &self.files;
         SystemResolver {
             files: Arc::new(Files {
-                resolv_conf: files.resolv_conf.clone(),
-                hosts: files.hosts.clone(),
-                nsswitch: files.nsswitch.clone(),
                 port,
+                ..Files::clone(&self.files)
             }),
         }
     }

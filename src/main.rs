@@ -162,9 +162,9 @@ fn run(
     let drained = rt.block_on(async {
         tokio::select! {
             _ = done_rx => Ok(()),
-            _ = int.recv() => Err("second signal: exiting without waiting for in-flight requests"),
-            _ = term.recv() => Err("second signal: exiting without waiting for in-flight requests"),
-            _ = hup.recv() => Err("second signal: exiting without waiting for in-flight requests"),
+            _ = int.recv() => Err(SECOND_SIGNAL),
+            _ = term.recv() => Err(SECOND_SIGNAL),
+            _ = hup.recv() => Err(SECOND_SIGNAL),
             _ = tokio::time::sleep(deadline) => Err("a worker did not stop within the grace period: exiting"),
         }
     });
@@ -176,6 +176,9 @@ fn run(
         }
     }
 }
+
+/// Logged when a second signal ends the drain.
+const SECOND_SIGNAL: &str = "second signal: exiting without waiting for in-flight requests";
 
 /// How long after the grace period a worker may take to close its remaining
 /// connections before the process exits without it.
